@@ -28,7 +28,10 @@ TensorLike = Union[torch.Tensor, float, int]
 
 def append_dims(coef: TensorLike, x: torch.Tensor) -> torch.Tensor:
     """Reshape a scalar or per-sample coefficient (B,) so it broadcasts against ``x`` of any rank."""
-    coef = torch.as_tensor(coef, device=x.device)
+    if not torch.is_tensor(coef):
+        # Python numbers take x's dtype directly: a float32 detour would cost float64 callers precision.
+        coef = torch.tensor(coef, device=x.device, dtype=x.dtype if x.is_floating_point() else None)
+    coef = coef.to(x.device)
     if coef.is_floating_point() and coef.dtype != x.dtype and x.is_floating_point():
         coef = coef.to(x.dtype)
     return coef.reshape(coef.shape + (1,) * (x.ndim - coef.ndim))
