@@ -1,0 +1,179 @@
+"""What every hf_ddm pipeline shares: the denoising loop, input checks, output conversion, and a
+``save_pretrained`` that makes the saved folder self-describing.
+
+The loop is diffusers' standard one and honours the whole scheduler contract (``init_noise_sigma``,
+``scale_model_input``, repeated timesteps of multi-evaluation solvers, ``eta``/``generator`` when the
+scheduler's ``step`` takes them), so any hf_ddm or diffusers scheduler can be swapped in.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import shutil
+import sys
+from typing import Callable, Dict, List, Optional, Union
+
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils.torch_utils import randn_tensor
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+class HfDdmPipeline(DiffusionPipeline):
+    """Base class of hf_ddm's pipelines (not itself a pipeline)."""
+
+    # The pipeline's own file, copied next to model_index.json by save_pretrained.
+    _pipeline_file: Optional[str] = None
+
+    # --- checks -----------------------------------------------------------------------------------
+    @staticmethod
+    def check_common(batch_size, num_inference_steps, output_type, generator):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(
+                f"generator is a list of {len(generator)} generators but batch_size is {batch_size}; "
+                "pass one generator per image"
+            )
+
+    # --- the loop ---------------------------------------------------------------------------------
+    def prepare_latents(self, shape, dtype, generator, latents: Optional[torch.Tensor] = None):
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=dtype)
+        elif tuple(latents.shape) != tuple(shape):
+            raise ValueError(f"latents must have shape {tuple(shape)}, got {tuple(latents.shape)}")
+        else:
+            latents = latents.to(self._execution_device, dtype)
+        return latents * self.scheduler.init_noise_sigma
+
+    def _step_kwargs(self, generator, eta: Optional[float]) -> Dict:
+        params = inspect.signature(self.scheduler.step).parameters
+        kwargs = {}
+        if "generator" in params:
+            kwargs["generator"] = generator
+        if eta is not None and "eta" in params:
+            kwargs["eta"] = eta
+        return kwargs
+
+    def denoise(
+        self,
+        latents: torch.Tensor,
+        model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        num_inference_steps: int,
+        generator=None,
+        eta: Optional[float] = None,
+        timesteps: Optional[List[int]] = None,
+        callback_on_step_end: Optional[Callable] = None,
+        callback_on_step_end_tensor_inputs: Optional[List[str]] = None,
+    ) -> torch.Tensor:
+        """Run the scheduler from noise to data. ``model_fn(model_input, t)`` returns the (guided)
+        model output in the scheduler's prediction type. Returns the final latents."""
+        scheduler = self.scheduler
+        if timesteps is not None:
+            scheduler.set_timesteps(timesteps=timesteps, device=self._execution_device)
+        else:
+            scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
+        step_kwargs = self._step_kwargs(generator, eta)
+        tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
+        self._num_model_evaluations = 0
+        for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
+            model_input = scheduler.scale_model_input(latents, t)
+            model_output = model_fn(model_input, t)
+            self._num_model_evaluations += 1
+            latents = scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
+            if callback_on_step_end is not None:
+                local = {"latents": latents, "model_output": model_output}
+                out = callback_on_step_end(self, i, t, {k: local[k] for k in tensor_inputs if k in local}) or {}
+                latents = out.get("latents", latents)
+        return latents
+
+    @property
+    def num_model_evaluations(self) -> int:
+        """Model evaluations (per image batch, per guidance branch) made by the last call."""
+        return getattr(self, "_num_model_evaluations", 0)
+
+    # --- output -----------------------------------------------------------------------------------
+    def to_output(self, images: torch.Tensor, output_type: str, return_dict: bool):
+        """images in [-1, 1] (NCHW) -> the requested output type, diffusers' conventions."""
+        if output_type != "latent":
+            images = VaeImageProcessor(do_normalize=True).postprocess(images.float(), output_type=output_type)
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)
+
+    # --- conditioning helpers ---------------------------------------------------------------------
+    def check_class_labels(self, class_labels, batch_size: int) -> Optional[torch.Tensor]:
+        """Class ids as a (batch_size,) long tensor on the execution device, validated against the
+        U-Net's ``num_class_embeds`` (an int, a list, or a tensor; one id broadcasts)."""
+        if class_labels is None:
+            return None
+        num_classes = getattr(self.unet.config, "num_class_embeds", None)
+        if not num_classes:
+            raise ValueError("class_labels were given but the unet is not class-conditional (num_class_embeds is None)")
+        labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
+        if labels.numel() == 1:
+            labels = labels.expand(batch_size)
+        if labels.numel() != batch_size:
+            raise ValueError(f"class_labels has {labels.numel()} entries for batch_size {batch_size}")
+        if (labels < 0).any() or (labels >= num_classes).any():
+            raise ValueError(f"class_labels must be in [0, {num_classes - 1}], got {labels.tolist()}")
+        return labels.to(self._execution_device)
+
+    @staticmethod
+    def guided_model_fn(model: Callable, cond: Dict, uncond: Dict, guidance_scale: float) -> Callable:
+        """A model_fn with classifier-free guidance: one batched call for both branches, or a single
+        branch when the scale makes the other irrelevant (w = 1: conditional only; w = 0: unconditional)."""
+        from .guidance import classifier_free
+
+        if guidance_scale == 1.0:
+            return lambda x, t: model(x, t, **cond)
+        if guidance_scale == 0.0:
+            return lambda x, t: model(x, t, **uncond)
+        both = {k: torch.cat([uncond[k], cond[k]]) for k in cond}
+
+        def fn(x, t):
+            out = model(torch.cat([x, x]), t, **both)
+            out_uncond, out_cond = out.chunk(2)
+            return classifier_free(out_uncond, out_cond, guidance_scale)
+
+        return fn
+
+    # --- saving -----------------------------------------------------------------------------------
+    @classmethod
+    def load_config(cls, *args, **kwargs):
+        """Called on a concrete hf_ddm pipeline class, a saved ``[module, Class]`` name means that
+        class itself: ``LatentDiffusionPipeline.from_pretrained(dir)`` must return the installed
+        class, never import the folder's copy of the code."""
+        out = super().load_config(*args, **kwargs)
+        config = out[0] if isinstance(out, tuple) else out
+        name = config.get("_class_name")
+        if isinstance(name, (list, tuple)) and len(name) == 2 and name[1] == cls.__name__:
+            config["_class_name"] = cls.__name__
+        return out
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """diffusers' save, plus this pipeline's code file beside model_index.json, named in its
+        ``_class_name`` as ``[module, Class]``: ``DiffusionPipeline.from_pretrained(dir,
+        trust_remote_code=True)`` then returns this class, not a diffusers one of the same name."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        source = self._pipeline_file or inspect.getfile(type(self))
+        module = os.path.splitext(os.path.basename(source))[0]
+        shutil.copyfile(source, os.path.join(save_directory, module + ".py"))
+        index_path = os.path.join(save_directory, "model_index.json")
+        with open(index_path) as f:
+            index = json.load(f)
+        index["_class_name"] = [module, type(self).__name__]
+        with open(index_path, "w") as f:
+            json.dump(index, f, indent=2, sort_keys=True)
+            f.write("\n")
+
+
+__all__ = ["HfDdmPipeline", "OUTPUT_TYPES"]
