@@ -128,22 +128,23 @@ class NoiseProcess:
         var = (s_to * s_to - r * r * s_from * s_from).clamp_min(0.0)
         return r, var
 
-    def posterior(self, x_t, x0, t, t_prev) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Mean and variance of q(x_{t_prev} | x_t, x0) for t_prev < t (t_prev = -1 / 0: clean data).
+    def posterior_coefficients(self, t, t_prev) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(coef_xt, coef_x0, var) with q(x_{t_prev} | x_t, x0) = N(coef_xt x_t + coef_x0 x0, var I).
 
-        mean = (r s'^2 x_t + G^2 a' x0) / s_t^2,  var = G^2 s'^2 / s_t^2, with (r, G^2) the transition
-        t_prev -> t and (a', s') the marginal at t_prev. For VP this is DDPM's (mu~_t, beta~_t); for VE
-        it is SMLD's ancestral step.
+        coef_xt = r s'^2 / s_t^2, coef_x0 = G^2 a' / s_t^2, var = G^2 s'^2 / s_t^2, with (r, G^2) the
+        transition t_prev -> t and (a', s') the marginal at t_prev. For VP this is DDPM's
+        (mu~_t, beta~_t); for VE it is SMLD's ancestral step. t_prev = -1 (discrete) is clean data.
         """
         a_prev, s_prev = self.marginal(t_prev)
         _, s_t = self.marginal(t)
         r, g2 = self.transition(t_prev, t)
         s_t2 = s_t * s_t
-        coef_xt = r * s_prev * s_prev / s_t2
-        coef_x0 = g2 * a_prev / s_t2
-        var = g2 * s_prev * s_prev / s_t2
-        mean = append_dims(coef_xt, x_t) * x_t + append_dims(coef_x0, x0) * x0
-        return mean, var
+        return r * s_prev * s_prev / s_t2, g2 * a_prev / s_t2, g2 * s_prev * s_prev / s_t2
+
+    def posterior(self, x_t, x0, t, t_prev) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance of q(x_{t_prev} | x_t, x0) for t_prev < t (see ``posterior_coefficients``)."""
+        coef_xt, coef_x0, var = self.posterior_coefficients(t, t_prev)
+        return append_dims(coef_xt, x_t) * x_t + append_dims(coef_x0, x0) * x0, var
 
     def drift_coef(self, t) -> torch.Tensor:
         """f(t) with drift f(x, t) = f(t) x.  Continuous: d log a/dt; discrete: r_t - 1 per step."""

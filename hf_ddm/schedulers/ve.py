@@ -64,7 +64,6 @@ from .vp import (
     check_custom_timesteps,
     integer_timesteps,
     lookup_step_index,
-    posterior_coefficients,
     spaced_timesteps,
 )
 
@@ -175,7 +174,7 @@ class VEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
         t_prev = torch.cat([levels[1:], torch.tensor([-1])])
         _, s_t = self.process.marginal(levels)
         _, s_p = self.process.marginal(t_prev)
-        coef_xt, coef_x0, post_var = posterior_coefficients(self.process, levels, t_prev)
+        coef_xt, coef_x0, post_var = self.process.posterior_coefficients(levels, t_prev)
         diff_var = s_t * s_t - s_p * s_p  # reverse-diffusion step variance g^2
         self._levels = levels
         self._index = {int(v): j for j, v in enumerate(levels.tolist())}

@@ -121,17 +121,6 @@ def check_custom_timesteps(timesteps, num_train_timesteps: int) -> np.ndarray:
     return ts
 
 
-def posterior_coefficients(process: NoiseProcess, t: torch.Tensor, t_prev: torch.Tensor):
-    """(coef_xt, coef_x0, var) of q(x_{t_prev} | x_t, x0) = N(coef_xt x_t + coef_x0 x0, var), for 1-D
-    tensors of times, read off ``process.posterior`` (the one place the formula lives) so that
-    schedulers can cache them per step."""
-    n = t.shape[0]
-    unit_xt = torch.tensor([1.0, 0.0]).expand(n, 2)
-    unit_x0 = torch.tensor([0.0, 1.0]).expand(n, 2)
-    mean, var = process.posterior(unit_xt, unit_x0, t, t_prev)
-    return mean[:, 0], mean[:, 1], var
-
-
 def lookup_step_index(index: Optional[dict], timestep) -> int:
     """Position of ``timestep`` in the schedule; clear errors for no schedule / an unknown timestep."""
     if index is None:
@@ -284,7 +273,7 @@ class VPScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
         p = self.process
         a_t, s_t = p.marginal(t)
         a_p, s_p = p.marginal(t_prev)
-        coef_xt, coef_x0, post_var = posterior_coefficients(p, t, t_prev)
+        coef_xt, coef_x0, post_var = p.posterior_coefficients(t, t_prev)
         _, trans_var = p.transition(t_prev, t)  # beta of the (possibly skipped) step: "fixed_large"
         self._index = {int(v): i for i, v in enumerate(t.tolist())}
         self._prev = t_prev.tolist()
@@ -390,4 +379,4 @@ class VPScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
         return torch.exp(0.5 * log_var)
 
 
-__all__ = ["VPScheduler", "spaced_timesteps", "check_custom_timesteps", "posterior_coefficients"]
+__all__ = ["VPScheduler", "spaced_timesteps", "check_custom_timesteps"]
