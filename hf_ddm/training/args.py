@@ -1,0 +1,162 @@
+"""Command-line arguments shared by the training scripts, as argparse groups.
+
+Names follow diffusers' example scripts (``--train_batch_size``, ``--lr_scheduler``, ``--use_ema`` ...), so
+a diffusers user's command line carries over. Each script adds its own model group and calls
+``parse_args(parser, argv)``, which runs the cross-argument checks that can be done without data or
+models; data/model checks live next to the code that loads them and also run before training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Optional, Sequence
+
+
+class ConfigError(ValueError):
+    """A bad argument combination or input, detected before training starts."""
+
+
+def _int_list(text: str):
+    text = text.strip()
+    if text in ("", "none", "[]", "()"):
+        return ()
+    return tuple(int(v) for v in text.replace("(", "").replace(")", "").replace("[", "").replace("]", "").split(",") if v.strip())
+
+
+def add_data_args(parser: argparse.ArgumentParser, *, image_size_default: int = 32) -> argparse._ArgumentGroup:
+    g = parser.add_argument_group("data")
+    g.add_argument("--dataset_name", type=str, default=None,
+                   help="A datasets Hub name, or a local folder written by `Dataset.save_to_disk`.")
+    g.add_argument("--dataset_config_name", type=str, default=None)
+    g.add_argument("--data_dir", "--train_data_dir", dest="data_dir", type=str, default=None,
+                   help="Local data: a folder of Fashion-MNIST/MNIST IDX files (train-images-idx3-ubyte[.gz] ...) or an "
+                        "image folder (datasets' `imagefolder`, class sub-folders become labels).")
+    g.add_argument("--split", type=str, default="train")
+    g.add_argument("--image_column", type=str, default=None, help="Default: 'image', 'img' or the first Image feature.")
+    g.add_argument("--label_column", type=str, default=None, help="Default: 'label' / 'labels' when present.")
+    g.add_argument("--resolution", type=int, default=image_size_default, help="Images are resized and center-cropped to this.")
+    g.add_argument("--channels", type=int, default=None, choices=[1, 3],
+                   help="1 = grayscale, 3 = RGB (default: the model's in_channels, or 3).")
+    g.add_argument("--random_flip", action="store_true", help="Random horizontal flips (seeded, per step).")
+    g.add_argument("--max_train_samples", type=int, default=None, help="Use only the first N examples.")
+    g.add_argument("--dataloader_num_workers", type=int, default=0)
+    g.add_argument("--cache_dir", type=str, default=None, help="datasets cache dir.")
+    return g
+
+
+def add_process_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    g = parser.add_argument_group("noise process / scheduler")
+    g.add_argument("--scheduler", type=str, default="vp", choices=["vp", "ve", "sde"],
+                   help="vp: discrete VP (DDPM); ve: discrete VE (SMLD); sde: continuous SDE (see --sde).")
+    g.add_argument("--sde", type=str, default="vp", choices=["vp", "subvp", "ve"], help="Process of --scheduler sde.")
+    g.add_argument("--solver", type=str, default=None, help="Sampler of the scheduler used for validation (scheduler default).")
+    g.add_argument("--prediction_type", type=str, default="epsilon",
+                   choices=["epsilon", "sample", "v_prediction", "score"])
+    g.add_argument("--num_train_timesteps", type=int, default=1000, help="Discrete schedulers only.")
+    g.add_argument("--beta_schedule", type=str, default=None,
+                   help="VP only: linear | squaredcos_cap_v2 | scaled_linear (scheduler default when unset).")
+    g.add_argument("--scheduler_config", type=str, default=None,
+                   help="A saved scheduler folder/json to use instead of the flags above (its class must match --scheduler).")
+    return g
+
+
+def add_training_args(parser: argparse.ArgumentParser, *, lr: float = 1e-4, batch_size: int = 16,
+                      output_dir: str = "output") -> None:
+    g = parser.add_argument_group("training")
+    g.add_argument("--output_dir", type=str, default=output_dir)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--train_batch_size", type=int, default=batch_size, help="Per process.")
+    g.add_argument("--num_epochs", type=int, default=10)
+    g.add_argument("--max_train_steps", type=int, default=None, help="Optimizer steps; overrides --num_epochs.")
+    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    g.add_argument("--gradient_checkpointing", action="store_true")
+    g.add_argument("--learning_rate", type=float, default=lr)
+    g.add_argument("--scale_lr", action="store_true", help="lr *= accumulation * batch size * processes.")
+    g.add_argument("--lr_scheduler", type=str, default="cosine",
+                   choices=["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"])
+    g.add_argument("--lr_warmup_steps", type=int, default=500)
+    g.add_argument("--adam_beta1", type=float, default=0.9)
+    g.add_argument("--adam_beta2", type=float, default=0.999)
+    g.add_argument("--adam_weight_decay", type=float, default=0.0)
+    g.add_argument("--adam_epsilon", type=float, default=1e-8)
+    g.add_argument("--max_grad_norm", type=float, default=1.0, help="0 disables clipping.")
+    g.add_argument("--use_ema", action="store_true")
+    g.add_argument("--ema_max_decay", type=float, default=0.9999)
+    g.add_argument("--ema_inv_gamma", type=float, default=1.0)
+    g.add_argument("--ema_power", type=float, default=3 / 4)
+    g.add_argument("--mixed_precision", type=str, default=None, choices=["no", "fp16", "bf16"],
+                   help="Default: the accelerate config's value.")
+    g.add_argument("--allow_tf32", action="store_true")
+    g.add_argument("--cpu", action="store_true", help="Force CPU (gloo when launched with several processes).")
+
+    c = parser.add_argument_group("checkpointing")
+    c.add_argument("--checkpointing_steps", type=int, default=500)
+    c.add_argument("--checkpoints_total_limit", type=int, default=None)
+    c.add_argument("--resume_from_checkpoint", type=str, default=None,
+                   help="'latest' (the newest complete checkpoint in --output_dir; starts fresh if none) or a path.")
+
+    v = parser.add_argument_group("validation and logging")
+    v.add_argument("--validation_steps", type=int, default=None, help="Validate every N steps (and at the end).")
+    v.add_argument("--num_validation_images", type=int, default=16)
+    v.add_argument("--num_inference_steps", type=int, default=50, help="Sampler steps for validation grids.")
+    v.add_argument("--report_to", type=str, default="tensorboard", help="tensorboard | wandb | all | none")
+    v.add_argument("--logging_dir", type=str, default="logs", help="Relative to --output_dir.")
+    v.add_argument("--tracker_project_name", type=str, default=None)
+    v.add_argument("--logging_steps", type=int, default=10)
+
+    h = parser.add_argument_group("hub")
+    h.add_argument("--push_to_hub", action="store_true")
+    h.add_argument("--hub_model_id", type=str, default=None)
+    h.add_argument("--hub_token", type=str, default=None)
+    h.add_argument("--hub_private_repo", action="store_true")
+
+    # Fault injection for the test-suite (not shown in --help).
+    parser.add_argument("--_inject_nan_at_step", dest="inject_nan_at_step", type=int, default=None,
+                        help=argparse.SUPPRESS)
+
+
+def add_unet_args(parser: argparse.ArgumentParser, *, prefix: str = "", channels=(64, 128, 256), layers: int = 2,
+                  attention=(1,)) -> None:
+    """U-Net size flags (``--block_out_channels 64,128,256 --layers_per_block 2 --attention_levels 1``)."""
+    g = parser.add_argument_group("model")
+    g.add_argument("--model_config", type=str, default=None,
+                   help="JSON config (or a model folder) for the network; overrides the size flags.")
+    g.add_argument("--block_out_channels", type=_int_list, default=tuple(channels))
+    g.add_argument("--layers_per_block", type=int, default=layers)
+    g.add_argument("--attention_levels", type=_int_list, default=tuple(attention))
+    g.add_argument("--no_mid_block_attention", action="store_true")
+    g.add_argument("--attention_head_dim", type=int, default=32)
+    g.add_argument("--norm_num_groups", type=int, default=32)
+    g.add_argument("--dropout", type=float, default=0.0)
+    g.add_argument("--pretrained_model_path", type=str, default=None,
+                   help="Start from these weights (a saved model folder) instead of a fresh init.")
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    env_local_rank = int(os.environ.get("LOCAL_RANK", -1))
+    args.local_rank = env_local_rank
+    if args.report_to in (None, "", "none"):
+        args.report_to = None
+    errors = []
+    if args.gradient_accumulation_steps < 1:
+        errors.append("--gradient_accumulation_steps must be >= 1")
+    if args.train_batch_size < 1:
+        errors.append("--train_batch_size must be >= 1")
+    if args.max_train_steps is not None and args.max_train_steps < 1:
+        errors.append("--max_train_steps must be >= 1")
+    if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
+        errors.append("--checkpoints_total_limit must be >= 1")
+    if args.checkpointing_steps is not None and args.checkpointing_steps < 1:
+        errors.append("--checkpointing_steps must be >= 1")
+    if getattr(args, "resolution", 1) < 1:
+        errors.append("--resolution must be positive")
+    if args.push_to_hub and not args.hub_model_id:
+        errors.append("--push_to_hub needs --hub_model_id")
+    if errors:
+        parser.error("; ".join(errors))
+    return args
+
+
+__all__ = ["ConfigError", "add_data_args", "add_process_args", "add_training_args", "add_unet_args", "parse_args"]

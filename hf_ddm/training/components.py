@@ -1,0 +1,180 @@
+"""Build what a script trains from its flags: the scheduler (the process), the networks, the frozen VAE.
+
+No per-process code lives here or in the scripts: a scheduler is picked by name and everything the
+loop needs from it goes through the shared helpers of ``hf_ddm.schedulers.base.ProcessSchedulerMixin``
+(``sample_training_timesteps`` / ``add_noise`` / ``training_loss``) and the diffusers sampling
+contract (``set_timesteps`` / ``scale_model_input`` / ``step``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import os
+from typing import Optional
+
+import torch
+
+from .args import ConfigError
+
+SCHEDULERS = {
+    "vp": ("hf_ddm.schedulers.vp", "VPScheduler"),
+    "ve": ("hf_ddm.schedulers.ve", "VEScheduler"),
+    "sde": ("hf_ddm.schedulers.sde", "SDEScheduler"),
+}
+
+
+def scheduler_class(name: str):
+    module, cls = SCHEDULERS[name]
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"--scheduler {name}: {module}.{cls} is not available in this hf_ddm ({e})") from e
+
+
+def _accepted_kwargs(cls, kwargs: dict) -> dict:
+    try:
+        params = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return kwargs
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+def build_scheduler(args):
+    """The training/validation scheduler named by ``--scheduler`` (+ ``--sde``, ``--prediction_type`` ...)."""
+    cls = scheduler_class(args.scheduler)
+    if getattr(args, "scheduler_config", None):
+        path = args.scheduler_config
+        if not os.path.exists(path):
+            raise ConfigError(f"--scheduler_config {path!r} does not exist")
+        config = cls.load_config(path) if os.path.isdir(path) else json.load(open(path))
+        return cls.from_config(config)
+    wanted = {"prediction_type": args.prediction_type, "num_train_timesteps": args.num_train_timesteps}
+    if args.scheduler == "sde":
+        wanted["sde"] = args.sde
+    if getattr(args, "solver", None):  # SDEScheduler calls it `solver`, VPScheduler `sampler`
+        wanted["solver"] = wanted["sampler"] = args.solver
+    if getattr(args, "beta_schedule", None):
+        wanted["beta_schedule"] = args.beta_schedule
+    kwargs = _accepted_kwargs(cls, wanted)
+    try:
+        sched = cls(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"cannot build {cls.__name__} with {kwargs}: {e}") from e
+    if getattr(sched.config, "prediction_type", args.prediction_type) != args.prediction_type:
+        raise ConfigError(f"{cls.__name__} does not take --prediction_type {args.prediction_type}")
+    for helper in ("sample_training_timesteps", "add_noise", "training_loss"):
+        if not hasattr(sched, helper):
+            raise ConfigError(f"{cls.__name__} lacks the shared training helper `{helper}`")
+    return sched
+
+
+def copy_scheduler(scheduler):
+    """A fresh scheduler with the same config (sampling mutates timesteps and solver state)."""
+    return scheduler.__class__.from_config(scheduler.config)
+
+
+def read_model_config(path: str) -> dict:
+    p = os.path.join(path, "config.json") if os.path.isdir(path) else path
+    if not os.path.isfile(p):
+        raise ConfigError(f"model config {path!r} not found")
+    with open(p) as f:
+        cfg = json.load(f)
+    return {k: v for k, v in cfg.items() if not k.startswith("_")}
+
+
+def unet_kwargs_from_args(args) -> dict:
+    if getattr(args, "model_config", None):
+        return read_model_config(args.model_config)
+    return dict(block_out_channels=tuple(args.block_out_channels), layers_per_block=args.layers_per_block,
+                attention_levels=tuple(args.attention_levels), mid_block_attention=not args.no_mid_block_attention,
+                attention_head_dim=args.attention_head_dim, norm_num_groups=args.norm_num_groups, dropout=args.dropout)
+
+
+def check_spatial(size: int, block_out_channels, what: str = "--resolution") -> None:
+    """The networks halve H, W len(block_out_channels)-1 times; refuse sizes they cannot take."""
+    factor = 2 ** (len(block_out_channels) - 1)
+    if size % factor:
+        raise ConfigError(f"{what} {size} is not divisible by 2**(len(block_out_channels)-1) = {factor}: the model "
+                          f"with block_out_channels={list(block_out_channels)} cannot take it. Change {what} or the "
+                          "number of levels.")
+
+
+def build_model(cls, kwargs: dict, pretrained: Optional[str] = None):
+    """Instantiate ``cls(**kwargs)`` (or load ``pretrained``), turning config errors into ConfigError."""
+    if pretrained:
+        if not os.path.isdir(pretrained):
+            raise ConfigError(f"--pretrained_model_path {pretrained!r} is not a folder")
+        try:
+            return cls.from_pretrained(pretrained)
+        except Exception as e:  # noqa: BLE001
+            raise ConfigError(f"--pretrained_model_path {pretrained!r} is not a saved {cls.__name__}: {e}") from e
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"bad {cls.__name__} configuration: {e}") from e
+
+
+def load_frozen_vae(path: Optional[str]):
+    """Load the first stage for LDM/latent classifier training; clear error when it is not a VAE folder."""
+    from ..models.vae import VAE
+
+    if not path:
+        raise ConfigError("--vae_path is required")
+    if not os.path.isdir(path):
+        raise ConfigError(f"--vae_path {path!r} is not a folder")
+    cfg_file = os.path.join(path, "config.json")
+    if os.path.isdir(os.path.join(path, "vae")) and not os.path.isfile(cfg_file):  # a pipeline folder
+        path, cfg_file = os.path.join(path, "vae"), os.path.join(path, "vae", "config.json")
+    if not os.path.isfile(cfg_file):
+        raise ConfigError(f"--vae_path {path!r} is not a VAE folder (no config.json)")
+    with open(cfg_file) as f:
+        try:
+            cfg = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--vae_path {path!r}: config.json is not valid JSON ({e})") from e
+    name = cfg.get("_class_name")
+    if name == "AutoencoderKL":
+        from diffusers import AutoencoderKL as cls
+    elif name == "VAE":
+        cls = VAE
+    else:
+        raise ConfigError(f"--vae_path {path!r} is not a VAE folder: its config.json describes {name!r} "
+                          "(expected 'VAE' or 'AutoencoderKL')")
+    try:
+        vae = cls.from_pretrained(path)
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"--vae_path {path!r}: could not load the VAE weights: {e}") from e
+    vae.requires_grad_(False).eval()
+    return vae
+
+
+def vae_down_factor(vae) -> int:
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+@torch.no_grad()
+def sample_loop(model_fn, scheduler, shape, num_inference_steps: int, generator: torch.Generator, device,
+                dtype=torch.float32):
+    """Generic ancestral/ODE sampling through the diffusers scheduler contract.
+
+    ``model_fn(x, t) -> model output`` (guidance, conditioning etc. live in the closure).
+    """
+    scheduler.set_timesteps(num_inference_steps, device=device)
+    x = torch.randn(shape, generator=generator, dtype=torch.float32).to(device, dtype)
+    x = x * getattr(scheduler, "init_noise_sigma", 1.0)
+    step_kwargs = {}
+    if "generator" in inspect.signature(scheduler.step).parameters:
+        step_kwargs["generator"] = generator if device.type == "cpu" else None
+    for t in scheduler.timesteps:
+        inp = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
+        out = model_fn(inp, t)
+        x = scheduler.step(out, t, x, **step_kwargs).prev_sample
+    return x
+
+
+__all__ = ["build_scheduler", "copy_scheduler", "scheduler_class", "unet_kwargs_from_args", "check_spatial",
+           "build_model", "load_frozen_vae", "vae_down_factor", "sample_loop", "read_model_config"]

@@ -1,0 +1,255 @@
+"""Training data: datasets Hub names, local image folders, and MNIST-style IDX files, all mapped to
+``{"pixel_values": (C, R, R) float in [-1, 1], "class_labels": long}`` examples.
+
+Augmentation (random flip) is *not* done here: the loop flips with a per-step seeded generator, so
+that a resumed run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from .args import ConfigError
+
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot"]
+MNIST_CLASSES = [str(i) for i in range(10)]
+
+_IDX_PREFIX = {"train": "train", "test": "t10k", "validation": "t10k"}
+
+
+@dataclass
+class DataInfo:
+    """What a data source is, for cache keys and model cards."""
+
+    source: str
+    num_examples: int
+    class_names: Optional[List[str]] = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> Optional[int]:
+        return len(self.class_names) if self.class_names else None
+
+
+def _find_idx(data_dir: str, stem: str) -> Optional[str]:
+    for name in (f"{stem}", f"{stem}.gz"):
+        p = os.path.join(data_dir, name)
+        if os.path.isfile(p):
+            return p
+    return None
+
+
+def is_idx_dir(data_dir: str) -> bool:
+    return any(_find_idx(data_dir, f"{p}-images-idx3-ubyte") for p in ("train", "t10k"))
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Read an IDX file (optionally gzipped): uint8 array of the stored shape."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise ConfigError(f"{path} is not an unsigned-byte IDX file")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(shape)):
+        raise ConfigError(f"{path}: IDX header says {shape} but holds {arr.size} values (truncated file?)")
+    return arr.reshape(shape)
+
+
+def _to_model_range(images: torch.Tensor, resolution: int, channels: int) -> torch.Tensor:
+    """uint8/float (N, C, H, W) in [0, 255] -> float (N, channels, R, R) in [-1, 1]: resize shorter side,
+    center-crop, convert channels."""
+    x = images.float() / 127.5 - 1.0
+    c = x.shape[1]
+    if c != channels:
+        if c == 1:
+            x = x.expand(-1, channels, -1, -1)
+        elif channels == 1:  # ITU-R 601 luma, as PIL's convert("L")
+            w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype)[: c].view(1, c, 1, 1)
+            x = (x * w).sum(1, keepdim=True)
+    h, w = x.shape[-2:]
+    if (h, w) != (resolution, resolution):
+        scale = resolution / min(h, w)
+        nh, nw = max(resolution, round(h * scale)), max(resolution, round(w * scale))
+        if (nh, nw) != (h, w):
+            x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+        top, left = (nh - resolution) // 2, (nw - resolution) // 2
+        x = x[..., top: top + resolution, left: left + resolution]
+    return x.clamp(-1, 1).contiguous()
+
+
+class TensorImageDataset(Dataset):
+    """Images held in memory as uint8 (N, C, H, W); converted per item."""
+
+    def __init__(self, images: torch.Tensor, labels: Optional[torch.Tensor], resolution: int, channels: int):
+        self.images, self.labels, self.resolution, self.channels = images, labels, resolution, channels
+
+    def __len__(self):
+        return self.images.shape[0]
+
+    def __getitem__(self, i):
+        out = {"pixel_values": _to_model_range(self.images[i: i + 1], self.resolution, self.channels)[0]}
+        if self.labels is not None:
+            out["class_labels"] = self.labels[i]
+        return out
+
+
+class HFImageDataset(Dataset):
+    """A datasets ``Dataset`` with an Image column (PIL) and optional label column."""
+
+    def __init__(self, ds, image_column: str, label_column: Optional[str], resolution: int, channels: int):
+        self.ds, self.image_column, self.label_column = ds, image_column, label_column
+        self.resolution, self.channels = resolution, channels
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        row = self.ds[int(i)]
+        img = row[self.image_column]
+        img = img.convert("L" if self.channels == 1 else "RGB")
+        arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
+        arr = arr[None] if arr.ndim == 2 else arr.permute(2, 0, 1)
+        out = {"pixel_values": _to_model_range(arr[None], self.resolution, self.channels)[0]}
+        if self.label_column is not None:
+            out["class_labels"] = torch.tensor(int(row[self.label_column]), dtype=torch.long)
+        return out
+
+
+def _load_idx(data_dir: str, split: str, resolution: int, channels: int, max_samples: Optional[int]):
+    prefix = _IDX_PREFIX.get(split, split)
+    img_path = _find_idx(data_dir, f"{prefix}-images-idx3-ubyte")
+    if img_path is None:
+        raise ConfigError(f"--data_dir {data_dir}: no {prefix}-images-idx3-ubyte[.gz] for split {split!r}")
+    images = read_idx(img_path)
+    lbl_path = _find_idx(data_dir, f"{prefix}-labels-idx1-ubyte")
+    labels = read_idx(lbl_path) if lbl_path else None
+    if max_samples is not None:
+        images = images[:max_samples]
+        labels = labels[:max_samples] if labels is not None else None
+    images_t = torch.from_numpy(images.copy())[:, None]  # (N, 1, H, W)
+    labels_t = torch.from_numpy(labels.astype(np.int64)) if labels is not None else None
+    names = FASHION_MNIST_CLASSES if "fashion" in os.path.abspath(data_dir).lower() else MNIST_CLASSES
+    if labels_t is not None and labels_t.numel() and int(labels_t.max()) >= len(names):
+        names = [str(i) for i in range(int(labels_t.max()) + 1)]
+    ds = TensorImageDataset(images_t, labels_t, resolution, channels)
+    info = DataInfo(source=f"idx:{os.path.abspath(data_dir)}:{split}", num_examples=len(ds),
+                    class_names=names if labels_t is not None else None,
+                    extra={"files": [os.path.basename(img_path)] + ([os.path.basename(lbl_path)] if lbl_path else [])})
+    return ds, info
+
+
+def _pick_columns(ds, image_column, label_column):
+    from datasets import ClassLabel, Image
+
+    feats = ds.features
+    if image_column is None:
+        for cand in ("image", "img", "pixel_values"):
+            if cand in feats:
+                image_column = cand
+                break
+        else:
+            image_column = next((k for k, v in feats.items() if isinstance(v, Image)), None)
+    if image_column is None or image_column not in feats:
+        raise ConfigError(f"no image column found (columns: {list(feats)}); pass --image_column")
+    names = None
+    if label_column is None:
+        label_column = next((c for c in ("label", "labels", "class", "fine_label") if c in feats), None)
+    elif label_column not in feats:
+        raise ConfigError(f"--label_column {label_column!r} not in the dataset columns {list(feats)}")
+    if label_column is not None and isinstance(feats[label_column], ClassLabel):
+        names = list(feats[label_column].names)
+    return image_column, label_column, names
+
+
+def load_image_dataset(args, channels: int) -> tuple[Dataset, DataInfo]:
+    """Build the training dataset from ``--dataset_name`` or ``--data_dir``; raise ConfigError on bad input."""
+    resolution = args.resolution
+    if args.dataset_name is None and args.data_dir is None:
+        raise ConfigError("give --dataset_name (a Hub dataset or a saved dataset folder) or --data_dir")
+    if args.data_dir is not None:
+        if not os.path.isdir(args.data_dir):
+            raise ConfigError(f"--data_dir {args.data_dir!r} does not exist or is not a directory")
+        if is_idx_dir(args.data_dir):
+            ds, info = _load_idx(args.data_dir, args.split, resolution, channels, args.max_train_samples)
+            if len(ds) == 0:
+                raise ConfigError(f"--data_dir {args.data_dir!r} holds no examples")
+            return ds, info
+        import datasets
+
+        try:
+            hf = datasets.load_dataset("imagefolder", data_dir=args.data_dir, split=args.split, cache_dir=args.cache_dir)
+        except Exception as e:  # noqa: BLE001 - re-raised with context
+            raise ConfigError(f"--data_dir {args.data_dir!r}: neither IDX files nor a readable image folder ({e})") from e
+        source = f"imagefolder:{os.path.abspath(args.data_dir)}:{args.split}"
+    else:
+        import datasets
+
+        path = args.dataset_name
+        try:
+            if os.path.isdir(path) and (os.path.isfile(os.path.join(path, "dataset_info.json"))
+                                        or os.path.isfile(os.path.join(path, "state.json"))
+                                        or os.path.isfile(os.path.join(path, "dataset_dict.json"))):
+                hf = datasets.load_from_disk(path)
+                if isinstance(hf, datasets.DatasetDict):
+                    hf = hf[args.split]
+            else:
+                hf = datasets.load_dataset(path, args.dataset_config_name, split=args.split, cache_dir=args.cache_dir)
+        except Exception as e:  # noqa: BLE001
+            raise ConfigError(f"--dataset_name {path!r} could not be loaded: {e}") from e
+        source = f"dataset:{path}:{args.dataset_config_name}:{args.split}:{getattr(hf, '_fingerprint', '')}"
+    if args.max_train_samples is not None:
+        hf = hf.select(range(min(args.max_train_samples, len(hf))))
+    if len(hf) == 0:
+        raise ConfigError("the dataset has no examples")
+    image_column, label_column, names = _pick_columns(hf, args.image_column, args.label_column)
+    ds = HFImageDataset(hf, image_column, label_column, resolution, channels)
+    if label_column is not None and names is None:
+        n = int(max(hf[label_column])) + 1
+        names = [str(i) for i in range(n)]
+    info = DataInfo(source=source, num_examples=len(ds), class_names=names if label_column else None)
+    return ds, info
+
+
+def collate(examples):
+    out = {"pixel_values": torch.stack([e["pixel_values"] for e in examples])}
+    if "class_labels" in examples[0]:
+        out["class_labels"] = torch.stack([torch.as_tensor(e["class_labels"]) for e in examples]).long()
+    return out
+
+
+def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Flip each sample horizontally with probability 1/2 (generator on CPU)."""
+    mask = torch.rand(x.shape[0], generator=generator) < 0.5
+    if not mask.any():
+        return x
+    mask = mask.to(x.device).view(-1, *([1] * (x.ndim - 1)))
+    return torch.where(mask, x.flip(-1), x)
+
+
+def dataset_fingerprint(dataset: Dataset, info: DataInfo, batch_size: int = 256) -> str:
+    """A content hash of the preprocessed examples (pixels and labels), for cache keys."""
+    import hashlib
+
+    h = hashlib.sha256(info.source.encode())
+    for start in range(0, len(dataset), batch_size):
+        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        h.update(batch["pixel_values"].numpy().tobytes())
+        if "class_labels" in batch:
+            h.update(batch["class_labels"].numpy().tobytes())
+    return h.hexdigest()
+
+
+__all__ = ["DataInfo", "load_image_dataset", "collate", "random_flip", "read_idx", "is_idx_dir", "dataset_fingerprint",
+           "FASHION_MNIST_CLASSES", "TensorImageDataset", "HFImageDataset"]

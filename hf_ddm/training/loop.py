@@ -1,0 +1,386 @@
+"""The one training loop every script calls.
+
+A script describes *what* is trained as a ``TrainingTask`` (its networks, the loss of a batch, what a
+validation produces, how the result is saved); this loop does everything else the diffusers example
+scripts do: Accelerate set-up (one process, DDP over many GPUs/nodes, DeepSpeed/FSDP via the accelerate
+config), gradient accumulation, clipping, AdamW with warm-up + cosine/constant/..., EMA, mixed
+precision, atomic checkpoints + exact resume, validation grids to disk and TensorBoard, tqdm, the final
+``save_pretrained`` and the Hub upload.
+
+Determinism and exact resume: the data order of epoch e is a permutation seeded by (seed, e); every
+random draw of a step (timesteps, noise, flips, condition dropout, dropout masks) comes from a generator
+seeded by (seed, optimizer step, micro-step, rank). A resumed run reloads weights, optimizer, LR
+schedule and EMA with ``accelerator.load_state``, skips the batches already consumed in the current epoch
+with ``accelerator.skip_first_batches``, and then draws exactly what the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from . import checkpoint as ckpt
+from .data import collate as default_collate
+from .ema import ema_weights, make_ema
+from .utils import module_checksum, save_grid, step_seed
+
+logger = logging.getLogger("hf_ddm.training")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN/inf; raised before the backward pass of that step, so nothing is corrupted."""
+
+    def __init__(self, step: int, value: float, last_checkpoint: Optional[str]):
+        self.step, self.value, self.last_checkpoint = step, value, last_checkpoint
+        where = f"; the last complete checkpoint is {last_checkpoint}" if last_checkpoint else "; no checkpoint was saved"
+        super().__init__(f"loss is {value} at optimizer step {step}: stopping before the update, nothing saved for "
+                         f"this step{where}. Lower --learning_rate, enable --max_grad_norm, or check the data.")
+
+
+class EpochSampler(Sampler):
+    """Shuffles with a permutation seeded by (seed, epoch): the same order on every process and on resume."""
+
+    def __init__(self, num_examples: int, seed: int, shuffle: bool = True):
+        self.num_examples, self.seed, self.shuffle, self.epoch = num_examples, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            return iter(range(self.num_examples))
+        g = torch.Generator().manual_seed(step_seed(self.seed, self.epoch, 0xDA7A))
+        return iter(torch.randperm(self.num_examples, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.num_examples
+
+
+class TrainingTask:
+    """What a script trains. Override the methods; see train/train_ddpm.py for the smallest example.
+
+    ``modules``: trainable networks by name; the first is the *main* one (EMA'd, in the model card).
+    ``frozen``: networks used but not trained (a VAE), moved to the device, never prepared.
+    """
+
+    name: str = "model"
+    modules: Dict[str, torch.nn.Module]
+    frozen: Dict[str, torch.nn.Module]
+
+    def __init__(self):
+        self.modules, self.frozen = {}, {}
+
+    def loss(self, modules: Dict[str, torch.nn.Module], batch: dict, generator: torch.Generator):
+        """(scalar loss, dict of float logs). ``modules`` are the prepared (possibly DDP-wrapped) ones."""
+        raise NotImplementedError
+
+    def validate(self, modules: Dict[str, torch.nn.Module], generator: torch.Generator, args) -> dict:
+        """{'images': (N, C, H, W) in [0, 1] or None, 'scalars': {...}} on unwrapped, EMA-weighted modules."""
+        return {}
+
+    def save(self, modules: Dict[str, torch.nn.Module], output_dir: str) -> None:
+        raise NotImplementedError
+
+    def card_info(self) -> dict:
+        return {}
+
+
+@dataclass
+class TrainResult:
+    global_step: int
+    num_processes: int
+    output_dir: str
+    losses: List[float] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+    step_times: List[float] = field(default_factory=list)  # perf_counter() after each optimizer step (benchmarks)
+
+
+def make_accelerator(args):
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    project_config = ProjectConfiguration(project_dir=args.output_dir,
+                                          logging_dir=os.path.join(args.output_dir, args.logging_dir))
+    kwargs = dict(gradient_accumulation_steps=args.gradient_accumulation_steps, log_with=args.report_to,
+                  project_config=project_config)
+    if args.mixed_precision is not None:
+        kwargs["mixed_precision"] = args.mixed_precision
+    if args.cpu:
+        kwargs["cpu"] = True
+    accelerator = Accelerator(**kwargs)
+    if args.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return accelerator
+
+
+def _trackable_config(args) -> dict:
+    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in vars(args).items()
+            if v is not None and not k.startswith("_") and k != "hub_token"}
+
+
+def _log_images(accelerator, images: torch.Tensor, step: int, tag: str = "validation") -> None:
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            imgs = images.detach().float().cpu().clamp(0, 1)
+            if imgs.shape[1] not in (1, 3):
+                imgs = imgs[:, :3] if imgs.shape[1] > 3 else imgs[:, :1]
+            tracker.writer.add_images(tag, imgs.numpy(), step, dataformats="NCHW")
+        elif tracker.name == "wandb":
+            import wandb
+
+            tracker.log({tag: [wandb.Image(im.permute(1, 2, 0).numpy()) for im in images.cpu().float()]}, step=step)
+
+
+def train(args, task: TrainingTask, dataset, data_info=None, accelerator=None, collate_fn=default_collate) -> TrainResult:
+    """Train ``task`` on ``dataset`` as configured by the shared flags (see ``args.add_training_args``)."""
+    from diffusers.optimization import get_scheduler
+
+    from .hub import push_to_hub, write_model_card
+
+    accelerator = accelerator or make_accelerator(args)
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S",
+                        level=logging.INFO if accelerator.is_local_main_process else logging.WARNING)
+    logger.info(accelerator.state)
+    out = args.output_dir
+    if accelerator.is_main_process:
+        os.makedirs(out, exist_ok=True)
+        removed = ckpt.clean_incomplete(out)
+        if removed:
+            logger.warning("removed leftovers of interrupted checkpoint writes: %s", removed)
+    accelerator.wait_for_everyone()
+    resume_path = ckpt.resolve_resume(args.resume_from_checkpoint, out)
+    if args.resume_from_checkpoint == "latest" and resume_path is None:
+        logger.info("--resume_from_checkpoint latest: no complete checkpoint in %s, starting a new run", out)
+    elif resume_path is None and ckpt.list_checkpoints(out):
+        logger.warning("%s already holds checkpoints and this run does not resume; they may be overwritten", out)
+
+    # ---- data ---------------------------------------------------------------------------------------
+    sampler = EpochSampler(len(dataset), args.seed)
+    dataloader = DataLoader(dataset, batch_size=args.train_batch_size, sampler=sampler, collate_fn=collate_fn,
+                            num_workers=args.dataloader_num_workers, drop_last=False)
+
+    # ---- optimisation ------------------------------------------------------------------------------
+    names = list(task.modules)
+    main_name = names[0]
+    params = [p for m in task.modules.values() for p in m.parameters() if p.requires_grad]
+    if args.gradient_checkpointing:
+        for m in task.modules.values():
+            if getattr(m, "_supports_gradient_checkpointing", False):
+                m.enable_gradient_checkpointing()
+            elif hasattr(m, "gradient_checkpointing_enable"):
+                m.gradient_checkpointing_enable()
+    lr = args.learning_rate
+    if args.scale_lr:
+        lr *= args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=(args.adam_beta1, args.adam_beta2),
+                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+    ema = make_ema(task.modules[main_name], args)
+
+    prepared = accelerator.prepare(*task.modules.values(), optimizer, dataloader)
+    modules = dict(zip(names, prepared[: len(names)]))
+    optimizer, train_dataloader = prepared[len(names)], prepared[len(names) + 1]
+    for m in task.frozen.values():
+        m.to(accelerator.device)
+    if ema is not None:
+        ema.to(accelerator.device)
+
+    steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
+    if steps_per_epoch == 0:
+        raise ValueError("the dataloader is empty")
+    max_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
+    num_epochs = math.ceil(max_steps / steps_per_epoch)
+    # Not prepared on purpose: stepped once per optimizer update, independent of the number of processes.
+    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps,
+                                 num_training_steps=max_steps)
+    accelerator.register_for_checkpointing(lr_scheduler)
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+
+    if accelerator.is_main_process and args.report_to:
+        accelerator.init_trackers(args.tracker_project_name or f"hf_ddm-{task.name}", config=_trackable_config(args))
+
+    global_step, first_epoch, skip_batches = 0, 0, 0
+    if resume_path is not None:
+        accelerator.print(f"Resuming from {resume_path}")
+        accelerator.load_state(resume_path)
+        if ema is not None:
+            ema.to(accelerator.device)
+        state = ckpt.read_state(resume_path)
+        global_step = int(state["global_step"])
+        first_epoch = global_step // steps_per_epoch
+        skip_batches = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
+
+    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    logger.info("***** Running training: %s *****", task.name)
+    logger.info("  examples = %d, processes = %d, batch/process = %d, accumulation = %d, total batch = %d",
+                len(dataset), accelerator.num_processes, args.train_batch_size, args.gradient_accumulation_steps,
+                total_batch)
+    logger.info("  optimizer steps = %d (%d epochs of %d), starting at step %d", max_steps, num_epochs, steps_per_epoch,
+                global_step)
+
+    from tqdm.auto import tqdm
+
+    progress = tqdm(total=max_steps, initial=global_step, disable=not accelerator.is_local_main_process,
+                    desc=f"train {task.name}")
+    rank = accelerator.process_index
+    losses: List[float] = []
+    running, running_n = 0.0, 0
+    last_ckpt = ckpt.latest_checkpoint(out)
+    grad_norm = None
+    t_start = time.perf_counter()
+    step_times: List[float] = [t_start]
+
+    def run_validation(step: int):
+        unwrapped = {k: accelerator.unwrap_model(v) for k, v in modules.items()}
+        for m in unwrapped.values():
+            m.eval()
+        gen = torch.Generator().manual_seed(args.seed)
+        with ema_weights(ema, unwrapped[main_name]):
+            result = task.validate(unwrapped, gen, args) or {}
+        for m in unwrapped.values():
+            m.train()
+        images = result.get("images")
+        path = None
+        if images is not None:
+            path = save_grid(images, os.path.join(out, "samples", f"step_{step:07d}.png"))
+            _log_images(accelerator, images, step)
+        if result.get("scalars"):
+            accelerator.log({f"val/{k}": v for k, v in result["scalars"].items()}, step=step)
+        return path, result.get("scalars", {})
+
+    for m in modules.values():
+        m.train()
+    done = global_step >= max_steps
+    for epoch in range(first_epoch, num_epochs):
+        if done:
+            break
+        sampler.set_epoch(epoch)
+        loader = train_dataloader
+        offset = 0
+        if epoch == first_epoch and skip_batches:
+            loader = accelerator.skip_first_batches(train_dataloader, skip_batches)
+            offset = skip_batches
+        for batch_idx, batch in enumerate(loader):
+            micro = (offset + batch_idx) % args.gradient_accumulation_steps
+            seed = step_seed(args.seed, global_step, micro, rank)
+            torch.manual_seed(seed)  # dropout masks etc.: a function of (seed, step, micro-step, rank) only
+            gen = torch.Generator().manual_seed(seed)
+            with accelerator.accumulate(*modules.values()):
+                loss, logs = task.loss(modules, batch, gen)
+                if args.inject_nan_at_step is not None and global_step + 1 == args.inject_nan_at_step:
+                    loss = loss * float("nan")
+                gathered = accelerator.gather(loss.detach().float().reshape(1))
+                if not torch.isfinite(gathered).all():
+                    bad = gathered[~torch.isfinite(gathered)][0].item()
+                    progress.close()
+                    accelerator.end_training()
+                    raise NonFiniteLossError(global_step + 1, bad, ckpt.latest_checkpoint(out))
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm and args.max_grad_norm > 0:
+                    grad_norm = accelerator.clip_grad_norm_(params, args.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            running += gathered.mean().item()
+            running_n += 1
+            if not accelerator.sync_gradients:
+                continue
+            lr_scheduler.step()
+            if ema is not None:
+                ema.step(accelerator.unwrap_model(modules[main_name]).parameters())
+            global_step += 1
+            step_times.append(time.perf_counter())
+            step_loss = running / max(running_n, 1)
+            running, running_n = 0.0, 0
+            losses.append(step_loss)
+            progress.update(1)
+            logs = {"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0], "epoch": epoch, **(logs or {})}
+            if grad_norm is not None:
+                logs["grad_norm"] = float(grad_norm)
+            if ema is not None:
+                logs["ema_decay"] = ema.cur_decay_value
+            progress.set_postfix(loss=f"{step_loss:.4g}", lr=f"{logs['lr']:.3g}")
+            if global_step % args.logging_steps == 0 or global_step == max_steps:
+                accelerator.log(logs, step=global_step)
+
+            if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
+                state = {"global_step": global_step, "epoch": epoch, "seed": args.seed, "max_train_steps": max_steps,
+                         "num_processes": accelerator.num_processes}
+                last_ckpt = ckpt.save_checkpoint(accelerator, out, global_step, state, args.checkpoints_total_limit)
+                logger.info("saved %s", last_ckpt)
+            if args.validation_steps and global_step % args.validation_steps == 0 and global_step != max_steps:
+                if accelerator.is_main_process:
+                    run_validation(global_step)
+                accelerator.wait_for_everyone()
+            if global_step >= max_steps:
+                done = True
+                break
+    progress.close()
+    elapsed = time.perf_counter() - t_start
+
+    # ---- final save ---------------------------------------------------------------------------------
+    accelerator.wait_for_everyone()
+    unwrapped = {k: accelerator.unwrap_model(v) for k, v in modules.items()}
+    from accelerate.utils import gather_object
+
+    checksums = gather_object([module_checksum(unwrapped)])
+    summary = {
+        "task": task.name,
+        "global_step": global_step,
+        "num_processes": accelerator.num_processes,
+        "distributed_type": str(accelerator.distributed_type),
+        "mixed_precision": accelerator.mixed_precision,
+        "param_checksums": checksums,
+        "final_loss": losses[-1] if losses else None,
+        "mean_loss_last_10": float(np.mean(losses[-10:])) if losses else None,
+        "train_seconds_this_run": elapsed,
+        "examples": len(dataset),
+        "data_source": getattr(data_info, "source", None),
+    }
+    if accelerator.is_main_process:
+        sample_path, val_scalars = None, {}
+        if args.validation_steps or args.push_to_hub:
+            sample_path, val_scalars = run_validation(global_step)
+        summary["validation"] = val_scalars
+        with ema_weights(ema, unwrapped[main_name]):
+            task.save(unwrapped, out)
+        if sample_path:
+            summary["sample_grid"] = os.path.relpath(sample_path, out)
+        write_model_card(out, args, task, data_info, summary)
+        with open(os.path.join(out, "train_summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        if args.push_to_hub:
+            push_to_hub(out, args)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(global_step=global_step, num_processes=accelerator.num_processes, output_dir=out, losses=losses,
+                       summary=summary, step_times=step_times)
+
+
+def run_main(main_fn, argv=None) -> int:
+    """Call a script's ``main``; turn argument/data errors and NaN stops into a clear message + exit code."""
+    import sys
+
+    from .args import ConfigError
+
+    try:
+        main_fn(argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    return 0
+
+
+__all__ = ["TrainingTask", "TrainResult", "train", "make_accelerator", "EpochSampler", "NonFiniteLossError", "run_main"]

@@ -1,0 +1,112 @@
+"""train/train_ldm.py: unconditional / class / text conditioning, the latent cache, bad VAE folders."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from test_train_common import FAST, TINY_UNET, idx_data, require_scheduler, run_script  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def vae_dir(tmp_path_factory) -> Path:
+    from hf_ddm.models.vae import VAE
+
+    torch.manual_seed(0)
+    vae = VAE(in_channels=1, out_channels=1, latent_channels=2, block_out_channels=(8, 16), norm_num_groups=4,
+              sample_size=16, scaling_factor=0.9)
+    d = tmp_path_factory.mktemp("vae")
+    vae.save_pretrained(d)
+    return d
+
+
+def ldm_args(data, vae, out, *extra):
+    return ["--vae_path", vae, "--data_dir", data, "--resolution", "16", *TINY_UNET, "--attention_levels", "1", *FAST,
+            "--train_batch_size", "8", "--output_dir", out, "--text_hidden_size", "16", "--text_heads", "2", *extra]
+
+
+@pytest.mark.parametrize("conditioning", ["none", "class", "text"])
+def test_ldm_end_to_end_and_pipeline_loads(idx_data, vae_dir, tmp_path, conditioning):
+    require_scheduler("vp")
+    out = tmp_path / "ldm"
+    _, summary = run_script("train_ldm", ldm_args(idx_data, vae_dir, out, "--conditioning", conditioning,
+                                                  "--max_train_steps", "2", "--validation_steps", "1",
+                                                  "--random_flip", "--use_ema"))
+    assert summary["global_step"] == 2 and (out / "samples" / "step_0000002.png").exists()
+    try:
+        import hf_ddm.pipelines  # noqa: F401
+    except ImportError:
+        pytest.skip("hf_ddm.pipelines not installed yet")
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(out, trust_remote_code=True)  # the folder carries its pipeline code
+    assert type(pipe).__name__ == "LatentDiffusionPipeline"
+    assert pipe.unet.config.sample_size == 8 and pipe.unet.config.in_channels == 2
+    if conditioning == "text":
+        assert pipe.text_encoder is not None and pipe.tokenizer("a photo of a 3").input_ids[0] == pipe.tokenizer.bos_token_id
+    if conditioning == "class":
+        assert pipe.unet.config.num_class_embeds == 10
+
+
+def test_cached_latents_equal_fresh_encodings_and_key_tracks_vae(idx_data, vae_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from hf_ddm.models.vae import VAE
+    from hf_ddm.training import load_image_dataset
+    from hf_ddm.training.data import collate
+    from test_train_common import _args
+
+    require_scheduler("vp")
+    cache = tmp_path / "cache"
+    out = tmp_path / "ldm"
+    run_script("train_ldm", ldm_args(idx_data, vae_dir, out, "--max_train_steps", "1", "--latent_cache_dir", cache,
+                                     "--random_flip"))
+    files = list(cache.glob("latents-*.safetensors"))
+    assert len(files) == 1
+    cached = load_file(files[0])
+    vae = VAE.from_pretrained(vae_dir).eval()
+    ds, _ = load_image_dataset(_args(data_dir=str(idx_data), resolution=16), channels=1)
+    x = collate([ds[i] for i in range(len(ds))])["pixel_values"]
+    with torch.no_grad():
+        post = vae.encode(x).latent_dist
+        post_flip = vae.encode(x.flip(-1)).latent_dist
+    torch.testing.assert_close(cached["mean"], post.mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(cached["logvar"], post.logvar, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(cached["mean_flip"], post_flip.mean, rtol=1e-5, atol=1e-6)
+    assert cached["class_labels"].tolist() == [i % 4 for i in range(64)]
+
+    # same VAE + data: reused (no new file); another VAE: a new key
+    run_script("train_ldm", ldm_args(idx_data, vae_dir, tmp_path / "again", "--max_train_steps", "1",
+                                     "--latent_cache_dir", cache, "--random_flip"))
+    assert len(list(cache.glob("latents-*.safetensors"))) == 1
+    vae2 = VAE.from_pretrained(vae_dir)
+    with torch.no_grad():
+        next(vae2.parameters()).add_(0.01)
+    vae2.save_pretrained(tmp_path / "vae2")
+    run_script("train_ldm", ldm_args(idx_data, tmp_path / "vae2", tmp_path / "other", "--max_train_steps", "1",
+                                     "--latent_cache_dir", cache, "--random_flip"))
+    assert len(list(cache.glob("latents-*.safetensors"))) == 2
+
+
+def test_ldm_without_cache_runs(idx_data, vae_dir, tmp_path):
+    require_scheduler("vp")
+    _, s = run_script("train_ldm", ldm_args(idx_data, vae_dir, tmp_path / "ldm", "--max_train_steps", "2",
+                                            "--no_latent_cache", "--conditioning", "class"))
+    assert s["global_step"] == 2 and not (tmp_path / "ldm" / "latent_cache").exists()
+
+
+def test_bad_vae_folder_fails_before_training(idx_data, vae_dir, tmp_path, capsys):
+    from hf_ddm.models.unet import UNet
+
+    not_a_vae = tmp_path / "unet"
+    UNet(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+         attention_levels=(), norm_num_groups=4, attention_head_dim=8).save_pretrained(not_a_vae)
+    out = tmp_path / "ldm"
+    run_script("train_ldm", ldm_args(idx_data, not_a_vae, out, "--max_train_steps", "1"), expect_rc=2)
+    assert "is not a VAE folder" in capsys.readouterr().err and not out.exists()
+    run_script("train_ldm", ldm_args(idx_data, tmp_path / "missing", out, "--max_train_steps", "1"), expect_rc=2)
+    assert "is not a folder" in capsys.readouterr().err
+    # image size the VAE + U-Net cannot take: 12 / 2 = 6 is fine for the VAE, not divisible for 2 more levels
+    run_script("train_ldm", ldm_args(idx_data, vae_dir, out, "--max_train_steps", "1", "--resolution", "12",
+                                     "--block_out_channels", "8,16,16"), expect_rc=2)
+    assert "latent size" in capsys.readouterr().err and not out.exists()

@@ -1,0 +1,78 @@
+#!/usr/bin/env python
+"""Train a pixel-space diffusion U-Net (DDPM and friends) with Accelerate.
+
+    accelerate launch train/train_ddpm.py --data_dir /usr/share/datasets/fashion-mnist --channels 1 \
+        --resolution 32 --scheduler vp --prediction_type epsilon --output_dir ddpm-fmnist --use_ema
+
+The process is a flag: ``--scheduler vp`` (DDPM), ``ve`` (SMLD), ``sde --sde vp|subvp|ve``; the loss is the
+scheduler's own ``training_loss``. The result is a diffusers pipeline folder (``DDPMPipeline`` layout).
+"""
+
+import argparse
+
+from accelerate.utils import set_seed
+
+from hf_ddm.models.unet import UNet
+from hf_ddm.training import (TrainingTask, add_data_args, add_process_args, add_training_args, add_unet_args,
+                             build_scheduler, check_spatial, load_image_dataset, parse_args, random_flip, run_main,
+                             sample_loop, save_pipeline_folder, train)
+from hf_ddm.training.components import build_model, copy_scheduler, unet_kwargs_from_args
+from hf_ddm.training.objectives import denoising_loss
+from hf_ddm.training.utils import to_unit_range
+
+
+class DDPMTask(TrainingTask):
+    name = "ddpm"
+
+    def __init__(self, unet, scheduler, flip: bool):
+        super().__init__()
+        self.modules = {"unet": unet}
+        self.scheduler, self.flip = scheduler, flip
+
+    def loss(self, modules, batch, generator):
+        x0 = batch["pixel_values"]
+        if self.flip:
+            x0 = random_flip(x0, generator)
+        unet = modules["unet"]
+        return denoising_loss(self.scheduler, lambda x, t: unet(x, t).sample, x0, generator), {}
+
+    def validate(self, modules, generator, args):
+        unet = modules["unet"]
+        c, size = unet.config.in_channels, unet.config.sample_size
+        x = sample_loop(lambda x, t: unet(x, t).sample, copy_scheduler(self.scheduler),
+                        (args.num_validation_images, c, size, size), args.num_inference_steps, generator, unet.device)
+        return {"images": to_unit_range(x)}
+
+    def save(self, modules, output_dir):
+        save_pipeline_folder(output_dir, "DDPMPipeline", {"unet": modules["unet"], "scheduler": self.scheduler})
+
+    def card_info(self):
+        return {"tags": ["unconditional-image-generation", f"scheduler-{type(self.scheduler).__name__}"],
+                "description": "Pixel-space diffusion model (hf_ddm UNet) with its training scheduler."}
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_args(p)
+    add_process_args(p)
+    add_unet_args(p)
+    add_training_args(p, lr=1e-4, output_dir="ddpm-model")
+    return p
+
+
+def main(argv=None):
+    args = parse_args(build_parser(), argv)
+    # Everything that can fail on bad input is checked here, before any training state exists.
+    kwargs = unet_kwargs_from_args(args)
+    channels = args.channels or kwargs.get("in_channels", 3)
+    check_spatial(args.resolution, kwargs.get("block_out_channels", (64, 128, 256)))
+    scheduler = build_scheduler(args)
+    dataset, info = load_image_dataset(args, channels)
+    set_seed(args.seed)
+    kwargs.update(sample_size=args.resolution, in_channels=channels, out_channels=channels)
+    unet = build_model(UNet, kwargs, args.pretrained_model_path)
+    return train(args, DDPMTask(unet, scheduler, args.random_flip), dataset, info)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(main))

@@ -1,0 +1,186 @@
+#!/usr/bin/env python
+"""Train a latent diffusion U-Net on a frozen VAE with Accelerate.
+
+    accelerate launch train/train_ldm.py --vae_path vae-fmnist --data_dir /usr/share/datasets/fashion-mnist \
+        --channels 1 --resolution 32 --conditioning class --cond_drop_prob 0.1 --output_dir ldm-fmnist
+
+``--conditioning none | class | text``: unconditional; class-conditional (null class = ``num_classes``,
+dropped with ``--cond_drop_prob`` for classifier-free guidance); text-conditional with a small
+``CLIPTextModel`` trained jointly and a word-level tokenizer built from prompts ``--prompt_template``
+filled with the class names (nothing is downloaded). The dataset is encoded once by the frozen VAE and
+the posteriors cached in ``--latent_cache_dir`` keyed by VAE + data (``--no_latent_cache`` encodes every
+step instead). The result is a ``LatentDiffusionPipeline`` folder.
+"""
+
+import argparse
+import json
+import os
+
+import torch
+from accelerate.utils import set_seed
+
+from hf_ddm.models.unet import UNet
+from hf_ddm.training import (ConfigError, TrainingTask, add_data_args, add_process_args, add_training_args,
+                             add_unet_args, build_scheduler, check_spatial, load_frozen_vae, load_image_dataset,
+                             make_accelerator, parse_args, run_main, sample_loop, save_pipeline_folder, train)
+from hf_ddm.training.components import build_model, copy_scheduler, unet_kwargs_from_args, vae_down_factor
+from hf_ddm.training.data import collate
+from hf_ddm.training.latents import LatentDataset, collate_latents, latents_from_batch, load_or_build_cache
+from hf_ddm.training.objectives import denoising_loss, drop_labels
+from hf_ddm.training.text import build_text_encoder, build_tokenizer, tokenize
+from hf_ddm.training.utils import to_unit_range
+
+
+class LDMTask(TrainingTask):
+    name = "ldm"
+
+    def __init__(self, unet, vae, scheduler, args, class_names, text_encoder=None, tokenizer=None):
+        super().__init__()
+        self.modules = {"unet": unet}
+        if text_encoder is not None:
+            self.modules["text_encoder"] = text_encoder
+        self.frozen = {"vae": vae}
+        self.vae, self.scheduler, self.args, self.class_names = vae, scheduler, args, class_names
+        self.tokenizer, self.mode = tokenizer, args.conditioning
+        if tokenizer is not None:  # token ids of every class prompt; row num_classes = the empty (null) prompt
+            prompts = [args.prompt_template.format(c) for c in class_names] + [""]
+            self.ids, self.mask = tokenize(tokenizer, prompts)
+
+    def _condition(self, modules, labels):
+        """UNet kwargs for (possibly null) class labels."""
+        if self.mode == "class":
+            return {"class_labels": labels}
+        if self.mode == "text":
+            ids, mask = self.ids.to(labels.device)[labels], self.mask.to(labels.device)[labels]
+            hidden = modules["text_encoder"](ids, attention_mask=mask).last_hidden_state
+            return {"encoder_hidden_states": hidden, "encoder_attention_mask": mask}
+        return {}
+
+    def loss(self, modules, batch, generator):
+        z0 = latents_from_batch(batch, self.vae, generator, self.args.random_flip, self.args.sample_posterior)
+        cond = {}
+        if self.mode != "none":
+            labels = drop_labels(batch["class_labels"].to(z0.device), self.args.cond_drop_prob, len(self.class_names),
+                                 generator)
+            cond = self._condition(modules, labels)
+        unet = modules["unet"]
+        return denoising_loss(self.scheduler, lambda x, t: unet(x, t, **cond).sample, z0, generator), {}
+
+    @torch.no_grad()
+    def validate(self, modules, generator, args):
+        unet, vae = modules["unet"], self.vae
+        n, c, size = args.num_validation_images, unet.config.in_channels, unet.config.sample_size
+        model_fn = lambda x, t: unet(x, t).sample  # noqa: E731
+        if self.mode != "none":
+            k = len(self.class_names)
+            labels = (torch.arange(n) % k).to(unet.device)
+            cond = self._condition(modules, labels)
+            null = self._condition(modules, torch.full_like(labels, k))
+            w = args.guidance_scale
+
+            def model_fn(x, t):
+                both = {key: torch.cat([null[key], cond[key]]) for key in cond}
+                eps_u, eps_c = unet(torch.cat([x, x]), t, **both).sample.chunk(2)
+                return eps_u + w * (eps_c - eps_u)
+        z = sample_loop(model_fn, copy_scheduler(self.scheduler), (n, c, size, size), args.num_inference_steps,
+                        generator, unet.device)
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        x = vae.decode(z / vae.config.scaling_factor + shift).sample
+        return {"images": to_unit_range(x)}
+
+    def save(self, modules, output_dir):
+        comps = {"unet": modules["unet"], "vae": self.vae, "scheduler": self.scheduler}
+        if self.mode == "text":
+            comps.update(text_encoder=modules["text_encoder"], tokenizer=self.tokenizer)
+        save_pipeline_folder(output_dir, "LatentDiffusionPipeline", comps)
+        if self.class_names and self.mode != "none":
+            with open(os.path.join(output_dir, "class_names.json"), "w") as f:
+                json.dump({"class_names": self.class_names, "prompt_template": self.args.prompt_template}, f, indent=2)
+
+    def card_info(self):
+        return {"tags": ["latent-diffusion", f"conditioning-{self.mode}"],
+                "details": {"conditioning": self.mode, "vae": self.args.vae_path,
+                            "classifier-free guidance drop": self.args.cond_drop_prob},
+                "description": "Latent diffusion U-Net on a frozen hf_ddm VAE."}
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_args(p)
+    add_process_args(p)
+    add_unet_args(p)
+    g = p.add_argument_group("latent diffusion")
+    g.add_argument("--vae_path", type=str, required=True, help="A folder saved by train_vae.py (or a pipeline's vae/).")
+    g.add_argument("--conditioning", type=str, default=None, choices=["none", "class", "text"],
+                   help="Default: class when --num_classes is given, else none.")
+    g.add_argument("--num_classes", type=int, default=None, help="Default: the dataset's number of classes.")
+    g.add_argument("--cond_drop_prob", type=float, default=0.1, help="P(condition -> null) for classifier-free guidance.")
+    g.add_argument("--guidance_scale", type=float, default=3.0, help="CFG scale of the validation samples.")
+    g.add_argument("--prompt_template", type=str, default="a photo of a {}")
+    g.add_argument("--text_hidden_size", type=int, default=64)
+    g.add_argument("--text_layers", type=int, default=2)
+    g.add_argument("--text_heads", type=int, default=4)
+    g.add_argument("--text_max_length", type=int, default=16)
+    g.add_argument("--latent_cache_dir", type=str, default=None, help="Default: <output_dir>/latent_cache.")
+    g.add_argument("--no_latent_cache", action="store_true", help="Encode with the VAE at every step instead.")
+    g.add_argument("--no_sample_posterior", dest="sample_posterior", action="store_false",
+                   help="Train on the posterior mean instead of a sample of q(z|x).")
+    add_training_args(p, lr=1e-4, output_dir="ldm-model")
+    return p
+
+
+def main(argv=None):
+    args = parse_args(build_parser(), argv)
+    if args.conditioning is None:
+        args.conditioning = "class" if args.num_classes else "none"
+    if not 0.0 <= args.cond_drop_prob < 1.0:
+        raise ConfigError("--cond_drop_prob must be in [0, 1)")
+    vae = load_frozen_vae(args.vae_path)
+    channels = args.channels or vae.config.in_channels
+    if channels != vae.config.in_channels:
+        raise ConfigError(f"--channels {channels} but the VAE takes {vae.config.in_channels}-channel images")
+    down = vae_down_factor(vae)
+    check_spatial(args.resolution, vae.config.block_out_channels, "--resolution")
+    latent_size = args.resolution // down
+    kwargs = unet_kwargs_from_args(args)
+    check_spatial(latent_size, kwargs.get("block_out_channels", (64, 128, 256)),
+                  f"latent size (--resolution {args.resolution} / VAE factor {down} =)")
+    scheduler = build_scheduler(args)
+    dataset, info = load_image_dataset(args, channels)
+    class_names = None
+    if args.conditioning != "none":
+        if info.class_names is None:
+            raise ConfigError(f"--conditioning {args.conditioning} needs class labels, and the dataset has none")
+        class_names = info.class_names[: args.num_classes] if args.num_classes else info.class_names
+        if args.num_classes and args.num_classes > len(info.class_names):
+            class_names = info.class_names + [str(i) for i in range(len(info.class_names), args.num_classes)]
+
+    accelerator = make_accelerator(args)
+    vae.to(accelerator.device)
+    if not args.no_latent_cache:
+        cache_dir = args.latent_cache_dir or os.path.join(args.output_dir, "latent_cache")
+        tensors, path = load_or_build_cache(vae, dataset, info, cache_dir, args.random_flip, accelerator)
+        accelerator.print(f"latent cache: {path}")
+        dataset_for_training, collate_fn = LatentDataset(tensors), collate_latents
+    else:
+        dataset_for_training, collate_fn = dataset, collate
+
+    set_seed(args.seed)
+    text_encoder = tokenizer = None
+    kwargs.update(sample_size=latent_size, in_channels=vae.config.latent_channels,
+                  out_channels=vae.config.latent_channels)
+    if args.conditioning == "class":
+        kwargs["num_class_embeds"] = len(class_names)
+    elif args.conditioning == "text":
+        tokenizer = build_tokenizer([args.prompt_template.format(c) for c in class_names] + [""], args.text_max_length)
+        text_encoder = build_text_encoder(tokenizer, args.text_hidden_size, args.text_layers, args.text_heads)
+        kwargs["cross_attention_dim"] = args.text_hidden_size
+        if not kwargs.get("attention_levels") and kwargs.get("mid_block_attention") is False:
+            raise ConfigError("--conditioning text needs attention (--attention_levels or the mid-block attention)")
+    unet = build_model(UNet, kwargs, args.pretrained_model_path)
+    task = LDMTask(unet, vae, scheduler, args, class_names, text_encoder, tokenizer)
+    return train(args, task, dataset_for_training, info, accelerator=accelerator, collate_fn=collate_fn)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(main))
