@@ -11,6 +11,7 @@ import torch
 
 from hf_ddm.guidance import check_guidance_scale
 from hf_ddm.pipeline_utils import HfDdmPipeline
+from hf_ddm.text import tokenize
 
 
 class LatentDiffusionPipeline(HfDdmPipeline):
@@ -39,13 +40,10 @@ class LatentDiffusionPipeline(HfDdmPipeline):
 
     def encode_prompt(self, prompts: List[str]):
         """Token embeddings and attention mask for a list of prompts (one padded batch)."""
-        max_length = min(getattr(self.tokenizer, "model_max_length", 77) or 77, 512)
-        tokens = self.tokenizer(
-            prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
-        )
+        ids, mask = tokenize(self.tokenizer, prompts)
         device = self._execution_device
-        mask = tokens.attention_mask.to(device)
-        hidden = self.text_encoder(tokens.input_ids.to(device), attention_mask=mask).last_hidden_state
+        mask = mask.to(device)
+        hidden = self.text_encoder(ids.to(device), attention_mask=mask).last_hidden_state
         return hidden.to(self.unet.dtype), mask
 
     @torch.no_grad()

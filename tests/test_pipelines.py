@@ -24,7 +24,7 @@ from hf_ddm.pipelines import ClassifierGuidedPipeline, LatentDiffusionPipeline, 
 from hf_ddm.schedulers.sde import SDEScheduler
 from hf_ddm.schedulers.ve import VEScheduler
 from hf_ddm.schedulers.vp import VPScheduler
-from hf_ddm.text import build_text_encoder, build_tokenizer, words_of
+from hf_ddm.text import build_text_encoder, build_tokenizer
 
 # Three well-separated components in R^2, laid out as (B, 2, 1, 1) "images".
 MIX = GaussianMixture([[-2.0, 0.0], [2.0, 0.0], [0.0, 2.5]], [0.25, 0.25, 0.25], [0.5, 0.3, 0.2])
@@ -187,9 +187,9 @@ PROMPTS = ["a photo of a sneaker", "a photo of a bag", "a photo of a shirt"]
 
 
 def tiny_text_pipe():
-    tok = build_tokenizer(words_of(PROMPTS), model_max_length=8)
+    tok = build_tokenizer(PROMPTS, max_length=8)
     torch.manual_seed(0)
-    enc = build_text_encoder(tok, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    enc = build_text_encoder(tok, hidden_size=32, layers=1, heads=2)
     vae = VAE(in_channels=3, latent_channels=4, block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8)
     unet = tiny_unet(sample_size=4, in_channels=4, out_channels=4, cross_attention_dim=32)
     pipe = LatentDiffusionPipeline(unet=unet, vae=vae, scheduler=VPScheduler(num_train_timesteps=50),

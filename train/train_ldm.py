@@ -27,7 +27,7 @@ from hf_ddm.training.components import build_model, copy_scheduler, unet_kwargs_
 from hf_ddm.training.data import collate
 from hf_ddm.training.latents import LatentDataset, collate_latents, latents_from_batch, load_or_build_cache
 from hf_ddm.training.objectives import denoising_loss, drop_labels
-from hf_ddm.training.text import build_text_encoder, build_tokenizer, tokenize
+from hf_ddm.text import build_text_encoder, build_tokenizer, tokenize
 from hf_ddm.training.utils import to_unit_range
 
 
