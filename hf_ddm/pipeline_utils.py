@@ -110,15 +110,31 @@ class HfDdmPipeline(DiffusionPipeline):
         return ImagePipelineOutput(images=images)
 
     # --- conditioning helpers ---------------------------------------------------------------------
-    def check_class_labels(self, class_labels, batch_size: int) -> Optional[torch.Tensor]:
-        """Class ids as a (batch_size,) long tensor on the execution device, validated against the
-        U-Net's ``num_class_embeds`` (an int, a list, or a tensor; one id broadcasts)."""
+    def class_ids(self, class_labels) -> torch.Tensor:
+        """Class labels as a 1-D long tensor: ids (int, list, tensor) or names from ``config.class_names``."""
+        if isinstance(class_labels, str) or (
+            isinstance(class_labels, (list, tuple)) and class_labels and isinstance(class_labels[0], str)
+        ):
+            names = list(getattr(self.config, "class_names", None) or [])
+            wanted = [class_labels] if isinstance(class_labels, str) else list(class_labels)
+            unknown = [n for n in wanted if n not in names]
+            if unknown:
+                raise ValueError(f"class_labels {unknown} are not among this pipeline's class_names {names}")
+            return torch.tensor([names.index(n) for n in wanted], dtype=torch.long)
+        return torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
+
+    def check_class_labels(self, class_labels, batch_size: int, num_classes: Optional[int] = None):
+        """Class ids as a (batch_size,) long tensor on the execution device, validated against
+        ``num_classes`` (default: the U-Net's ``num_class_embeds``); one id broadcasts."""
         if class_labels is None:
             return None
-        num_classes = getattr(self.unet.config, "num_class_embeds", None)
-        if not num_classes:
-            raise ValueError("class_labels were given but the unet is not class-conditional (num_class_embeds is None)")
-        labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
+        if num_classes is None:
+            num_classes = getattr(self.unet.config, "num_class_embeds", None)
+            if not num_classes:
+                raise ValueError(
+                    "class_labels were given but the unet is not class-conditional (num_class_embeds is None)"
+                )
+        labels = self.class_ids(class_labels)
         if labels.numel() == 1:
             labels = labels.expand(batch_size)
         if labels.numel() != batch_size:
@@ -126,6 +142,10 @@ class HfDdmPipeline(DiffusionPipeline):
         if (labels < 0).any() or (labels >= num_classes).any():
             raise ValueError(f"class_labels must be in [0, {num_classes - 1}], got {labels.tolist()}")
         return labels.to(self._execution_device)
+
+    def register_class_names(self, class_names):
+        """Human-readable class names, saved in model_index.json (``config.class_names``)."""
+        self.register_to_config(class_names=list(class_names) if class_names is not None else None)
 
     @staticmethod
     def guided_model_fn(model: Callable, cond: Dict, uncond: Dict, guidance_scale: float) -> Callable:

@@ -20,7 +20,7 @@ class ClassifierGuidedPipeline(HfDdmPipeline):
     _optional_components = ["vae"]
     model_cpu_offload_seq = "classifier->unet->vae"
 
-    def __init__(self, unet, classifier, scheduler, vae=None):
+    def __init__(self, unet, classifier, scheduler, vae=None, class_names: Optional[List[str]] = None):
         super().__init__()
         if classifier.config.in_channels != unet.config.in_channels:
             raise ValueError(
@@ -32,6 +32,7 @@ class ClassifierGuidedPipeline(HfDdmPipeline):
                 f"vae latent_channels ({vae.config.latent_channels}) must equal unet in_channels ({unet.config.in_channels})"
             )
         self.register_modules(unet=unet, classifier=classifier, scheduler=scheduler, vae=vae)
+        self.register_class_names(class_names)
 
     @torch.no_grad()
     def __call__(
@@ -51,18 +52,10 @@ class ClassifierGuidedPipeline(HfDdmPipeline):
     ):
         """``guidance_scale`` s: 0 leaves the unconditional model as it is, 1 samples p(x | y) exactly
         for an exact classifier, s > 1 sharpens toward the class."""
-        labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
-        batch_size = batch_size or labels.numel()
+        batch_size = batch_size or self.class_ids(class_labels).numel()
         self.check_common(batch_size, num_inference_steps, output_type, generator)
         guidance_scale = check_guidance_scale(guidance_scale)
-        num_classes = self.classifier.config.num_classes
-        if labels.numel() == 1:
-            labels = labels.expand(batch_size)
-        if labels.numel() != batch_size:
-            raise ValueError(f"class_labels has {labels.numel()} entries for batch_size {batch_size}")
-        if (labels < 0).any() or (labels >= num_classes).any():
-            raise ValueError(f"class_labels must be in [0, {num_classes - 1}], got {labels.tolist()}")
-        labels = labels.to(self._execution_device)
+        labels = self.check_class_labels(class_labels, batch_size, self.classifier.config.num_classes)
 
         size = self.unet.config.sample_size
         size = (size, size) if isinstance(size, int) else tuple(size)

@@ -21,7 +21,7 @@ class LatentDiffusionPipeline(HfDdmPipeline):
     _optional_components = ["text_encoder", "tokenizer"]
     model_cpu_offload_seq = "text_encoder->unet->vae"
 
-    def __init__(self, unet, vae, scheduler, text_encoder=None, tokenizer=None):
+    def __init__(self, unet, vae, scheduler, text_encoder=None, tokenizer=None, class_names: Optional[List[str]] = None):
         super().__init__()
         if vae.config.latent_channels != unet.config.in_channels:
             raise ValueError(
@@ -37,6 +37,7 @@ class LatentDiffusionPipeline(HfDdmPipeline):
                     f"({text_encoder.config.hidden_size})"
                 )
         self.register_modules(unet=unet, vae=vae, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer)
+        self.register_class_names(class_names)
 
     def encode_prompt(self, prompts: List[str]):
         """Token embeddings and attention mask for a list of prompts (one padded batch)."""
@@ -74,7 +75,7 @@ class LatentDiffusionPipeline(HfDdmPipeline):
         prompts = [prompt] if isinstance(prompt, str) else prompt
         if batch_size is None:
             batch_size = len(prompts) if prompts is not None else (
-                torch.as_tensor(class_labels).numel() if class_labels is not None else 1
+                self.class_ids(class_labels).numel() if class_labels is not None else 1
             )
         self.check_common(batch_size, num_inference_steps, output_type, generator)
         guidance_scale = check_guidance_scale(guidance_scale)

@@ -18,9 +18,10 @@ class PixelDiffusionPipeline(HfDdmPipeline):
 
     model_cpu_offload_seq = "unet"
 
-    def __init__(self, unet, scheduler):
+    def __init__(self, unet, scheduler, class_names: Optional[List[str]] = None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_class_names(class_names)
 
     @torch.no_grad()
     def __call__(

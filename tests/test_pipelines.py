@@ -210,14 +210,27 @@ def test_text_conditioned_latent_pipeline_shapes_and_guidance():
     assert latents.shape == (3, 4, 4, 4)
 
 
-def test_class_conditioned_latent_pipeline():
+def test_class_conditioned_latent_pipeline(tmp_path):
     vae = VAE(in_channels=1, out_channels=1, latent_channels=2, block_out_channels=(8, 16), layers_per_block=1,
               norm_num_groups=4)
     unet = tiny_unet(sample_size=4, in_channels=2, out_channels=2, num_class_embeds=10)
-    pipe = LatentDiffusionPipeline(unet=unet, vae=vae, scheduler=VPScheduler(num_train_timesteps=50))
+    names = [f"class {i}" for i in range(10)]
+    pipe = LatentDiffusionPipeline(unet=unet, vae=vae, scheduler=VPScheduler(num_train_timesteps=50),
+                                   class_names=names)
     pipe.set_progress_bar_config(disable=True)
     imgs = pipe(class_labels=[0, 9, 3], guidance_scale=2.0, num_inference_steps=2, output_type="np").images
     assert imgs.shape == (3, 8, 8, 1)
+    # Class names are saved in model_index.json and accepted in place of ids.
+    pipe.save_pretrained(tmp_path)
+    loaded = LatentDiffusionPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert list(loaded.config.class_names) == names
+    kw = dict(guidance_scale=2.0, num_inference_steps=2, output_type="pt")
+    by_name = loaded(class_labels=["class 9", "class 3"], generator=torch.Generator().manual_seed(0), **kw).images
+    by_id = loaded(class_labels=[9, 3], generator=torch.Generator().manual_seed(0), **kw).images
+    torch.testing.assert_close(by_name, by_id)
+    with pytest.raises(ValueError, match="class_names"):
+        loaded(class_labels=["dog"], num_inference_steps=2)
     with pytest.raises(ValueError, match="class_labels"):
         pipe(class_labels=[10], num_inference_steps=2)
     with pytest.raises(ValueError, match="prompt"):
