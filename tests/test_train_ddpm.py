@@ -36,13 +36,24 @@ def test_ddpm_end_to_end_and_pipeline_loads(idx_data, tmp_path):
     card = (out / "README.md").read_text()
     assert "samples/step_0000004.png" in card and "final_loss" in card
 
-    import hf_ddm.models  # noqa: F401  (registers the classes for the loader)
+    import numpy as np
     from diffusers import DiffusionPipeline
+    from PIL import Image
 
-    pipe = DiffusionPipeline.from_pretrained(out)
-    assert type(pipe).__name__ == "DDPMPipeline" and type(pipe.unet).__name__ == "UNet"
-    images = pipe(batch_size=2, num_inference_steps=3, output_type="np").images
+    from hf_ddm.pipelines import PixelDiffusionPipeline
+    from hf_ddm.training.utils import make_grid
+
+    remote = DiffusionPipeline.from_pretrained(out, trust_remote_code=True)  # the folder carries its pipeline code
+    assert type(remote).__name__ == "PixelDiffusionPipeline" and type(remote.unet).__name__ == "UNet"
+    images = remote(batch_size=2, num_inference_steps=3, output_type="np").images
     assert images.shape == (2, 8, 8, 1)
+    pipe = PixelDiffusionPipeline.from_pretrained(out)
+    assert type(pipe) is PixelDiffusionPipeline and type(pipe.scheduler).__name__ == "VPScheduler"
+    # the last validation grid was drawn by this very pipeline (EMA weights, seed --seed, 4 images, 3 steps)
+    pipe.set_progress_bar_config(disable=True)
+    final = pipe(batch_size=4, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="pt")
+    grid = np.asarray(Image.open(out / "samples" / "step_0000004.png").convert("RGB")).astype(int)
+    assert np.abs(grid - make_grid(final.images).astype(int)).max() <= 1
 
 
 @pytest.mark.parametrize("process", [["--scheduler", "sde", "--sde", "subvp", "--prediction_type", "v_prediction"],

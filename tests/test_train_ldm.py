@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_train_common import FAST, TINY_UNET, idx_data, require_scheduler, run_script  # noqa: F401
+from hf_ddm.training import load_image_dataset
+from test_train_common import FAST, TINY_UNET, _args, idx_data, require_scheduler, run_script  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +34,6 @@ def test_ldm_end_to_end_and_pipeline_loads(idx_data, vae_dir, tmp_path, conditio
                                                   "--max_train_steps", "2", "--validation_steps", "1",
                                                   "--random_flip", "--use_ema"))
     assert summary["global_step"] == 2 and (out / "samples" / "step_0000002.png").exists()
-    try:
-        import hf_ddm.pipelines  # noqa: F401
-    except ImportError:
-        pytest.skip("hf_ddm.pipelines not installed yet")
     from diffusers import DiffusionPipeline
 
     pipe = DiffusionPipeline.from_pretrained(out, trust_remote_code=True)  # the folder carries its pipeline code
@@ -46,15 +43,27 @@ def test_ldm_end_to_end_and_pipeline_loads(idx_data, vae_dir, tmp_path, conditio
         assert pipe.text_encoder is not None and pipe.tokenizer("a photo of a 3").input_ids[0] == pipe.tokenizer.bos_token_id
     if conditioning == "class":
         assert pipe.unet.config.num_class_embeds == 10
+    dataset_names = load_image_dataset(_args(data_dir=str(idx_data), resolution=16), channels=1)[1].class_names
+    assert pipe.config.class_names == (None if conditioning == "none" else dataset_names)
+    assert not (out / "class_names.json").exists()
+    card = (out / "README.md").read_text()
+    assert "trust_remote_code=True" in card
+    if conditioning == "text":
+        assert "- prompt template: `a photo of a {}`" in card  # the prompt template lives in the model card
+        images = pipe(prompt=f"a photo of a {dataset_names[1]}", guidance_scale=2.0, num_inference_steps=2,
+                      output_type="np").images
+    else:
+        images = pipe(class_labels=dataset_names[:2] if conditioning == "class" else None,
+                      batch_size=None if conditioning == "class" else 2, num_inference_steps=2,
+                      output_type="np").images
+    assert images.shape[1:] == (16, 16, 1)
 
 
 def test_cached_latents_equal_fresh_encodings_and_key_tracks_vae(idx_data, vae_dir, tmp_path):
     from safetensors.torch import load_file
 
     from hf_ddm.models.vae import VAE
-    from hf_ddm.training import load_image_dataset
     from hf_ddm.training.data import collate
-    from test_train_common import _args
 
     require_scheduler("vp")
     cache = tmp_path / "cache"

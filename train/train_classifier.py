@@ -10,7 +10,6 @@ Inputs are x_t = a_t x0 + s_t eps from the scheduler's own ``add_noise`` at time
 (combine with a U-Net in ``ClassifierGuidedPipeline``).
 """
 
-import argparse
 import os
 
 import torch
@@ -18,12 +17,12 @@ import torch.nn.functional as F
 from accelerate.utils import set_seed
 
 from hf_ddm.models.classifier import NoisyClassifier
-from hf_ddm.training import (ConfigError, TrainingTask, add_data_args, add_process_args, add_training_args,
-                             add_unet_args, build_scheduler, check_spatial, load_frozen_vae, load_image_dataset,
-                             make_accelerator, parse_args, random_flip, run_main, train)
-from hf_ddm.training.components import build_model, unet_kwargs_from_args, vae_down_factor
+from hf_ddm.training import (ConfigError, TrainingTask, add_latent_args, add_training_args, build_scheduler,
+                             check_spatial, load_frozen_vae, load_image_dataset, make_accelerator, parse_args,
+                             random_flip, run_main, script_parser, train)
+from hf_ddm.training.components import build_model, latent_geometry, unet_kwargs_from_args
 from hf_ddm.training.data import collate
-from hf_ddm.training.latents import LatentDataset, collate_latents, latents_from_batch, load_or_build_cache
+from hf_ddm.training.latents import latent_training_data, latents_from_batch
 from hf_ddm.training.objectives import noised
 
 
@@ -75,19 +74,17 @@ class ClassifierTask(TrainingTask):
         space = "latent" if self.vae is not None else "pixel"
         return {"tags": ["classifier-guidance", f"{space}-space"],
                 "details": {"space": space, "vae": self.args.vae_path},
+                "usage": '```python\nfrom hf_ddm.models.classifier import NoisyClassifier\n\n'
+                         'classifier = NoisyClassifier.from_pretrained("{repo}", subfolder="classifier")\n'
+                         '# with an unconditional U-Net: hf_ddm.pipelines.ClassifierGuidedPipeline\n```',
                 "description": "Noise-aware classifier p(y | x_t) (hf_ddm NoisyClassifier) for classifier guidance."}
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_args(p)
-    add_process_args(p)
-    add_unet_args(p, attention=(1,))
+    p = script_parser(__doc__)
     g = p.add_argument_group("classifier")
     g.add_argument("--num_classes", type=int, default=None, help="Default: the dataset's number of classes.")
-    g.add_argument("--vae_path", type=str, default=None, help="Train in this frozen VAE's latent space.")
-    g.add_argument("--latent_cache_dir", type=str, default=None)
-    g.add_argument("--no_latent_cache", action="store_true")
+    add_latent_args(g, required=False)
     add_training_args(p, lr=3e-4, output_dir="classifier-model")
     return p
 
@@ -99,12 +96,8 @@ def main(argv=None):
         kwargs.pop(k, None)
     vae = load_frozen_vae(args.vae_path) if args.vae_path else None
     if vae is not None:
-        channels = args.channels or vae.config.in_channels
-        if channels != vae.config.in_channels:
-            raise ConfigError(f"--channels {channels} but the VAE takes {vae.config.in_channels}-channel images")
-        check_spatial(args.resolution, vae.config.block_out_channels, "--resolution")
-        size, in_ch = args.resolution // vae_down_factor(vae), vae.config.latent_channels
-        check_spatial(size, kwargs.get("block_out_channels", (64, 128, 256)), "latent size")
+        channels, size = latent_geometry(args, vae, kwargs.get("block_out_channels", (64, 128, 256)))
+        in_ch = vae.config.latent_channels
     else:
         channels = args.channels or kwargs.get("in_channels", 3)
         size, in_ch = args.resolution, channels
@@ -118,11 +111,7 @@ def main(argv=None):
     accelerator = make_accelerator(args)
     collate_fn = collate
     if vae is not None:
-        vae.to(accelerator.device)
-        if not args.no_latent_cache:
-            cache_dir = args.latent_cache_dir or os.path.join(args.output_dir, "latent_cache")
-            tensors, _ = load_or_build_cache(vae, dataset, info, cache_dir, args.random_flip, accelerator)
-            dataset, collate_fn = LatentDataset(tensors), collate_latents
+        dataset, collate_fn = latent_training_data(args, vae, dataset, info, accelerator)
     set_seed(args.seed)
     kwargs.update(sample_size=size, in_channels=in_ch, num_classes=num_classes)
     kwargs.pop("pretrained_model_path", None)

@@ -5,20 +5,20 @@
         --resolution 32 --scheduler vp --prediction_type epsilon --output_dir ddpm-fmnist --use_ema
 
 The process is a flag: ``--scheduler vp`` (DDPM), ``ve`` (SMLD), ``sde --sde vp|subvp|ve``; the loss is the
-scheduler's own ``training_loss``. The result is a diffusers pipeline folder (``DDPMPipeline`` layout).
+scheduler's own ``training_loss``. The result is a ``PixelDiffusionPipeline`` folder (it carries its
+pipeline code: ``DiffusionPipeline.from_pretrained(out, trust_remote_code=True)``); validation samples
+through the same pipeline.
 """
-
-import argparse
 
 from accelerate.utils import set_seed
 
 from hf_ddm.models.unet import UNet
-from hf_ddm.training import (TrainingTask, add_data_args, add_process_args, add_training_args, add_unet_args,
-                             build_scheduler, check_spatial, load_image_dataset, parse_args, random_flip, run_main,
-                             sample_loop, save_pipeline_folder, train)
-from hf_ddm.training.components import build_model, copy_scheduler, unet_kwargs_from_args
+from hf_ddm.pipelines import PixelDiffusionPipeline
+from hf_ddm.training import (TrainingTask, add_training_args, build_scheduler, check_spatial, copy_scheduler,
+                             load_image_dataset, parse_args, random_flip, run_main, script_parser, train,
+                             validation_images)
+from hf_ddm.training.components import build_model, unet_kwargs_from_args
 from hf_ddm.training.objectives import denoising_loss
-from hf_ddm.training.utils import to_unit_range
 
 
 class DDPMTask(TrainingTask):
@@ -36,15 +36,12 @@ class DDPMTask(TrainingTask):
         unet = modules["unet"]
         return denoising_loss(self.scheduler, lambda x, t: unet(x, t).sample, x0, generator), {}
 
-    def validate(self, modules, generator, args):
-        unet = modules["unet"]
-        c, size = unet.config.in_channels, unet.config.sample_size
-        x = sample_loop(lambda x, t: unet(x, t).sample, copy_scheduler(self.scheduler),
-                        (args.num_validation_images, c, size, size), args.num_inference_steps, generator, unet.device)
-        return {"images": to_unit_range(x)}
+    def pipeline(self, modules):
+        return PixelDiffusionPipeline(unet=modules["unet"], scheduler=copy_scheduler(self.scheduler))
 
-    def save(self, modules, output_dir):
-        save_pipeline_folder(output_dir, "DDPMPipeline", {"unet": modules["unet"], "scheduler": self.scheduler})
+    def validate(self, modules, generator, args):
+        return {"images": validation_images(self.pipeline(modules), generator, args,
+                                            batch_size=args.num_validation_images)}
 
     def card_info(self):
         return {"tags": ["unconditional-image-generation", f"scheduler-{type(self.scheduler).__name__}"],
@@ -52,10 +49,7 @@ class DDPMTask(TrainingTask):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_args(p)
-    add_process_args(p)
-    add_unet_args(p)
+    p = script_parser(__doc__)
     add_training_args(p, lr=1e-4, output_dir="ddpm-model")
     return p
 

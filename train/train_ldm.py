@@ -9,26 +9,23 @@ dropped with ``--cond_drop_prob`` for classifier-free guidance); text-conditiona
 ``CLIPTextModel`` trained jointly and a word-level tokenizer built from prompts ``--prompt_template``
 filled with the class names (nothing is downloaded). The dataset is encoded once by the frozen VAE and
 the posteriors cached in ``--latent_cache_dir`` keyed by VAE + data (``--no_latent_cache`` encodes every
-step instead). The result is a ``LatentDiffusionPipeline`` folder.
+step instead). The result is a ``LatentDiffusionPipeline`` folder whose config carries the dataset's
+``class_names`` (the prompt template is in the model card); validation samples through the same pipeline,
+with classifier-free guidance ``--guidance_scale``.
 """
-
-import argparse
-import json
-import os
 
 import torch
 from accelerate.utils import set_seed
 
 from hf_ddm.models.unet import UNet
-from hf_ddm.training import (ConfigError, TrainingTask, add_data_args, add_process_args, add_training_args,
-                             add_unet_args, build_scheduler, check_spatial, load_frozen_vae, load_image_dataset,
-                             make_accelerator, parse_args, run_main, sample_loop, save_pipeline_folder, train)
-from hf_ddm.training.components import build_model, copy_scheduler, unet_kwargs_from_args, vae_down_factor
-from hf_ddm.training.data import collate
-from hf_ddm.training.latents import LatentDataset, collate_latents, latents_from_batch, load_or_build_cache
-from hf_ddm.training.objectives import denoising_loss, drop_labels
+from hf_ddm.pipelines import LatentDiffusionPipeline
 from hf_ddm.text import build_text_encoder, build_tokenizer, tokenize
-from hf_ddm.training.utils import to_unit_range
+from hf_ddm.training import (ConfigError, TrainingTask, add_latent_args, add_training_args, build_scheduler,
+                             copy_scheduler, load_frozen_vae, load_image_dataset, make_accelerator, parse_args,
+                             run_main, script_parser, train, validation_images)
+from hf_ddm.training.components import build_model, latent_geometry, unet_kwargs_from_args
+from hf_ddm.training.latents import latent_training_data, latents_from_batch
+from hf_ddm.training.objectives import denoising_loss, drop_labels
 
 
 class LDMTask(TrainingTask):
@@ -66,51 +63,39 @@ class LDMTask(TrainingTask):
         unet = modules["unet"]
         return denoising_loss(self.scheduler, lambda x, t: unet(x, t, **cond).sample, z0, generator), {}
 
-    @torch.no_grad()
+    def pipeline(self, modules):
+        return LatentDiffusionPipeline(unet=modules["unet"], vae=self.vae, scheduler=copy_scheduler(self.scheduler),
+                                       text_encoder=modules.get("text_encoder"), tokenizer=self.tokenizer,
+                                       class_names=self.class_names)
+
     def validate(self, modules, generator, args):
-        unet, vae = modules["unet"], self.vae
-        n, c, size = args.num_validation_images, unet.config.in_channels, unet.config.sample_size
-        model_fn = lambda x, t: unet(x, t).sample  # noqa: E731
-        if self.mode != "none":
-            k = len(self.class_names)
-            labels = (torch.arange(n) % k).to(unet.device)
-            cond = self._condition(modules, labels)
-            null = self._condition(modules, torch.full_like(labels, k))
-            w = args.guidance_scale
-
-            def model_fn(x, t):
-                both = {key: torch.cat([null[key], cond[key]]) for key in cond}
-                eps_u, eps_c = unet(torch.cat([x, x]), t, **both).sample.chunk(2)
-                return eps_u + w * (eps_c - eps_u)
-        z = sample_loop(model_fn, copy_scheduler(self.scheduler), (n, c, size, size), args.num_inference_steps,
-                        generator, unet.device)
-        shift = getattr(vae.config, "shift_factor", None) or 0.0
-        x = vae.decode(z / vae.config.scaling_factor + shift).sample
-        return {"images": to_unit_range(x)}
-
-    def save(self, modules, output_dir):
-        comps = {"unet": modules["unet"], "vae": self.vae, "scheduler": self.scheduler}
-        if self.mode == "text":
-            comps.update(text_encoder=modules["text_encoder"], tokenizer=self.tokenizer)
-        save_pipeline_folder(output_dir, "LatentDiffusionPipeline", comps)
-        if self.class_names and self.mode != "none":
-            with open(os.path.join(output_dir, "class_names.json"), "w") as f:
-                json.dump({"class_names": self.class_names, "prompt_template": self.args.prompt_template}, f, indent=2)
+        n = args.num_validation_images
+        if self.mode == "none":
+            cond = {"batch_size": n}
+        else:  # the classes in turn, with classifier-free guidance
+            labels = torch.arange(n) % len(self.class_names)
+            cond = {"guidance_scale": args.guidance_scale}
+            if self.mode == "class":
+                cond["class_labels"] = labels
+            else:
+                cond["prompt"] = [args.prompt_template.format(self.class_names[i]) for i in labels.tolist()]
+        return {"images": validation_images(self.pipeline(modules), generator, args, **cond)}
 
     def card_info(self):
-        return {"tags": ["latent-diffusion", f"conditioning-{self.mode}"],
-                "details": {"conditioning": self.mode, "vae": self.args.vae_path,
-                            "classifier-free guidance drop": self.args.cond_drop_prob},
+        details = {"conditioning": self.mode, "vae": self.args.vae_path,
+                   "classifier-free guidance drop": self.args.cond_drop_prob}
+        if self.mode != "none":
+            details["class names (`pipe.config.class_names`)"] = ", ".join(self.class_names)
+        if self.mode == "text":
+            details["prompt template"] = f"`{self.args.prompt_template}`"
+        return {"tags": ["latent-diffusion", f"conditioning-{self.mode}"], "details": details,
                 "description": "Latent diffusion U-Net on a frozen hf_ddm VAE."}
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_args(p)
-    add_process_args(p)
-    add_unet_args(p)
+    p = script_parser(__doc__)
     g = p.add_argument_group("latent diffusion")
-    g.add_argument("--vae_path", type=str, required=True, help="A folder saved by train_vae.py (or a pipeline's vae/).")
+    add_latent_args(g, required=True)
     g.add_argument("--conditioning", type=str, default=None, choices=["none", "class", "text"],
                    help="Default: class when --num_classes is given, else none.")
     g.add_argument("--num_classes", type=int, default=None, help="Default: the dataset's number of classes.")
@@ -121,8 +106,6 @@ def build_parser():
     g.add_argument("--text_layers", type=int, default=2)
     g.add_argument("--text_heads", type=int, default=4)
     g.add_argument("--text_max_length", type=int, default=16)
-    g.add_argument("--latent_cache_dir", type=str, default=None, help="Default: <output_dir>/latent_cache.")
-    g.add_argument("--no_latent_cache", action="store_true", help="Encode with the VAE at every step instead.")
     g.add_argument("--no_sample_posterior", dest="sample_posterior", action="store_false",
                    help="Train on the posterior mean instead of a sample of q(z|x).")
     add_training_args(p, lr=1e-4, output_dir="ldm-model")
@@ -136,15 +119,10 @@ def main(argv=None):
     if not 0.0 <= args.cond_drop_prob < 1.0:
         raise ConfigError("--cond_drop_prob must be in [0, 1)")
     vae = load_frozen_vae(args.vae_path)
-    channels = args.channels or vae.config.in_channels
-    if channels != vae.config.in_channels:
-        raise ConfigError(f"--channels {channels} but the VAE takes {vae.config.in_channels}-channel images")
-    down = vae_down_factor(vae)
-    check_spatial(args.resolution, vae.config.block_out_channels, "--resolution")
-    latent_size = args.resolution // down
     kwargs = unet_kwargs_from_args(args)
-    check_spatial(latent_size, kwargs.get("block_out_channels", (64, 128, 256)),
-                  f"latent size (--resolution {args.resolution} / VAE factor {down} =)")
+    channels, latent_size = latent_geometry(args, vae, kwargs.get("block_out_channels", (64, 128, 256)))
+    if args.conditioning == "text" and not kwargs.get("attention_levels") and kwargs.get("mid_block_attention") is False:
+        raise ConfigError("--conditioning text needs attention (--attention_levels or the mid-block attention)")
     scheduler = build_scheduler(args)
     dataset, info = load_image_dataset(args, channels)
     class_names = None
@@ -156,14 +134,7 @@ def main(argv=None):
             class_names = info.class_names + [str(i) for i in range(len(info.class_names), args.num_classes)]
 
     accelerator = make_accelerator(args)
-    vae.to(accelerator.device)
-    if not args.no_latent_cache:
-        cache_dir = args.latent_cache_dir or os.path.join(args.output_dir, "latent_cache")
-        tensors, path = load_or_build_cache(vae, dataset, info, cache_dir, args.random_flip, accelerator)
-        accelerator.print(f"latent cache: {path}")
-        dataset_for_training, collate_fn = LatentDataset(tensors), collate_latents
-    else:
-        dataset_for_training, collate_fn = dataset, collate
+    dataset_for_training, collate_fn = latent_training_data(args, vae, dataset, info, accelerator)
 
     set_seed(args.seed)
     text_encoder = tokenizer = None
@@ -175,8 +146,6 @@ def main(argv=None):
         tokenizer = build_tokenizer([args.prompt_template.format(c) for c in class_names] + [""], args.text_max_length)
         text_encoder = build_text_encoder(tokenizer, args.text_hidden_size, args.text_layers, args.text_heads)
         kwargs["cross_attention_dim"] = args.text_hidden_size
-        if not kwargs.get("attention_levels") and kwargs.get("mid_block_attention") is False:
-            raise ConfigError("--conditioning text needs attention (--attention_levels or the mid-block attention)")
     unet = build_model(UNet, kwargs, args.pretrained_model_path)
     task = LDMTask(unet, vae, scheduler, args, class_names, text_encoder, tokenizer)
     return train(args, task, dataset_for_training, info, accelerator=accelerator, collate_fn=collate_fn)

@@ -9,15 +9,13 @@ Loss: ``VAE.loss`` = reconstruction NLL + ``--kl_weight`` * KL(q(z|x) || N(0, I)
 ``save_pretrained`` to ``--output_dir`` (pass that folder to train_ldm.py / train_classifier.py as --vae_path).
 """
 
-import argparse
-
 import torch
 from accelerate.utils import set_seed
 from torch import nn
 
 from hf_ddm.models.vae import VAE
-from hf_ddm.training import (TrainingTask, add_data_args, add_training_args, check_spatial, load_image_dataset,
-                             parse_args, random_flip, run_main, train)
+from hf_ddm.training import (TrainingTask, add_training_args, check_spatial, load_image_dataset, parse_args,
+                             random_flip, run_main, script_parser, train)
 from hf_ddm.training.args import _int_list
 from hf_ddm.training.components import build_model, read_model_config
 from hf_ddm.training.data import collate
@@ -77,12 +75,12 @@ class VAETask(TrainingTask):
 
     def card_info(self):
         return {"tags": ["vae", "autoencoder", "latent-diffusion"],
+                "usage": '```python\nfrom hf_ddm.models.vae import VAE\n\nvae = VAE.from_pretrained("{repo}")\n```',
                 "description": "KL-regularised autoencoder (hf_ddm VAE), the first stage of latent diffusion."}
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_args(p)
+    p = script_parser(__doc__, diffusion=False)
     g = p.add_argument_group("model")
     g.add_argument("--model_config", type=str, default=None, help="JSON config / folder for the VAE.")
     g.add_argument("--block_out_channels", type=_int_list, default=(64, 128, 256))

@@ -133,6 +133,26 @@ def add_unet_args(parser: argparse.ArgumentParser, *, prefix: str = "", channels
                    help="Start from these weights (a saved model folder) instead of a fresh init.")
 
 
+def add_latent_args(group, *, required: bool) -> None:
+    """The frozen-VAE flags of latent training (train_ldm, latent train_classifier): ``--vae_path`` and the cache."""
+    group.add_argument("--vae_path", type=str, required=required, default=None,
+                       help="A folder saved by train_vae.py (or a pipeline's vae/)" +
+                            ("." if required else "; train in this frozen VAE's latent space."))
+    group.add_argument("--latent_cache_dir", type=str, default=None, help="Default: <output_dir>/latent_cache.")
+    group.add_argument("--no_latent_cache", action="store_true", help="Encode with the VAE at every step instead.")
+
+
+def script_parser(doc: str, *, diffusion: bool = True, **unet_kwargs) -> argparse.ArgumentParser:
+    """A training script's parser with the data group and, for the scripts that train on a noise process
+    (``diffusion``), the process and U-Net groups. The script adds its own group, then ``add_training_args``."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_args(p)
+    if diffusion:
+        add_process_args(p)
+        add_unet_args(p, **unet_kwargs)
+    return p
+
+
 def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     env_local_rank = int(os.environ.get("LOCAL_RANK", -1))
@@ -159,4 +179,5 @@ def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = 
     return args
 
 
-__all__ = ["ConfigError", "add_data_args", "add_process_args", "add_training_args", "add_unet_args", "parse_args"]
+__all__ = ["ConfigError", "add_data_args", "add_process_args", "add_training_args", "add_unet_args", "add_latent_args",
+           "script_parser", "parse_args"]

@@ -12,7 +12,7 @@ import importlib
 import inspect
 import json
 import os
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -156,25 +156,27 @@ def vae_down_factor(vae) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
-@torch.no_grad()
-def sample_loop(model_fn, scheduler, shape, num_inference_steps: int, generator: torch.Generator, device,
-                dtype=torch.float32):
-    """Generic ancestral/ODE sampling through the diffusers scheduler contract.
+def latent_geometry(args, vae, block_out_channels) -> Tuple[int, int]:
+    """(image channels, latent size) of training on ``vae``'s latents; refuses what the VAE or the network
+    (``block_out_channels``) cannot take, before any training state exists."""
+    channels = args.channels or vae.config.in_channels
+    if channels != vae.config.in_channels:
+        raise ConfigError(f"--channels {channels} but the VAE takes {vae.config.in_channels}-channel images")
+    down = vae_down_factor(vae)
+    check_spatial(args.resolution, vae.config.block_out_channels, "--resolution")
+    size = args.resolution // down
+    check_spatial(size, block_out_channels, f"latent size (--resolution {args.resolution} / VAE factor {down} =)")
+    return channels, size
 
-    ``model_fn(x, t) -> model output`` (guidance, conditioning etc. live in the closure).
-    """
-    scheduler.set_timesteps(num_inference_steps, device=device)
-    x = torch.randn(shape, generator=generator, dtype=torch.float32).to(device, dtype)
-    x = x * getattr(scheduler, "init_noise_sigma", 1.0)
-    step_kwargs = {}
-    if "generator" in inspect.signature(scheduler.step).parameters:
-        step_kwargs["generator"] = generator if device.type == "cpu" else None
-    for t in scheduler.timesteps:
-        inp = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
-        out = model_fn(inp, t)
-        x = scheduler.step(out, t, x, **step_kwargs).prev_sample
-    return x
+
+def validation_images(pipeline, generator: torch.Generator, args, **call_kwargs) -> torch.Tensor:
+    """Validation samples drawn by the pipeline the run saves (its one denoising loop, its guidance):
+    (N, C, H, W) in [0, 1]. Give the pipeline a ``copy_scheduler``: sampling mutates the scheduler."""
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline(generator=generator, num_inference_steps=args.num_inference_steps, output_type="pt",
+                    **call_kwargs).images
 
 
 __all__ = ["build_scheduler", "copy_scheduler", "scheduler_class", "unet_kwargs_from_args", "check_spatial",
-           "build_model", "load_frozen_vae", "vae_down_factor", "sample_loop", "read_model_config"]
+           "build_model", "load_frozen_vae", "vae_down_factor", "latent_geometry", "validation_images",
+           "read_model_config"]

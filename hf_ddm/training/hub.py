@@ -31,12 +31,7 @@ CARD_TEMPLATE = """---
 
 ## Usage
 
-```python
-import hf_ddm  # registers hf_ddm's model and scheduler classes with diffusers
-from diffusers import DiffusionPipeline
-
-pipe = DiffusionPipeline.from_pretrained("{repo}")
-```
+{usage}
 
 ## Configuration
 
@@ -44,6 +39,15 @@ pipe = DiffusionPipeline.from_pretrained("{repo}")
 {config}
 ```
 """
+
+
+USAGE = """```python
+import hf_ddm  # registers hf_ddm's model and scheduler classes with diffusers
+from diffusers import DiffusionPipeline
+
+# the folder carries its pipeline's code (hf_ddm.pipelines), named in model_index.json
+pipe = DiffusionPipeline.from_pretrained("{repo}", trust_remote_code=True)
+```"""
 
 
 def write_model_card(output_dir: str, args, task, data_info, summary: dict) -> str:
@@ -71,7 +75,8 @@ def write_model_card(output_dir: str, args, task, data_info, summary: dict) -> s
         processes=summary.get("num_processes"), batch=args.train_batch_size, accum=args.gradient_accumulation_steps,
         lr=args.learning_rate, lr_scheduler=args.lr_scheduler, warmup=args.lr_warmup_steps, ema=bool(args.use_ema),
         mp=summary.get("mixed_precision"), extra=extra, metrics=metrics_md, samples=samples,
-        repo=args.hub_model_id or output_dir, config=json.dumps(config, indent=2, default=str))
+        usage=info.get("usage", USAGE).format(repo=args.hub_model_id or output_dir),
+        config=json.dumps(config, indent=2, default=str))
     path = os.path.join(output_dir, "README.md")
     with open(path, "w") as f:
         f.write(text)

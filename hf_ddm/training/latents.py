@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Optional
 
 import torch
 from torch.utils.data import Dataset
@@ -111,6 +110,19 @@ def collate_latents(examples):
     return {k: torch.stack([torch.as_tensor(e[k]) for e in examples]) for k in examples[0]}
 
 
+def latent_training_data(args, vae, dataset, info, accelerator) -> tuple:
+    """(dataset, collate_fn) a latent script trains on: the cached posteriors (``--latent_cache_dir``,
+    default ``<output_dir>/latent_cache``), or with ``--no_latent_cache`` the pixels, encoded every step.
+    Moves the frozen ``vae`` to the accelerator's device."""
+    vae.to(accelerator.device)
+    if args.no_latent_cache:
+        return dataset, collate
+    cache_dir = args.latent_cache_dir or os.path.join(args.output_dir, "latent_cache")
+    tensors, path = load_or_build_cache(vae, dataset, info, cache_dir, args.random_flip, accelerator)
+    accelerator.print(f"latent cache: {path}")
+    return LatentDataset(tensors), collate_latents
+
+
 def latents_from_batch(batch: dict, vae, generator: torch.Generator, flip: bool, sample_posterior: bool = True,
                        device=None) -> torch.Tensor:
     """Scaled latents z * c for a batch that is either cached posteriors or pixels (encoded now, frozen VAE)."""
@@ -138,4 +150,4 @@ def latents_from_batch(batch: dict, vae, generator: torch.Generator, flip: bool,
 
 
 __all__ = ["vae_fingerprint", "cache_key", "encode_dataset", "load_or_build_cache", "LatentDataset", "collate_latents",
-           "latents_from_batch"]
+           "latent_training_data", "latents_from_batch"]

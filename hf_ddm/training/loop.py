@@ -87,8 +87,18 @@ class TrainingTask:
         """{'images': (N, C, H, W) in [0, 1] or None, 'scalars': {...}} on unwrapped, EMA-weighted modules."""
         return {}
 
+    def pipeline(self, modules: Dict[str, torch.nn.Module]):
+        """The hf_ddm pipeline around ``modules`` (None: the task does not make one). The default
+        ``save`` writes it; validation samples through it, so sampling code lives in the pipelines only."""
+        return None
+
     def save(self, modules: Dict[str, torch.nn.Module], output_dir: str) -> None:
-        raise NotImplementedError
+        """``self.pipeline(modules).save_pretrained(output_dir)``: model_index.json (with the pipeline's
+        config, e.g. ``class_names``), one folder per component, and the pipeline's code file."""
+        pipe = self.pipeline(modules)
+        if pipe is None:
+            raise NotImplementedError(f"{type(self).__name__} makes no pipeline: override save")
+        pipe.save_pretrained(output_dir, safe_serialization=True)
 
     def card_info(self) -> dict:
         return {}

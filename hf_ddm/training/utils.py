@@ -1,9 +1,8 @@
-"""Small helpers: image grids, checksums, per-step seeds, saving a pipeline folder."""
+"""Small helpers: image grids, checksums, per-step seeds."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 from typing import Dict, Optional
@@ -61,49 +60,4 @@ def module_checksum(modules: Dict[str, torch.nn.Module]) -> str:
     return h.hexdigest()
 
 
-def save_pipeline_folder(output_dir: str, pipeline_class_name: str, components: Dict[str, object],
-                         pipeline_module: str = "hf_ddm.pipelines") -> str:
-    """Write a diffusers-style pipeline folder (``model_index.json`` + one sub-folder per component).
-
-    Uses ``<pipeline_module>.<pipeline_class_name>(**components).save_pretrained`` when that class can be
-    imported (diffusers' own classes are tried as well); otherwise writes the same layout directly, so
-    ``DiffusionPipeline.from_pretrained`` loads it once the pipeline class exists.
-    """
-    import importlib
-
-    import diffusers
-
-    for mod in (pipeline_module, "diffusers"):
-        try:
-            cls = getattr(importlib.import_module(mod), pipeline_class_name)
-        except (ImportError, AttributeError):
-            continue
-        try:
-            pipe = cls(**components)
-        except TypeError:
-            continue
-        pipe.save_pretrained(output_dir, safe_serialization=True)
-        return output_dir
-
-    os.makedirs(output_dir, exist_ok=True)
-    index = {"_class_name": pipeline_class_name, "_diffusers_version": diffusers.__version__}
-    for name, comp in components.items():
-        if comp is None:
-            index[name] = [None, None]
-            continue
-        module = type(comp).__module__
-        library = module.split(".")[0]
-        if library not in ("diffusers", "transformers", "tokenizers"):
-            library = module
-        index[name] = [library, type(comp).__name__]
-        sub = os.path.join(output_dir, name)
-        try:
-            comp.save_pretrained(sub, safe_serialization=True)
-        except TypeError:
-            comp.save_pretrained(sub)
-    with open(os.path.join(output_dir, "model_index.json"), "w") as f:
-        json.dump(index, f, indent=2, sort_keys=True)
-    return output_dir
-
-
-__all__ = ["to_unit_range", "make_grid", "save_grid", "step_seed", "module_checksum", "save_pipeline_folder"]
+__all__ = ["to_unit_range", "make_grid", "save_grid", "step_seed", "module_checksum"]
