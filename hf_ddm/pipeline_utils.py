@@ -100,6 +100,12 @@ class HfDdmPipeline(DiffusionPipeline):
         """Model evaluations (per image batch, per guidance branch) made by the last call."""
         return getattr(self, "_num_model_evaluations", 0)
 
+    @staticmethod
+    def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
+        """Latents the U-Net works on, (z - shift) * scale, back to images through the VAE."""
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor + shift).sample
+
     # --- output -----------------------------------------------------------------------------------
     def to_output(self, images: torch.Tensor, output_type: str, return_dict: bool):
         """images in [-1, 1] (NCHW) -> the requested output type, diffusers' conventions."""

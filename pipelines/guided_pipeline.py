@@ -71,7 +71,7 @@ class ClassifierGuidedPipeline(HfDdmPipeline):
             callback_on_step_end, callback_on_step_end_tensor_inputs,
         )
         if self.vae is not None and output_type != "latent":
-            images = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+            images = self.decode_latents(self.vae, latents)
         else:
             images = latents
         self.maybe_free_model_hooks()

@@ -118,7 +118,7 @@ class LatentDiffusionPipeline(HfDdmPipeline):
         if output_type == "latent":
             images = latents
         else:
-            images = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+            images = self.decode_latents(self.vae, latents)
         self.maybe_free_model_hooks()
         return self.to_output(images, output_type, return_dict)
 
