@@ -1,5 +1,10 @@
-"""hf_ddm: diffusion models that plug into Hugging Face diffusers."""
+"""hf_ddm: diffusion models that plug into Hugging Face diffusers.
 
+Pipelines live in ``hf_ddm.pipelines`` (imported on demand: they pull in the whole stack).
+"""
+
+from .mixture import GaussianMixture, sliced_wasserstein
+from .models import VAE, NoisyClassifier, UNet
 from .processes import (
     PREDICTION_TYPES,
     ContinuousVE,
@@ -10,6 +15,6 @@ from .processes import (
     SubVP,
     convert,
 )
-from .mixture import GaussianMixture, sliced_wasserstein
+from .schedulers import SDEScheduler, VEScheduler, VPScheduler
 
 __version__ = "0.1.0"

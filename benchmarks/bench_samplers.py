@@ -1,0 +1,305 @@
+"""Sampler accuracy vs NFE on the exact Gaussian-mixture model, and per-step cost vs diffusers.
+
+    python benchmarks/bench_samplers.py            # full tables (NFE 5, 10, 20, 50, 100)
+    python benchmarks/bench_samplers.py --quick    # NFE 10, 20, fewer samples / repetitions
+    python benchmarks/bench_samplers.py --json out.json
+
+Accuracy: every sampler gets the *exact* network output of a 2-D Gaussian mixture (hf_ddm.mixture),
+so the only error is the sampler's. Two mixtures: "narrow" (component std 0.05, mean separation ~2)
+and "broad" (std 0.35). Metrics against a reference set of true samples of the same size:
+sliced 2-Wasserstein distance (SW) and the mean relative error of the within-component std
+(std err); "floor" is the same metric for a second, independent true sample set (the noise floor).
+All samplers start from the same noise draws. NFE is the number of model calls actually made.
+
+diffusers' schedulers run on the discrete linear-beta VP schedule (1e-4..0.02, T = 1000). Their
+oracle sees the model input the way each scheduler presents it: DDIM at alphas_cumprod[timestep];
+Euler / Heun / DPM-Solver++ / UniPC at sigma = scheduler.sigmas[step_index] (Karras or not), i.e.
+a = 1/sqrt(1 + sigma^2), s = sigma a on the (scaled, for Euler/Heun) model input.
+
+Step cost: the same 16x3x64x64 tensors through ours and diffusers' equivalent, interleaved in one
+process, after warm-up; median over repetitions of the per-step time ratio (ours / diffusers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import statistics
+import sys
+import time
+
+if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None or os.environ.get("MALLOC_TRIM_THRESHOLD_") is None:
+    # Large malloc thresholds keep glibc from returning / re-mapping big tensors each step, which
+    # otherwise dominates CPU step timings with page-fault noise. Re-exec with them set.
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="10000000000", MALLOC_TRIM_THRESHOLD_="10000000000")
+    os.execve(sys.executable, [sys.executable] + sys.argv, env)
+
+import torch  # noqa: E402
+from diffusers.utils import logging as diffusers_logging  # noqa: E402
+
+diffusers_logging.set_verbosity_error()
+
+from hf_ddm.mixture import GaussianMixture, sliced_wasserstein  # noqa: E402
+from hf_ddm.processes import DiscreteVP  # noqa: E402
+from hf_ddm.schedulers.sde import SDEScheduler  # noqa: E402
+
+MEANS = [[-1.0, -0.5], [1.0, -0.5], [0.0, 1.0]]
+WEIGHTS = [0.5, 0.3, 0.2]
+MIXTURES = {"narrow": 0.05, "broad": 0.35}
+VP_DISCRETE = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+
+
+# ------------------------------------------------------------------------------------------------
+# Sampler registry: name -> (factory(nfe) -> (scheduler, num_inference_steps), oracle kind, grid note)
+# ------------------------------------------------------------------------------------------------
+
+
+def _ours():
+    out = {}
+
+    def sde(name, steps_for, grid_note, **cfg):
+        out[name] = (lambda nfe, cfg=cfg: (SDEScheduler(**cfg), steps_for(nfe)), "own", grid_note, "hf_ddm")
+
+    one = lambda nfe: nfe  # noqa: E731
+    heun = lambda nfe: max(1, (nfe + 1) // 2)  # noqa: E731  2N - 1 calls
+    pc = lambda nfe: max(1, nfe // 2)  # noqa: E731  2N calls
+    for s in ("vp", "subvp", "ve"):
+        for order in (3, 2):
+            sde(f"sde-{s} multistep-{order}M", one, "log-SNR uniform", sde=s, solver="multistep", solver_order=order,
+                time_grid="log_snr")
+    sde("sde-vp multistep-2M rho", one, "rho=7", sde="vp", solver="multistep", solver_order=2, time_grid="rho")
+    sde("sde-vp ode_heun", heun, "rho=7", sde="vp", solver="ode_heun", time_grid="rho")
+    sde("sde-ve ode_heun", heun, "rho=7", sde="ve", solver="ode_heun", time_grid="rho")
+    sde("sde-vp ode_euler", one, "rho=7", sde="vp", solver="ode_euler", time_grid="rho")
+    sde("sde-vp ancestral", one, "log-SNR uniform", sde="vp", solver="ancestral", time_grid="log_snr")
+    sde("sde-vp reverse_diffusion", one, "log-SNR uniform", sde="vp", solver="reverse_diffusion", time_grid="log_snr")
+    sde("sde-vp euler_maruyama", one, "log-SNR uniform", sde="vp", solver="euler_maruyama", time_grid="log_snr")
+    sde("sde-vp pc", pc, "log-SNR uniform", sde="vp", solver="pc", time_grid="log_snr")
+    sde("sde-subvp pc", pc, "log-SNR uniform", sde="subvp", solver="pc", time_grid="log_snr")
+    try:
+        from hf_ddm.schedulers.vp import VPScheduler
+
+        for sampler, spacing in (("ddim", "trailing"), ("ddim", "leading"), ("ddpm", "trailing")):
+            out[f"VPScheduler {sampler} ({spacing})"] = (
+                lambda nfe, sampler=sampler, spacing=spacing: (
+                    VPScheduler(**VP_DISCRETE, sampler=sampler, clip_sample=False, timestep_spacing=spacing), nfe),
+                "own", f"discrete linear-beta, {spacing}", "hf_ddm")
+    except Exception as exc:  # noqa: BLE001
+        print(f"note: VPScheduler not available ({type(exc).__name__}: {exc}); skipped")
+    try:
+        from hf_ddm.schedulers.ve import VEScheduler
+
+        out["VEScheduler"] = (lambda nfe: (VEScheduler(sigma_max=50.0), nfe), "own", "discrete geometric sigmas", "hf_ddm")
+    except Exception as exc:  # noqa: BLE001
+        print(f"note: VEScheduler not available ({type(exc).__name__}: {exc}); skipped")
+    return out
+
+
+def _diffusers():
+    from diffusers import (
+        DDIMScheduler,
+        DPMSolverMultistepScheduler,
+        EulerDiscreteScheduler,
+        HeunDiscreteScheduler,
+        UniPCMultistepScheduler,
+    )
+
+    out = {}
+    one = lambda nfe: nfe  # noqa: E731
+    heun = lambda nfe: max(1, (nfe + 1) // 2)  # noqa: E731
+    for spacing in ("leading", "trailing"):
+        out[f"diffusers DDIM ({spacing})"] = (
+            lambda nfe, spacing=spacing: (DDIMScheduler(**VP_DISCRETE, clip_sample=False, timestep_spacing=spacing), nfe),
+            "ddim", spacing, "diffusers")
+    for karras in (False, True):
+        tag = "karras" if karras else "linspace"
+        out[f"diffusers Euler ({tag})"] = (
+            lambda nfe, k=karras: (EulerDiscreteScheduler(**VP_DISCRETE, use_karras_sigmas=k), one(nfe)), "sigma", tag, "diffusers")
+        out[f"diffusers Heun ({tag})"] = (
+            lambda nfe, k=karras: (HeunDiscreteScheduler(**VP_DISCRETE, use_karras_sigmas=k), heun(nfe)), "sigma", tag, "diffusers")
+        out[f"diffusers DPM++2M ({tag})"] = (
+            lambda nfe, k=karras: (DPMSolverMultistepScheduler(**VP_DISCRETE, algorithm_type="dpmsolver++", solver_order=2, use_karras_sigmas=k), one(nfe)),
+            "sigma", tag, "diffusers")
+        out[f"diffusers UniPC ({tag})"] = (
+            lambda nfe, k=karras: (UniPCMultistepScheduler(**VP_DISCRETE, use_karras_sigmas=k), one(nfe)), "sigma", tag, "diffusers")
+    return out
+
+
+def _oracle(mix, sched, kind):
+    if kind == "own":
+        return mix.model(sched.marginal, sched.config.prediction_type)
+    if kind == "ddim":
+        return mix.model(DiscreteVP.from_schedule(**VP_DISCRETE).marginal, "epsilon")
+
+    def marginal(t):  # the sigma this scheduler is at right now, whatever timestep it passes
+        idx = sched.step_index if sched.step_index is not None else (sched.begin_index or 0)
+        sigma = sched.sigmas[idx].double()
+        a = 1.0 / torch.sqrt(1.0 + sigma * sigma)
+        return a.expand(t.shape), (sigma * a).expand(t.shape)
+
+    return mix.model(marginal, "epsilon")
+
+
+def sample(sched, model, steps, n, seed):
+    sched.set_timesteps(steps)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 2, generator=g, dtype=torch.float32) * sched.init_noise_sigma
+    takes_gen = "generator" in inspect.signature(sched.step).parameters
+    for t in sched.timesteps:
+        out = model(sched.scale_model_input(x, t), t)
+        kw = {"generator": g} if takes_gen else {}
+        x = sched.step(out, t, x, **kw).prev_sample
+    return x.double()
+
+
+def std_err(mix, x, ref):
+    return float((mix.within_component_std(x) / mix.within_component_std(ref) - 1).abs().mean())
+
+
+def accuracy(nfes, n, samplers):
+    results = {}
+    for mname, std in MIXTURES.items():
+        mix = GaussianMixture(MEANS, std, WEIGHTS)
+        ref = mix.sample(n, torch.Generator().manual_seed(1))[0]
+        other = mix.sample(n, torch.Generator().manual_seed(2))[0]
+        floor = {"sw": sliced_wasserstein(other, ref), "std_err": std_err(mix, other, ref)}
+        rows = {}
+        for name, (factory, kind, grid, lib) in samplers.items():
+            row = {}
+            for nfe in nfes:
+                sched, steps = factory(nfe)
+                model = _oracle(mix, sched, kind)
+                x = sample(sched, model, steps, n, seed=0)
+                ok = bool(torch.isfinite(x).all())
+                row[nfe] = {
+                    "nfe": model.calls,
+                    "sw": sliced_wasserstein(x, ref) if ok else float("nan"),
+                    "std_err": std_err(mix, x, ref) if ok else float("nan"),
+                }
+            rows[name] = {"lib": lib, "grid": grid, "by_nfe": row}
+        results[mname] = {"floor": floor, "rows": rows}
+    return results
+
+
+# ------------------------------------------------------------------------------------------------
+# Step cost
+# ------------------------------------------------------------------------------------------------
+
+
+def step_pairs():
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+    pairs = {
+        "multistep 2M vs DPMSolverMultistepScheduler": (
+            lambda: SDEScheduler(sde="vp", solver="multistep", solver_order=2),
+            lambda: DPMSolverMultistepScheduler(**VP_DISCRETE, algorithm_type="dpmsolver++", solver_order=2)),
+        "ode_euler vs EulerDiscreteScheduler": (
+            lambda: SDEScheduler(sde="vp", solver="ode_euler"),
+            lambda: EulerDiscreteScheduler(**VP_DISCRETE)),
+    }
+    try:
+        from hf_ddm.schedulers.vp import VPScheduler
+
+        pairs["VPScheduler ddim vs DDIMScheduler"] = (
+            lambda: VPScheduler(**VP_DISCRETE, sampler="ddim", clip_sample=False),
+            lambda: DDIMScheduler(**VP_DISCRETE, clip_sample=False))
+    except Exception as exc:  # noqa: BLE001
+        print(f"note: VPScheduler not available for step timing ({type(exc).__name__}); skipped")
+    return pairs
+
+
+def _loop_time(sched, steps, x, eps):
+    sched.set_timesteps(steps)
+    t0 = time.perf_counter()
+    for t in sched.timesteps:
+        sched.scale_model_input(x, t)  # part of every loop iteration (diffusers' Euler warns without it)
+        x = sched.step(eps, t, x).prev_sample
+    return (time.perf_counter() - t0) / len(sched.timesteps)
+
+
+def step_cost(reps, steps=20, shape=(16, 3, 64, 64)):
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g)
+    eps = torch.randn(shape, generator=g)
+    out = {}
+    for name, (make_a, make_b) in step_pairs().items():
+        a, b = make_a(), make_b()
+        for _ in range(3):  # warm-up
+            _loop_time(a, steps, x, eps), _loop_time(b, steps, x, eps)
+        ta, tb, ratio = [], [], []
+        for _ in range(reps):  # interleaved A, B
+            da, db = _loop_time(a, steps, x, eps), _loop_time(b, steps, x, eps)
+            ta.append(da), tb.append(db), ratio.append(da / db)
+        out[name] = {"ours_us": 1e6 * statistics.median(ta), "diffusers_us": 1e6 * statistics.median(tb),
+                     "ratio": statistics.median(ratio)}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Tables
+# ------------------------------------------------------------------------------------------------
+
+
+def markdown(results, costs, nfes):
+    lines = []
+    for mname, res in results.items():
+        fl = res["floor"]
+        lines.append(f"\n### {mname} modes (component std {MIXTURES[mname]}): SW / std err  "
+                     f"(noise floor: SW {fl['sw']:.4f}, std err {fl['std_err']:.3f})\n")
+        lines.append("| sampler | grid | " + " | ".join(f"NFE {k}" for k in nfes) + " |")
+        lines.append("|---|---|" + "---|" * len(nfes))
+        for name, row in res["rows"].items():
+            cells = []
+            for k in nfes:
+                r = row["by_nfe"][k]
+                nfe_note = "" if r["nfe"] == k else f" ({r['nfe']})"
+                cells.append(f"{r['sw']:.4f} / {r['std_err']:.3f}{nfe_note}")
+            lines.append(f"| {name} | {row['grid']} | " + " | ".join(cells) + " |")
+        lines.append("\n(actual NFE in parentheses where it differs from the column)\n")
+        lines.append("Best at equal NFE (metric of the best sampler of each library, ratio hf_ddm / diffusers; < 1 is better):\n")
+        lines.append("| NFE | metric | best hf_ddm | best diffusers | ratio |")
+        lines.append("|---|---|---|---|---|")
+        for k in nfes:
+            for metric in ("sw", "std_err"):
+                best = {}
+                for lib in ("hf_ddm", "diffusers"):
+                    cand = [(row["by_nfe"][k][metric], name) for name, row in res["rows"].items()
+                            if row["lib"] == lib and row["by_nfe"][k]["nfe"] <= k and row["by_nfe"][k][metric] == row["by_nfe"][k][metric]]
+                    best[lib] = min(cand) if cand else (float("nan"), "-")
+                ratio = best["hf_ddm"][0] / best["diffusers"][0] if best["diffusers"][0] else float("nan")
+                lines.append(f"| {k} | {metric} | {best['hf_ddm'][0]:.4f} ({best['hf_ddm'][1]}) | "
+                             f"{best['diffusers'][0]:.4f} ({best['diffusers'][1]}) | {ratio:.2f} |")
+    if costs:
+        lines.append("\n### Per-step time, 16x3x64x64 float32, 1 thread (median, interleaved)\n")
+        lines.append("| pair | ours (us/step) | diffusers (us/step) | ratio |")
+        lines.append("|---|---|---|---|")
+        for name, c in costs.items():
+            lines.append(f"| {name} | {c['ours_us']:.0f} | {c['diffusers_us']:.0f} | {c['ratio']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="NFE 10 and 20, 2000 samples, fewer repetitions")
+    p.add_argument("--json", help="also write the raw results here")
+    p.add_argument("--samples", type=int, default=None)
+    p.add_argument("--no-timing", action="store_true")
+    args = p.parse_args(argv)
+    nfes = [10, 20] if args.quick else [5, 10, 20, 50, 100]
+    n = args.samples or (2000 if args.quick else 4000)
+    samplers = {**_ours(), **_diffusers()}
+    t0 = time.time()
+    results = accuracy(nfes, n, samplers)
+    costs = {} if args.no_timing else step_cost(reps=7 if args.quick else 25)
+    print(f"\n## Sampler benchmark ({n} samples, exact mixture model; {time.time() - t0:.0f} s)")
+    print(markdown(results, costs, nfes))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"nfes": nfes, "samples": n, "accuracy": results, "step_cost": costs}, f, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main()
