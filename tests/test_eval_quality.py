@@ -1,0 +1,184 @@
+"""The sample-quality instrument (benchmarks/): Fréchet distance, precision/recall, the pinned
+reference network, and eval_quality.py end to end on a tiny random pipeline."""
+
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+sys.path.insert(0, BENCH)
+
+import quality_metrics as qm  # noqa: E402
+import reference_classifier as rc  # noqa: E402
+
+needs_data = pytest.mark.skipif(
+    not rc.dataset_available(),
+    reason=f"Fashion-MNIST IDX files not found under {rc.DEFAULT_DATA_DIR} "
+           "(install the Debian package: apt-get install dataset-fashion-mnist)",
+)
+
+
+# --- Fréchet distance ------------------------------------------------------------------------------
+
+def test_frechet_distance_diagonal_closed_form():
+    # Commuting covariances: FD = |mu1 - mu2|^2 + sum_i (sqrt(s1_i) - sqrt(s2_i))^2.
+    mu1, mu2 = np.array([0.0, 1.0, -2.0]), np.array([1.0, 1.0, 0.5])
+    s1, s2 = np.array([1.0, 4.0, 0.25]), np.array([9.0, 1.0, 0.25])
+    expected = ((mu1 - mu2) ** 2).sum() + ((np.sqrt(s1) - np.sqrt(s2)) ** 2).sum()
+    assert qm.frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2)) == pytest.approx(expected, rel=1e-12)
+
+
+def test_frechet_distance_general_gaussians():
+    # Non-commuting full covariances: tr((S1 S2)^1/2) via a rotated copy with known answer.
+    # S2 = R S1 R^T with R orthogonal -> W2^2 between N(0,S1) and N(0,S2) of equal spectra is
+    # tr(S1) + tr(S2) - 2 tr((S1^1/2 S2 S1^1/2)^1/2); check against an independent computation.
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(6, 6))
+    s1 = a @ a.T + 0.1 * np.eye(6)
+    b = rng.normal(size=(6, 6))
+    s2 = b @ b.T + 0.1 * np.eye(6)
+    mu1, mu2 = rng.normal(size=6), rng.normal(size=6)
+    w, v = np.linalg.eigh(s1)
+    r1 = v @ np.diag(np.sqrt(w)) @ v.T
+    m = r1 @ s2 @ r1
+    wm, vm = np.linalg.eigh(m)
+    expected = ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(vm @ np.diag(np.sqrt(wm)) @ vm.T)
+    assert qm.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-10)
+    scipy_linalg = pytest.importorskip("scipy.linalg")
+    via_scipy = ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(scipy_linalg.sqrtm(s1 @ s2)).real
+    assert qm.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(via_scipy, rel=1e-8)
+
+
+def test_frechet_distance_from_samples_matches_closed_form():
+    rng = np.random.default_rng(1)
+    n = 200_000
+    x = rng.normal(size=(n, 2)) * [1.0, 2.0]
+    y = rng.normal(size=(n, 2)) * [3.0, 1.0] + [0.5, 0.0]
+    expected = 0.25 + (1 - 3) ** 2 + (2 - 1) ** 2
+    assert qm.frechet_distance_features(x, y) == pytest.approx(expected, rel=0.02)
+
+
+def test_frechet_distance_self_is_zero():
+    x = np.random.default_rng(2).normal(size=(500, 32))
+    assert abs(qm.frechet_distance_features(x, x)) < 1e-8
+    # Singular covariance (fewer points than dimensions) still works.
+    z = np.random.default_rng(3).normal(size=(10, 32))
+    assert abs(qm.frechet_distance_features(z, z)) < 1e-6
+
+
+# --- precision / recall ----------------------------------------------------------------------------
+
+def test_precision_recall_identical_sets():
+    x = np.random.default_rng(4).normal(size=(300, 8))
+    assert qm.precision_recall(x, x.copy(), k=3) == (1.0, 1.0)
+
+
+def test_precision_recall_disjoint_sets():
+    rng = np.random.default_rng(5)
+    real, fake = rng.normal(size=(300, 8)), rng.normal(size=(300, 8)) + 100.0
+    assert qm.precision_recall(real, fake, k=3) == (0.0, 0.0)
+
+
+def test_precision_recall_mode_dropping():
+    # Fake covers one of two real modes: precision ~1, recall ~0.5.
+    rng = np.random.default_rng(6)
+    real = np.concatenate([rng.normal(size=(400, 2)), rng.normal(size=(400, 2)) + 50])
+    fake = rng.normal(size=(800, 2))
+    p, r = qm.precision_recall(real, fake, k=3)
+    assert p > 0.95 and 0.4 < r < 0.55
+
+
+def test_density_coverage():
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(300, 8))
+    m = qm.manifold_metrics(x, x.copy(), k=3)
+    assert m["coverage"] == 1.0 and m["precision"] == 1.0 and m["density"] >= 1.0
+    far = qm.manifold_metrics(x, x + 100.0, k=3)
+    assert far == {"precision": 0.0, "recall": 0.0, "density": 0.0, "coverage": 0.0}
+    # Same distribution, independent draws: density ~1, coverage high.
+    m = qm.manifold_metrics(rng.normal(size=(2000, 4)), rng.normal(size=(2000, 4)), k=3)
+    assert 0.85 < m["density"] < 1.15 and m["coverage"] > 0.85
+
+
+# --- the reference network -------------------------------------------------------------------------
+
+def test_reference_loads_and_is_pinned():
+    model = rc.load_reference()
+    assert rc.PINNED_SHA256[model.version] == model.sha256
+    assert os.path.getsize(os.path.join(rc.REFERENCE_DIR, rc.WEIGHTS_NAME)) < 2 * 2**20
+    x = torch.rand(4, 1, 28, 28) * 2 - 1
+    with torch.no_grad():
+        assert model.features(x).shape == (4, 128)
+        assert model.logits(x).shape == (4, 10)
+        torch.testing.assert_close(model.features(x), model.features(rc.pad_to_32(x)))
+
+
+def test_reference_refuses_tampered_weights(tmp_path):
+    dst = tmp_path / "ref"
+    shutil.copytree(rc.REFERENCE_DIR, dst)
+    rc.load_reference(str(dst))  # an untouched copy loads
+    w = dst / rc.WEIGHTS_NAME
+    data = bytearray(w.read_bytes())
+    data[-3] ^= 0x01  # flip one bit of the last weight
+    w.write_bytes(bytes(data))
+    with pytest.raises(rc.ReferenceTampered):
+        rc.load_reference(str(dst))
+    # Re-recording the tampered file's hash in config.json does not help: the hash is pinned in code.
+    cfg = json.loads((dst / rc.CONFIG_NAME).read_text())
+    cfg["sha256"] = rc.sha256_file(str(w))
+    (dst / rc.CONFIG_NAME).write_text(json.dumps(cfg))
+    with pytest.raises(rc.ReferenceTampered):
+        rc.load_reference(str(dst))
+
+
+def test_train_refuses_to_overwrite(tmp_path):
+    dst = tmp_path / "ref"
+    shutil.copytree(rc.REFERENCE_DIR, dst)
+    before = rc.sha256_file(str(dst / rc.WEIGHTS_NAME))
+    with pytest.raises(SystemExit, match="refusing to overwrite"):
+        rc.main(["--train", "--out_dir", str(dst)])
+    assert rc.sha256_file(str(dst / rc.WEIGHTS_NAME)) == before
+
+
+@needs_data
+def test_reference_classifies_real_test_images():
+    model = rc.load_reference()
+    images, labels = rc.load_fashion_mnist("test")
+    idx = np.arange(0, 10000, 50)  # 200 images spread over the test set
+    acc = rc.accuracy(model, rc.to_reference_input(images[idx]), torch.from_numpy(labels[idx]))
+    assert acc >= 0.90
+
+
+# --- eval_quality end to end -----------------------------------------------------------------------
+
+@needs_data
+def test_eval_quality_end_to_end(tmp_path):
+    import eval_quality
+    from hf_ddm.models import UNet
+    from hf_ddm.pipelines import PixelDiffusionPipeline
+    from hf_ddm.schedulers.vp import VPScheduler
+
+    torch.manual_seed(0)
+    unet = UNet(sample_size=32, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+                attention_levels=(), mid_block_attention=False, norm_num_groups=4, attention_head_dim=8)
+    PixelDiffusionPipeline(unet=unet, scheduler=VPScheduler(num_train_timesteps=20)).save_pretrained(tmp_path / "pipe")
+    out = tmp_path / "res.json"
+    res = eval_quality.main([str(tmp_path / "pipe"), "--scheduler", "vp-ddim", "--num_samples", "16", "--steps", "2",
+                             "--batch_size", "8", "--test_samples", "500", "--nll_samples", "4", "--nll_batch_size", "4",
+                             "--floor", "--json", str(out)])
+    saved = json.loads(out.read_text())
+    for key in ("fd", "precision", "recall", "density", "coverage", "class_accuracy", "bits_per_dim", "bits_per_dim_method", "nfe",
+                "num_samples", "scheduler_class", "reference_version", "reference_sha256", "floor"):
+        assert key in saved, key
+    assert saved["num_samples"] == 16 and saved["nfe"] == 2 and saved["scheduler_class"] == "VPScheduler"
+    assert saved["scheduler_config"]["sampler"] == "ddim"
+    assert saved["class_accuracy"] is None  # unconditional
+    assert np.isfinite(saved["fd"]) and 0 <= saved["precision"] <= 1 and 0 <= saved["recall"] <= 1
+    assert np.isfinite(saved["bits_per_dim"]) and "ddpm_bound" in saved["bits_per_dim_method"]
+    assert saved["floor"]["num_samples"] == 16 and saved["floor"]["fd"] < saved["fd"]
+    assert res["fd"] == saved["fd"]
