@@ -222,3 +222,18 @@ def test_epoch_sampler_is_seeded():
     assert list(a) == list(b)
     a.set_epoch(1)
     assert list(a) != list(b) and sorted(a) == list(range(10))
+
+
+def test_pad_fit_keeps_pixels_and_pads_with_background():
+    import torch as _torch
+
+    from hf_ddm.training.data import _to_model_range
+
+    x = _torch.randint(0, 256, (3, 1, 28, 28), dtype=_torch.uint8)
+    y = _to_model_range(x, 32, 1, "pad")
+    assert y.shape == (3, 1, 32, 32)
+    _torch.testing.assert_close(y[:, :, 2:30, 2:30], x.float() / 127.5 - 1)
+    border = _torch.ones(32, 32, dtype=_torch.bool)
+    border[2:30, 2:30] = False
+    assert (y[:, :, border] == -1).all()
+    assert _to_model_range(x, 32, 1, "resize").shape == (3, 1, 32, 32)

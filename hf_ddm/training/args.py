@@ -35,7 +35,10 @@ def add_data_args(parser: argparse.ArgumentParser, *, image_size_default: int = 
     g.add_argument("--split", type=str, default="train")
     g.add_argument("--image_column", type=str, default=None, help="Default: 'image', 'img' or the first Image feature.")
     g.add_argument("--label_column", type=str, default=None, help="Default: 'label' / 'labels' when present.")
-    g.add_argument("--resolution", type=int, default=image_size_default, help="Images are resized and center-cropped to this.")
+    g.add_argument("--resolution", type=int, default=image_size_default, help="Images are brought to this size (see --image_fit).")
+    g.add_argument("--image_fit", type=str, default="resize", choices=["resize", "pad"],
+                   help="resize: shorter side to --resolution, center crop; pad: keep pixels, pad with the "
+                        "background (-1) or center-crop (Fashion-MNIST 28 -> 32 as the reference network sees it).")
     g.add_argument("--channels", type=int, default=None, choices=[1, 3],
                    help="1 = grayscale, 3 = RGB (default: the model's in_channels, or 3).")
     g.add_argument("--random_flip", action="store_true", help="Random horizontal flips (seeded, per step).")

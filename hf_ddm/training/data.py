@@ -67,9 +67,11 @@ def read_idx(path: str) -> np.ndarray:
     return arr.reshape(shape)
 
 
-def _to_model_range(images: torch.Tensor, resolution: int, channels: int) -> torch.Tensor:
-    """uint8/float (N, C, H, W) in [0, 255] -> float (N, channels, R, R) in [-1, 1]: resize shorter side,
-    center-crop, convert channels."""
+def _to_model_range(images: torch.Tensor, resolution: int, channels: int, fit: str = "resize") -> torch.Tensor:
+    """uint8/float (N, C, H, W) in [0, 255] -> float (N, channels, R, R) in [-1, 1], channels converted.
+    ``fit="resize"``: resize the shorter side to R, center-crop. ``fit="pad"``: keep the pixels, pad with
+    the background value -1 (or center-crop) to R x R -- e.g. Fashion-MNIST 28 -> 32, which is what the
+    reference feature network of benchmarks/ sees."""
     x = images.float() / 127.5 - 1.0
     c = x.shape[1]
     if c != channels:
@@ -79,7 +81,13 @@ def _to_model_range(images: torch.Tensor, resolution: int, channels: int) -> tor
             w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype)[: c].view(1, c, 1, 1)
             x = (x * w).sum(1, keepdim=True)
     h, w = x.shape[-2:]
-    if (h, w) != (resolution, resolution):
+    if fit == "pad" and (h, w) != (resolution, resolution):
+        ph, pw = max(resolution - h, 0), max(resolution - w, 0)
+        x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=-1.0)
+        h, w = x.shape[-2:]
+        top, left = (h - resolution) // 2, (w - resolution) // 2
+        x = x[..., top: top + resolution, left: left + resolution]
+    elif (h, w) != (resolution, resolution):
         scale = resolution / min(h, w)
         nh, nw = max(resolution, round(h * scale)), max(resolution, round(w * scale))
         if (nh, nw) != (h, w):
@@ -92,14 +100,15 @@ def _to_model_range(images: torch.Tensor, resolution: int, channels: int) -> tor
 class TensorImageDataset(Dataset):
     """Images held in memory as uint8 (N, C, H, W); converted per item."""
 
-    def __init__(self, images: torch.Tensor, labels: Optional[torch.Tensor], resolution: int, channels: int):
-        self.images, self.labels, self.resolution, self.channels = images, labels, resolution, channels
+    def __init__(self, images: torch.Tensor, labels: Optional[torch.Tensor], resolution: int, channels: int,
+                 fit: str = "resize"):
+        self.images, self.labels, self.resolution, self.channels, self.fit = images, labels, resolution, channels, fit
 
     def __len__(self):
         return self.images.shape[0]
 
     def __getitem__(self, i):
-        out = {"pixel_values": _to_model_range(self.images[i: i + 1], self.resolution, self.channels)[0]}
+        out = {"pixel_values": _to_model_range(self.images[i: i + 1], self.resolution, self.channels, self.fit)[0]}
         if self.labels is not None:
             out["class_labels"] = self.labels[i]
         return out
@@ -108,9 +117,10 @@ class TensorImageDataset(Dataset):
 class HFImageDataset(Dataset):
     """A datasets ``Dataset`` with an Image column (PIL) and optional label column."""
 
-    def __init__(self, ds, image_column: str, label_column: Optional[str], resolution: int, channels: int):
+    def __init__(self, ds, image_column: str, label_column: Optional[str], resolution: int, channels: int,
+                 fit: str = "resize"):
         self.ds, self.image_column, self.label_column = ds, image_column, label_column
-        self.resolution, self.channels = resolution, channels
+        self.resolution, self.channels, self.fit = resolution, channels, fit
 
     def __len__(self):
         return len(self.ds)
@@ -121,13 +131,14 @@ class HFImageDataset(Dataset):
         img = img.convert("L" if self.channels == 1 else "RGB")
         arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
         arr = arr[None] if arr.ndim == 2 else arr.permute(2, 0, 1)
-        out = {"pixel_values": _to_model_range(arr[None], self.resolution, self.channels)[0]}
+        out = {"pixel_values": _to_model_range(arr[None], self.resolution, self.channels, self.fit)[0]}
         if self.label_column is not None:
             out["class_labels"] = torch.tensor(int(row[self.label_column]), dtype=torch.long)
         return out
 
 
-def _load_idx(data_dir: str, split: str, resolution: int, channels: int, max_samples: Optional[int]):
+def _load_idx(data_dir: str, split: str, resolution: int, channels: int, max_samples: Optional[int],
+              fit: str = "resize"):
     prefix = _IDX_PREFIX.get(split, split)
     img_path = _find_idx(data_dir, f"{prefix}-images-idx3-ubyte")
     if img_path is None:
@@ -143,7 +154,7 @@ def _load_idx(data_dir: str, split: str, resolution: int, channels: int, max_sam
     names = FASHION_MNIST_CLASSES if "fashion" in os.path.abspath(data_dir).lower() else MNIST_CLASSES
     if labels_t is not None and labels_t.numel() and int(labels_t.max()) >= len(names):
         names = [str(i) for i in range(int(labels_t.max()) + 1)]
-    ds = TensorImageDataset(images_t, labels_t, resolution, channels)
+    ds = TensorImageDataset(images_t, labels_t, resolution, channels, fit)
     info = DataInfo(source=f"idx:{os.path.abspath(data_dir)}:{split}", num_examples=len(ds),
                     class_names=names if labels_t is not None else None,
                     extra={"files": [os.path.basename(img_path)] + ([os.path.basename(lbl_path)] if lbl_path else [])})
@@ -176,13 +187,14 @@ def _pick_columns(ds, image_column, label_column):
 def load_image_dataset(args, channels: int) -> tuple[Dataset, DataInfo]:
     """Build the training dataset from ``--dataset_name`` or ``--data_dir``; raise ConfigError on bad input."""
     resolution = args.resolution
+    fit = getattr(args, "image_fit", "resize")
     if args.dataset_name is None and args.data_dir is None:
         raise ConfigError("give --dataset_name (a Hub dataset or a saved dataset folder) or --data_dir")
     if args.data_dir is not None:
         if not os.path.isdir(args.data_dir):
             raise ConfigError(f"--data_dir {args.data_dir!r} does not exist or is not a directory")
         if is_idx_dir(args.data_dir):
-            ds, info = _load_idx(args.data_dir, args.split, resolution, channels, args.max_train_samples)
+            ds, info = _load_idx(args.data_dir, args.split, resolution, channels, args.max_train_samples, fit)
             if len(ds) == 0:
                 raise ConfigError(f"--data_dir {args.data_dir!r} holds no examples")
             return ds, info
@@ -214,7 +226,7 @@ def load_image_dataset(args, channels: int) -> tuple[Dataset, DataInfo]:
     if len(hf) == 0:
         raise ConfigError("the dataset has no examples")
     image_column, label_column, names = _pick_columns(hf, args.image_column, args.label_column)
-    ds = HFImageDataset(hf, image_column, label_column, resolution, channels)
+    ds = HFImageDataset(hf, image_column, label_column, resolution, channels, fit)
     if label_column is not None and names is None:
         n = int(max(hf[label_column])) + 1
         names = [str(i) for i in range(n)]
