@@ -1,0 +1,502 @@
+"""The Space: request validation, generation with live progress and an optional denoising animation,
+and the Gradio Blocks UI around it.
+
+``SpaceApp.generate`` is the one request handler (``api_name="/generate"``); it is a plain method, so
+tests call it directly as well as over HTTP. Anything that goes wrong inside a request becomes a
+``gr.Error`` for that request only: the process, the loaded models and other users' requests carry on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import gradio as gr
+import numpy as np
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from hf_ddm.guidance import prediction_type_of, scheduler_marginal
+from hf_ddm.processes import convert
+
+from .registry import SPECS, LoadedModel, Registry, env_var
+from .samplers import AS_SAVED
+
+logger = logging.getLogger("hf_ddm_space")
+
+CYCLE = "(one of each class, in turn)"
+ANIMATIONS = ("off", "x0-prediction", "noisy sample x_t")
+MAX_SEED = 2**31 - 1
+# Preferred default sampler per process family (falls back to "as saved").
+DEFAULT_SAMPLER = {
+    "vp": "DDIM, eta=0 (VPScheduler)",
+    "ve": "PC: reverse diffusion + Langevin corrector (VEScheduler)",
+    "sde:vp": "ODE: multistep DPM-Solver++(2M) (hf_ddm)",
+    "sde:subvp": "ODE: multistep DPM-Solver++(2M) (hf_ddm)",
+    "sde:ve": "SDE: predictor-corrector (reverse diffusion + 1 Langevin)",
+}
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for. Override with HF_DDM_SPACE_<FIELD> environment variables."""
+
+    max_images: int = 8
+    max_steps: int = 100
+    max_guidance: float = 20.0
+    max_prompt_chars: int = 200
+    max_frames: int = 24
+    concurrency: int = 2  # requests running at once (gradio default_concurrency_limit)
+    max_queue: int = 16  # requests waiting; more are turned away with a "queue full" message
+    default_steps: int = 20
+    default_images: int = 4
+
+    @classmethod
+    def from_env(cls) -> "Limits":
+        d = cls()
+        return cls(
+            max_images=_env_int("HF_DDM_SPACE_MAX_IMAGES", d.max_images),
+            max_steps=_env_int("HF_DDM_SPACE_MAX_STEPS", d.max_steps),
+            max_guidance=float(os.environ.get("HF_DDM_SPACE_MAX_GUIDANCE", d.max_guidance)),
+            max_prompt_chars=_env_int("HF_DDM_SPACE_MAX_PROMPT_CHARS", d.max_prompt_chars),
+            max_frames=_env_int("HF_DDM_SPACE_MAX_FRAMES", d.max_frames),
+            concurrency=_env_int("HF_DDM_SPACE_CONCURRENCY", d.concurrency),
+            max_queue=_env_int("HF_DDM_SPACE_MAX_QUEUE", d.max_queue),
+            default_steps=min(d.default_steps, _env_int("HF_DDM_SPACE_MAX_STEPS", d.max_steps)),
+            default_images=min(d.default_images, _env_int("HF_DDM_SPACE_MAX_IMAGES", d.max_images)),
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# Validation
+# ------------------------------------------------------------------------------------------------
+
+
+def _as_int(value, name: str, lo: int, hi: int) -> int:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise gr.Error(f"{name} must be a whole number, got {value!r}.")
+    if not math.isfinite(f) or f != int(f):
+        raise gr.Error(f"{name} must be a whole number, got {value!r}.")
+    v = int(f)
+    if not lo <= v <= hi:
+        raise gr.Error(f"{name} must be between {lo} and {hi}, got {v}.")
+    return v
+
+
+def _as_float(value, name: str, lo: float, hi: float) -> float:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise gr.Error(f"{name} must be a number, got {value!r}.")
+    if not math.isfinite(f) or not lo <= f <= hi:
+        raise gr.Error(f"{name} must be between {lo:g} and {hi:g}, got {value!r}.")
+    return f
+
+
+# ------------------------------------------------------------------------------------------------
+# Images
+# ------------------------------------------------------------------------------------------------
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, C, H, W) in [-1, 1] -> (B, H, W, C) uint8."""
+    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def to_pil(array: np.ndarray, min_size: int = 128) -> Image.Image:
+    """(H, W, C) uint8 -> PIL, upscaled (nearest) so tiny images stay crisp in the browser."""
+    img = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    scale = max(1, math.ceil(min_size / max(img.size)))
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    return img
+
+
+def frame_strip(batch: np.ndarray, cell: int = 96, pad: int = 2) -> Image.Image:
+    """A row of the batch's images (one animation frame)."""
+    tiles = [to_pil(a, min_size=cell).convert("RGB") for a in batch]
+    w, h = tiles[0].size
+    strip = Image.new("RGB", (len(tiles) * (w + pad) + pad, h + 2 * pad), (255, 255, 255))
+    for k, tile in enumerate(tiles):
+        strip.paste(tile, (pad + k * (w + pad), pad))
+    return strip
+
+
+def save_gif(frames: List[Image.Image], captions: List[str]) -> str:
+    from PIL import ImageDraw
+
+    out = []
+    for frame, caption in zip(frames, captions):
+        canvas = Image.new("RGB", (frame.width, frame.height + 16), (255, 255, 255))
+        canvas.paste(frame, (0, 16))
+        ImageDraw.Draw(canvas).text((4, 2), caption, fill=(0, 0, 0))
+        out.append(canvas.convert("P", palette=Image.ADAPTIVE))
+    folder = os.path.join(tempfile.gettempdir(), "hf_ddm_space_gifs")
+    os.makedirs(folder, exist_ok=True)
+    now = time.time()
+    for old in os.listdir(folder):  # gradio serves its own copy; ours only need to outlive the request
+        try:
+            if now - os.path.getmtime(os.path.join(folder, old)) > 3600:
+                os.remove(os.path.join(folder, old))
+        except OSError:
+            pass
+    fd, path = tempfile.mkstemp(prefix="trajectory_", suffix=".gif", dir=folder)
+    os.close(fd)
+    durations = [150] * (len(out) - 1) + [1200]
+    out[0].save(path, save_all=True, append_images=out[1:], duration=durations, loop=0)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# The app
+# ------------------------------------------------------------------------------------------------
+
+
+class SpaceApp:
+    def __init__(self, registry: Optional[Registry] = None, limits: Optional[Limits] = None):
+        self.registry = registry or Registry()
+        self.limits = limits or Limits.from_env()
+
+    # --- model information -----------------------------------------------------------------------
+    def model_choices(self) -> List[Tuple[str, str]]:
+        return [(spec.label, name) for name, spec in SPECS.items()]
+
+    def default_sampler(self, model: LoadedModel) -> str:
+        preferred = DEFAULT_SAMPLER.get(model.family)
+        return preferred if preferred in model.samplers else AS_SAVED
+
+    def class_choices(self, model: LoadedModel) -> List[str]:
+        if not model.num_classes:
+            return []
+        return [CYCLE] + list(model.class_names)
+
+    def suggested_prompt(self, model: LoadedModel) -> str:
+        if model.kind != "text":
+            return ""
+        names = list(model.class_names or ["sneaker"])
+        return model.prompt_template.format("sneaker" if "sneaker" in names else names[0])
+
+    def model_status(self, model: LoadedModel) -> str:
+        spec = model.spec
+        lines = [f"**{spec.label}**: {spec.description}.  ",
+                 f"Process: `{type(model.pipe.scheduler).__name__}` ({model.family}); "
+                 f"pipeline: `{type(model.pipe).__name__}`."]
+        if model.trained:
+            lines.append(f"\n\nWeights: trained checkpoint from `{model.source}`.")
+        else:
+            lines.append(
+                f"\n\n⚠️ **Untrained demo weights.** No checkpoint in `space/models/{spec.name}/` and "
+                f"`{env_var(spec.name)}` is not set, so this is a tiny randomly initialised network: "
+                "the images are structured noise, but every sampler, the guidance, the progress and the "
+                "animation run for real."
+            )
+        return "".join(lines)
+
+    def banner(self) -> str:
+        demo = [m.spec.label for m in self.registry.loaded().values() if not m.trained]
+        if not demo:
+            return ""
+        return ("⚠️ **Untrained demo weights** for: " + ", ".join(demo) +
+                ". These tiny random networks stand in until trained checkpoints are dropped into "
+                "`space/models/<name>/` (or named by `HF_DDM_MODEL_<NAME>`); their images are noise-like.")
+
+    # --- validation ---------------------------------------------------------------------------------
+    def _model(self, model_name) -> LoadedModel:
+        if model_name not in SPECS:
+            # The UI sends names; API users may send a label.
+            by_label = {s.label: n for n, s in SPECS.items()}
+            if model_name not in by_label:
+                raise gr.Error(f"Unknown model {model_name!r}. Choose one of: {', '.join(SPECS)}.")
+            model_name = by_label[model_name]
+        try:
+            return self.registry.get(model_name)
+        except Exception as e:  # a broken checkpoint must not take the app down
+            logger.exception("loading model %s failed", model_name)
+            raise gr.Error(f"Model {model_name!r} could not be loaded: {type(e).__name__}: {e}")
+
+    def _labels(self, model: LoadedModel, class_name, n: int) -> Optional[List[int]]:
+        if not model.num_classes:
+            return None
+        names = list(model.class_names or [])
+        if class_name in (None, "", CYCLE):
+            return [k % model.num_classes for k in range(n)]
+        if class_name in names:
+            return [names.index(class_name)] * n
+        try:
+            idx = _as_int(class_name, "class", 0, model.num_classes - 1)
+        except gr.Error:
+            raise gr.Error(f"Unknown class {class_name!r}. Choose one of: {', '.join(names)} "
+                           f"(or an index 0-{model.num_classes - 1}).")
+        return [idx] * n
+
+    def _prompt(self, model: LoadedModel, prompt) -> Optional[str]:
+        if model.kind != "text":
+            return None
+        prompt = (prompt or "").strip()
+        if not prompt:
+            raise gr.Error("This model is text-conditional: enter a prompt (e.g. "
+                           f"\"{self.suggested_prompt(model)}\").")
+        if len(prompt) > self.limits.max_prompt_chars:
+            raise gr.Error(f"The prompt is {len(prompt)} characters long; the limit is {self.limits.max_prompt_chars}.")
+        return prompt
+
+    # --- the request handler -------------------------------------------------------------------------
+    def generate(
+        self,
+        model_name: str,
+        sampler: str,
+        steps: float,
+        guidance_scale: float,
+        class_name: Optional[str],
+        prompt: Optional[str],
+        seed: float,
+        num_images: float,
+        animation: str = "off",
+        frame_every: float = 0,
+        progress=gr.Progress(),
+    ):
+        """Sample images; returns (gallery items, trajectory GIF path or None, markdown summary)."""
+        lim = self.limits
+        steps = _as_int(steps, "Number of steps", 1, lim.max_steps)
+        n = _as_int(num_images, "Number of images", 1, lim.max_images)
+        seed = _as_int(seed, "Seed", 0, MAX_SEED)
+        guidance_scale = _as_float(guidance_scale, "Guidance scale", 0.0, lim.max_guidance)
+        frame_every = _as_int(frame_every or 0, "Animation: frame every k steps", 0, lim.max_steps)
+        if animation not in ANIMATIONS:
+            raise gr.Error(f"Animation must be one of {', '.join(ANIMATIONS)}, got {animation!r}.")
+        model = self._model(model_name)
+        if sampler not in model.samplers:
+            raise gr.Error(f"Sampler {sampler!r} is not available for {model.spec.label}. "
+                           f"Choose one of: {'; '.join(model.samplers)}.")
+        labels = self._labels(model, class_name, n)
+        prompt = self._prompt(model, prompt)
+
+        try:
+            return self._run(model, sampler, steps, guidance_scale, labels, prompt, seed, n, animation,
+                             frame_every, progress)
+        except gr.Error:
+            raise
+        except ValueError as e:  # the library's own input checks
+            logger.warning("rejected request: %s", e)
+            raise gr.Error(f"Invalid settings: {e}")
+        except Exception as e:  # anything else: this request fails, the app lives on
+            logger.error("generation failed:\n%s", traceback.format_exc())
+            raise gr.Error(f"Generation failed ({type(e).__name__}: {e}). The app is still running: "
+                           "try again or with other settings.")
+
+    def _run(self, model, sampler_label, steps, guidance_scale, labels, prompt, seed, n, animation, frame_every,
+             progress):
+        progress(0.0, desc="preparing")
+        scheduler = model.samplers[sampler_label].make()
+        pipe = model.pipeline_with(scheduler)
+        unet = pipe.unet
+        size = unet.config.sample_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        shape = (n, unet.config.in_channels, *size)
+        generators = [torch.Generator().manual_seed(seed + k) for k in range(n)]
+        noise = randn_tensor(shape, generator=generators, dtype=unet.dtype)
+        # What the pipeline's prepare_latents will start from (the model input of the first step).
+        state = {"x": noise * scheduler.init_noise_sigma, "frames": [], "captions": [], "every": None,
+                 "x0_failed": False}
+        vae = getattr(pipe, "vae", None)
+
+        def decode(z: torch.Tensor) -> np.ndarray:
+            if vae is not None:
+                z = vae.decode(z.to(vae.dtype) / vae.config.scaling_factor).sample
+            return to_uint8(z)
+
+        if animation == "noisy sample x_t":
+            state["frames"].append(frame_strip(decode(state["x"])))
+            state["captions"].append("x_T (noise)")
+
+        def on_step(p, i, t, tensors):
+            total = len(p.scheduler.timesteps)
+            progress((i + 1) / total, desc=f"denoising: model evaluation {i + 1}/{total}")
+            if animation != "off":
+                if state["every"] is None:
+                    k = frame_every or math.ceil(total / 16)
+                    state["every"] = max(k, math.ceil(total / max(1, self.limits.max_frames - 1)))
+                if i % state["every"] == 0 or i == total - 1:
+                    self._capture(p, i, t, tensors, state, animation, decode, total)
+            state["x"] = tensors["latents"]
+            return {}
+
+        t0 = time.perf_counter()
+        kwargs = dict(batch_size=n, generator=generators, num_inference_steps=steps, latents=noise, output_type="pt",
+                      callback_on_step_end=on_step, callback_on_step_end_tensor_inputs=["latents", "model_output"])
+        if model.kind == "guided":
+            kwargs.update(class_labels=labels, guidance_scale=guidance_scale)
+        elif model.kind == "class":
+            kwargs.update(class_labels=labels, guidance_scale=guidance_scale)
+        elif model.kind == "text":
+            kwargs.update(prompt=prompt, guidance_scale=guidance_scale)
+        images = pipe(**kwargs).images  # (n, C, H, W) in [0, 1]
+        wall = time.perf_counter() - t0
+        nfe = pipe.num_model_evaluations
+
+        arrays = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        gallery = []
+        for k, a in enumerate(arrays):
+            what = ""
+            if labels is not None:
+                what = (model.class_names or [])[labels[k]] if model.class_names else f"class {labels[k]}"
+            elif prompt is not None:
+                what = prompt
+            caption = f"{what} · seed {seed + k}" if what else f"seed {seed + k}"
+            gallery.append((to_pil(a), caption))
+
+        gif = None
+        if animation != "off" and state["frames"]:
+            gif = save_gif(state["frames"], state["captions"])
+        progress(1.0, desc="done")
+
+        per_call = ""
+        if model.kind in ("class", "text") and guidance_scale not in (0.0, 1.0):
+            per_call = " (each a batched call over the conditional and unconditional branch)"
+        elif model.kind == "guided" and guidance_scale != 0.0:
+            per_call = " (each plus one classifier gradient)"
+        lines = [
+            f"**{n} image{'s' if n > 1 else ''} in {wall:.2f} s** (wall time) · "
+            f"**{nfe} model evaluations**{per_call} · {steps} steps requested",
+            f"model: {model.spec.label} · sampler: {sampler_label} (`{type(scheduler).__name__}`) · "
+            f"seed {seed}" + (f"…{seed + n - 1}" if n > 1 else ""),
+        ]
+        if model.kind != "unconditional":
+            lines[-1] += f" · guidance scale {guidance_scale:g}"
+        if state["x0_failed"]:
+            lines.append("(the x0-prediction could not be formed for this sampler; the animation shows x_t)")
+        if not model.trained:
+            lines.append("⚠️ untrained demo weights: noise-like images are expected.")
+        return gallery, gif, "  \n".join(lines)
+
+    @staticmethod
+    def _capture(pipe, i, t, tensors, state, animation, decode, total):
+        x = tensors["latents"]
+        caption = f"step {i + 1}/{total}: x_t"
+        if animation == "x0-prediction" and not state["x0_failed"]:
+            try:
+                x_t = state["x"]
+                a, s = scheduler_marginal(pipe.scheduler, t, x_t)
+                x = convert(tensors["model_output"], x_t, a, s, prediction_type_of(pipe.scheduler), "sample")
+                caption = f"step {i + 1}/{total}: x0-prediction"
+            except Exception:  # an exotic scheduler: show the noisy sample instead
+                logger.warning("x0-prediction failed; animating x_t:\n%s", traceback.format_exc())
+                state["x0_failed"] = True
+        if i == total - 1 and animation == "noisy sample x_t":
+            caption = f"step {total}/{total}: sample"
+        state["frames"].append(frame_strip(decode(x)))
+        state["captions"].append(caption)
+
+    # --- UI callbacks --------------------------------------------------------------------------------
+    def on_model_change(self, model_name):
+        model = self._model(model_name)
+        classes = self.class_choices(model)
+        guided = model.kind in ("class", "text", "guided")
+        guidance_info = {
+            "class": "classifier-free guidance w: 0 unconditional, 1 conditional, >1 sharper",
+            "text": "classifier-free guidance w: 0 unconditional, 1 conditional, >1 sharper",
+            "guided": "classifier scale s: 0 ignores the classifier, 1 = p(x|y), >1 sharper",
+        }.get(model.kind, "not used: this model is unconditional")
+        return (
+            gr.update(choices=list(model.samplers), value=self.default_sampler(model)),
+            gr.update(choices=classes, value=classes[0] if classes else None, visible=bool(classes)),
+            gr.update(visible=model.kind == "text", value=self.suggested_prompt(model)),
+            gr.update(interactive=guided, info=guidance_info),
+            self.model_status(model),
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# Blocks
+# ------------------------------------------------------------------------------------------------
+
+CSS = """
+#banner {background: #fff4e5; border: 1px solid #f0b45a; border-radius: 8px; padding: 4px 12px;}
+"""
+
+
+def build_demo(app: Optional[SpaceApp] = None, default_model: str = "ddpm", preload: bool = True) -> gr.Blocks:
+    app = app or SpaceApp()
+    lim = app.limits
+    if preload:
+        app.registry.load_all()
+    model = app.registry.get(default_model)
+    classes = app.class_choices(model)
+
+    with gr.Blocks(title="hf_ddm diffusion demo", delete_cache=(3600, 7200)) as demo:
+        gr.Markdown(
+            "# hf_ddm: diffusion samplers side by side\n"
+            "Pick a model and a sampler, and watch the denoising. Models, schedulers and pipelines come from "
+            "**hf_ddm**, a plug-in package for 🤗 diffusers: DDPM/DDIM, SMLD, "
+            "continuous VP/sub-VP/VE SDEs with reverse-SDE, probability-flow ODE and predictor-corrector "
+            "samplers, diffusers' DPM-Solver++ and UniPC; latent diffusion, classifier-free and classifier "
+            "guidance."
+        )
+        banner = app.banner()
+        gr.Markdown(banner, elem_id="banner", visible=bool(banner))
+        with gr.Row():
+            with gr.Column(scale=2):
+                model_dd = gr.Dropdown(app.model_choices(), value=default_model, label="Model", elem_id="model")
+                status = gr.Markdown(app.model_status(model), elem_id="model-status")
+                sampler_dd = gr.Dropdown(list(model.samplers), value=app.default_sampler(model), label="Sampler",
+                                         allow_custom_value=True)
+                with gr.Row():
+                    steps = gr.Slider(1, lim.max_steps, value=lim.default_steps, step=1, label="Steps",
+                                      info=f"1-{lim.max_steps}; Heun and predictor-corrector use 2 evaluations/step",
+                                      elem_id="steps")
+                    num_images = gr.Slider(1, lim.max_images, value=lim.default_images, step=1,
+                                           label="Number of images", elem_id="num-images")
+                class_dd = gr.Dropdown(classes, value=classes[0] if classes else None, label="Class",
+                                       visible=bool(classes), allow_custom_value=True, elem_id="class")
+                prompt = gr.Textbox(app.suggested_prompt(model), label="Prompt", visible=model.kind == "text",
+                                    max_lines=1, placeholder="a photo of a sneaker", elem_id="prompt")
+                guidance = gr.Slider(0.0, lim.max_guidance, value=3.0, step=0.5, label="Guidance scale",
+                                     interactive=model.kind != "unconditional")
+                seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed",
+                                 info="image k uses seed + k")
+                with gr.Accordion("Denoising animation", open=False, elem_id="animation-accordion"):
+                    animation = gr.Radio(list(ANIMATIONS), value="off", label="Animate", elem_id="animation")
+                    frame_every = gr.Slider(0, lim.max_steps, value=0, step=1, label="Frame every k steps",
+                                            info=f"0 = automatic; at most {lim.max_frames} frames")
+                run = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+            with gr.Column(scale=3):
+                gallery = gr.Gallery(label="Samples", columns=4, height=320, elem_id="gallery", format="png")
+                info = gr.Markdown(elem_id="run-info")
+                trajectory = gr.Image(label="Denoising trajectory (GIF)", type="filepath", format="gif",
+                                      elem_id="trajectory", interactive=False)
+
+        model_dd.change(app.on_model_change, inputs=model_dd,
+                        outputs=[sampler_dd, class_dd, prompt, guidance, status],
+                        api_name=False, concurrency_limit=None, show_progress="hidden")
+        run.click(app.generate,
+                  inputs=[model_dd, sampler_dd, steps, guidance, class_dd, prompt, seed, num_images, animation,
+                          frame_every],
+                  outputs=[gallery, trajectory, info], api_name="generate", concurrency_limit="default")
+        gr.Markdown(
+            f"Limits per request: {lim.max_images} images, {lim.max_steps} steps, guidance ≤ {lim.max_guidance:g}; "
+            f"{lim.concurrency} requests run at once, {lim.max_queue} may wait. "
+            "Model evaluations count U-Net calls per image batch (a classifier-free-guided call evaluates both "
+            "branches in one batch)."
+        )
+    demo.queue(default_concurrency_limit=lim.concurrency, max_size=lim.max_queue)
+    return demo
+
+
+__all__ = ["SpaceApp", "Limits", "build_demo", "CYCLE", "ANIMATIONS", "CSS"]
