@@ -257,6 +257,28 @@ def test_save_load_identical_outputs(tmp_path):
     assert type(LatentDiffusionPipeline.from_pretrained(tmp_path)) is LatentDiffusionPipeline
 
 
+def test_saved_folder_loads_in_a_fresh_process_without_importing_hf_ddm(tmp_path):
+    """diffusers loads hf_ddm components only from imported modules; the saved pipeline file imports
+    hf_ddm, which imports them all, so a plain DiffusionPipeline.from_pretrained works in a new process."""
+    import subprocess
+    import sys
+
+    pipe = PixelDiffusionPipeline(tiny_unet(num_class_embeds=3), SDEScheduler(sde="vp", solver="multistep"))
+    pipe.save_pretrained(tmp_path)
+    code = (
+        "import sys, torch\n"
+        "from diffusers import DiffusionPipeline\n"
+        f"p = DiffusionPipeline.from_pretrained({str(tmp_path)!r}, trust_remote_code=True)\n"
+        "assert 'hf_ddm' in sys.modules and type(p).__name__ == 'PixelDiffusionPipeline'\n"
+        "assert type(p.scheduler).__name__ == 'SDEScheduler'\n"
+        "p.set_progress_bar_config(disable=True)\n"
+        "print(p(batch_size=1, class_labels=[2], num_inference_steps=2, output_type='np').images.shape)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "(1, 8, 8, 3)" in out.stdout
+
+
 def test_hub_id_resolves_from_the_offline_cache(tmp_path, monkeypatch):
     """A Hub id loads from the standard cache layout with HF_HUB_OFFLINE=1 (no network)."""
     pipe = PixelDiffusionPipeline(tiny_unet(), VPScheduler(num_train_timesteps=50))

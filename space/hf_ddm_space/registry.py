@@ -27,7 +27,6 @@ else ``"a photo of a {}"``.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import re
@@ -172,13 +171,8 @@ def load_pipeline(path_or_id: str, revision: Optional[str] = None):
     inference (eval mode, no gradients, no progress bar)."""
     index = read_model_index(path_or_id, revision)
     cls = pipeline_class(index, path_or_id)
-    # diffusers loads a component only from a module already imported: import the installed hf_ddm modules
-    # the index names (``["hf_ddm.models.unet", "UNet"]`` ...); never code from the folder itself.
-    for entry in index.values():
-        if isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], str) and (
-            entry[0] == "hf_ddm" or entry[0].startswith("hf_ddm.")
-        ):
-            importlib.import_module(entry[0])
+    # Importing hf_ddm (done by hf_ddm.pipelines) imports every component module the index can name,
+    # which diffusers needs before it loads a component; the folder's own code copy is never run.
     pipe = cls.from_pretrained(path_or_id, revision=revision)
     for module in pipe.components.values():
         if isinstance(module, torch.nn.Module):
