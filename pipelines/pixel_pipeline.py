@@ -26,7 +26,7 @@ class PixelDiffusionPipeline(HfDdmPipeline):
     @torch.no_grad()
     def __call__(
         self,
-        batch_size: int = 1,
+        batch_size: Optional[int] = None,
         generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
         num_inference_steps: int = 50,
         class_labels: Optional[Union[int, List[int], torch.Tensor]] = None,
@@ -39,8 +39,10 @@ class PixelDiffusionPipeline(HfDdmPipeline):
         callback_on_step_end: Optional[Callable] = None,
         callback_on_step_end_tensor_inputs: Optional[List[str]] = None,
     ):
-        """Sample ``batch_size`` images. ``class_labels`` (class models) with ``guidance_scale`` w:
+        """Sample ``batch_size`` images (default: one per class label, or 1). ``class_labels`` (class models) with ``guidance_scale`` w:
         w = 1 samples the conditional, w > 1 applies classifier-free guidance, w = 0 the unconditional."""
+        if batch_size is None:
+            batch_size = self.class_ids(class_labels).numel() if class_labels is not None else 1
         self.check_common(batch_size, num_inference_steps, output_type, generator)
         guidance_scale = check_guidance_scale(guidance_scale)
         labels = self.check_class_labels(class_labels, batch_size)
