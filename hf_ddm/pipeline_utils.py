@@ -45,7 +45,16 @@ class HfDdmPipeline(DiffusionPipeline):
             )
 
     # --- the loop ---------------------------------------------------------------------------------
+    # The methods below are called by the pipeline files that saved folders carry, so their signatures
+    # are API for every folder already saved (tests/test_compat.py loads 0.1.0 folders).
+    def input_shape(self, batch_size: int):
+        """(batch, unet in_channels, *unet sample_size): the shape the denoising loop works on."""
+        size = self.unet.config.sample_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        return (batch_size, self.unet.config.in_channels, *size)
+
     def prepare_latents(self, shape, dtype, generator, latents: Optional[torch.Tensor] = None):
+        """Initial noise of ``shape`` (or the given ``latents``) times the scheduler's ``init_noise_sigma``."""
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=dtype)
         elif tuple(latents.shape) != tuple(shape):

@@ -57,10 +57,7 @@ class ClassifierGuidedPipeline(HfDdmPipeline):
         guidance_scale = check_guidance_scale(guidance_scale)
         labels = self.check_class_labels(class_labels, batch_size, self.classifier.config.num_classes)
 
-        size = self.unet.config.sample_size
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        shape = (batch_size, self.unet.config.in_channels, *size)
-        latents = self.prepare_latents(shape, self.unet.dtype, generator, latents)
+        latents = self.prepare_latents(self.input_shape(batch_size), self.unet.dtype, generator, latents)
 
         def model_fn(x, t):
             out = self.unet(x, t).sample

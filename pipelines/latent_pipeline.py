@@ -107,10 +107,7 @@ class LatentDiffusionPipeline(HfDdmPipeline):
                 null = torch.full_like(labels, self.unet.config.num_class_embeds)
                 model_fn = self.guided_model_fn(unet, {"class_labels": labels}, {"class_labels": null}, guidance_scale)
 
-        size = self.unet.config.sample_size
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        shape = (batch_size, self.unet.config.in_channels, *size)
-        latents = self.prepare_latents(shape, self.unet.dtype, generator, latents)
+        latents = self.prepare_latents(self.input_shape(batch_size), self.unet.dtype, generator, latents)
         latents = self.denoise(
             latents, model_fn, num_inference_steps, generator, eta, timesteps,
             callback_on_step_end, callback_on_step_end_tensor_inputs,

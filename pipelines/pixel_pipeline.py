@@ -46,10 +46,7 @@ class PixelDiffusionPipeline(HfDdmPipeline):
         self.check_common(batch_size, num_inference_steps, output_type, generator)
         guidance_scale = check_guidance_scale(guidance_scale)
         labels = self.check_class_labels(class_labels, batch_size)
-        size = self.unet.config.sample_size
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        shape = (batch_size, self.unet.config.in_channels, *size)
-        latents = self.prepare_latents(shape, self.unet.dtype, generator, latents)
+        latents = self.prepare_latents(self.input_shape(batch_size), self.unet.dtype, generator, latents)
 
         def unet(x, t, **kwargs):
             return self.unet(x, t, **kwargs).sample

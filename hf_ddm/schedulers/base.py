@@ -29,15 +29,30 @@ class SchedulerOutput(BaseOutput):
     pred_original_sample: Optional[torch.Tensor] = None
 
 
+def integer_timesteps(timesteps) -> torch.Tensor:
+    """Model timesteps of a discrete scheduler are grid indices: int64, integer-valued floats accepted."""
+    t = torch.as_tensor(timesteps)
+    if t.is_floating_point():
+        if not torch.equal(t, t.round()):
+            raise ValueError(f"timesteps of a discrete scheduler must be integers, got {t}")
+        t = t.long()
+    return t
+
+
 class ProcessSchedulerMixin:
     process: NoiseProcess
 
     # --- the model-timestep <-> process-time map (the same function in training and sampling) -------
+    # Discrete processes: the model sees the grid index itself. Continuous schedulers override both.
     def timestep_to_t(self, timesteps) -> torch.Tensor:
-        raise NotImplementedError
+        return integer_timesteps(timesteps)
 
     def t_to_timestep(self, t) -> torch.Tensor:
-        raise NotImplementedError
+        return integer_timesteps(t)
+
+    def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
+        """Identity: hf_ddm models see x_t itself (diffusers' Euler-style input scaling is not used)."""
+        return sample
 
     def marginal(self, timesteps):
         """(a, s) of x_t = a x0 + s eps at the model's timestep input(s)."""
@@ -115,4 +130,4 @@ class ProcessSchedulerMixin:
             raise ValueError(f"prediction_type must be one of {tuple(allowed)} here, got {prediction_type!r}")
 
 
-__all__ = ["SchedulerOutput", "ProcessSchedulerMixin"]
+__all__ = ["SchedulerOutput", "ProcessSchedulerMixin", "integer_timesteps"]

@@ -312,9 +312,6 @@ class SDEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
         return c
 
     # --- the diffusers loop -------------------------------------------------------------------------
-    def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
-        return sample
-
     @property
     def step_index(self) -> Optional[int]:
         return self._step_index

@@ -58,11 +58,10 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from ..processes import DiscreteVE, check_sigma_range, convert, from_x0_eps, to_x0_eps
 from ..solvers import langevin_step, noise_like
-from .base import ProcessSchedulerMixin, SchedulerOutput
+from .base import ProcessSchedulerMixin, SchedulerOutput, integer_timesteps
 from .vp import (
     check_choice,
     check_custom_timesteps,
-    integer_timesteps,
     lookup_step_index,
     spaced_timesteps,
 )
@@ -127,13 +126,6 @@ class VEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
             kwargs["predictor"] = "reverse_diffusion"
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
-    # --- timestep map: the integer noise-level index -----------------------------------------------
-    def timestep_to_t(self, timesteps) -> torch.Tensor:
-        return integer_timesteps(timesteps)
-
-    def t_to_timestep(self, t) -> torch.Tensor:
-        return integer_timesteps(t)
-
     @property
     def init_noise_sigma(self) -> float:
         """Std of the prior the loop starts from: sigma at the first scheduled level (sigma_max unless
@@ -146,9 +138,6 @@ class VEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
     def step_index(self) -> Optional[int]:
         """Position in ``timesteps`` of the next ``step`` call (None before the first)."""
         return self._step_index
-
-    def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
-        return sample
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps

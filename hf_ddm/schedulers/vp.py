@@ -72,16 +72,6 @@ def check_choice(name: str, value, choices: Sequence):
     return value
 
 
-def integer_timesteps(timesteps) -> torch.Tensor:
-    """Model timesteps of a discrete scheduler are grid indices: int64, integer-valued floats accepted."""
-    t = torch.as_tensor(timesteps)
-    if t.is_floating_point():
-        if not torch.equal(t, t.round()):
-            raise ValueError(f"timesteps of a discrete scheduler must be integers, got {t}")
-        t = t.long()
-    return t
-
-
 def spaced_timesteps(num_train_timesteps: int, num_inference_steps, spacing: str = "linspace", steps_offset: int = 0):
     """diffusers' three timestep spacings (DDPMScheduler/DDIMScheduler.set_timesteps), descending int64."""
     check_choice("timestep_spacing", spacing, TIMESTEP_SPACINGS)
@@ -236,16 +226,6 @@ class VPScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
         if isinstance(config, dict) and "sampler" not in kwargs and "sampler" not in config and _is_ddim_config(config):
             kwargs["sampler"] = "ddim"
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
-
-    # --- timestep map (identity on the integer grid) ----------------------------------------------
-    def timestep_to_t(self, timesteps) -> torch.Tensor:
-        return integer_timesteps(timesteps)
-
-    def t_to_timestep(self, t) -> torch.Tensor:
-        return integer_timesteps(t)
-
-    def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
-        return sample
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
