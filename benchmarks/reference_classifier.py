@@ -56,20 +56,7 @@ class ReferenceTampered(RuntimeError):
 
 
 # ----------------------------------------------------------------------------------------------- data
-def read_idx(path: str) -> np.ndarray:
-    """uint8 IDX file (optionally gzipped) -> array; hf_ddm's reader when present."""
-    try:
-        from hf_ddm.training.data import read_idx as _read_idx
-    except ImportError:  # pragma: no cover - hf_ddm without the training extras
-        import gzip
-
-        opener = gzip.open if path.endswith(".gz") else open
-        with opener(path, "rb") as f:
-            data = f.read()
-        ndim = data[3]
-        shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-        return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-    return _read_idx(path)
+from hf_ddm.training.data import read_idx  # noqa: E402  (the one IDX reader)
 
 
 def _find(data_dir: str, stem: str) -> str:
