@@ -8,6 +8,7 @@ scheduler's ``step`` takes them), so any hf_ddm or diffusers scheduler can be sw
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 import os
@@ -192,12 +193,29 @@ class HfDdmPipeline(DiffusionPipeline):
         name = config.get("_class_name")
         if isinstance(name, (list, tuple)) and len(name) == 2 and name[1] == cls.__name__:
             config["_class_name"] = cls.__name__
+            # A portable folder (save_pretrained(portable=True)) names bundled code for its hf_ddm
+            # components and records their installed modules: the installed class loads the installed
+            # components. Only when this is the installed hf_ddm: a bundled copy of this file (module
+            # diffusers_modules.local...) keeps the bundled entries.
+            installed = config.get("_hf_ddm_modules")
+            if isinstance(installed, dict) and __name__.startswith("hf_ddm."):
+                for component, module in installed.items():
+                    entry = config.get(component)
+                    if isinstance(entry, (list, tuple)) and len(entry) == 2:
+                        config[component] = [module, entry[1]]
         return out
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
+    def save_pretrained(self, save_directory, *args, portable: bool = False, **kwargs):
         """diffusers' save, plus this pipeline's code file beside model_index.json, named in its
         ``_class_name`` as ``[module, Class]``: ``DiffusionPipeline.from_pretrained(dir,
-        trust_remote_code=True)`` then returns this class, not a diffusers one of the same name."""
+        trust_remote_code=True)`` then returns this class, not a diffusers one of the same name.
+
+        ``portable=True`` also makes the folder load where hf_ddm is not installed: each hf_ddm component's
+        subfolder, and the root, carry the hf_ddm modules they need (imports rewritten to same-folder
+        relative ones) and model_index.json names that code, for ``DiffusionPipeline.from_pretrained(dir,
+        trust_remote_code=True)``; ``<ThisClass>.from_pretrained(dir)`` still loads the installed classes.
+        The bundled code is a snapshot of this hf_ddm; diffusers/transformers components are untouched
+        and must be installed where the folder is loaded. Details and limits: ``hf_ddm.portable``."""
         super().save_pretrained(save_directory, *args, **kwargs)
         source = self._pipeline_file or inspect.getfile(type(self))
         module = os.path.splitext(os.path.basename(source))[0]
@@ -209,6 +227,14 @@ class HfDdmPipeline(DiffusionPipeline):
         with open(index_path, "w") as f:
             json.dump(index, f, indent=2, sort_keys=True)
             f.write("\n")
+        if portable:
+            # Imported by name, not `from .portable import`: bundling reads the installed package's
+            # sources, so the bundled copy of this file neither carries portable.py nor can save portable.
+            try:
+                make_portable = importlib.import_module("hf_ddm.portable").make_portable
+            except ImportError as err:
+                raise RuntimeError("save_pretrained(portable=True) needs the installed hf_ddm package") from err
+            make_portable(self, save_directory, source)
 
 
 __all__ = ["HfDdmPipeline", "OUTPUT_TYPES"]
