@@ -215,7 +215,12 @@ class HfDdmPipeline(DiffusionPipeline):
         relative ones) and model_index.json names that code, for ``DiffusionPipeline.from_pretrained(dir,
         trust_remote_code=True)``; ``<ThisClass>.from_pretrained(dir)`` still loads the installed classes.
         The bundled code is a snapshot of this hf_ddm; diffusers/transformers components are untouched
-        and must be installed where the folder is loaded. Details and limits: ``hf_ddm.portable``."""
+        and must be installed where the folder is loaded. Details and limits: ``hf_ddm.portable``.
+
+        ``push_to_hub=True`` (with diffusers' ``repo_id``, ``token``, ``private``, ``create_pr``,
+        ``commit_message``) uploads the folder once it is complete, code files included."""
+        push = kwargs.pop("push_to_hub", False)
+        hub = {k: kwargs.pop(k) for k in ("repo_id", "token", "private", "create_pr", "commit_message") if k in kwargs}
         super().save_pretrained(save_directory, *args, **kwargs)
         source = self._pipeline_file or inspect.getfile(type(self))
         module = os.path.splitext(os.path.basename(source))[0]
@@ -235,6 +240,17 @@ class HfDdmPipeline(DiffusionPipeline):
             except ImportError as err:
                 raise RuntimeError("save_pretrained(portable=True) needs the installed hf_ddm package") from err
             make_portable(self, save_directory, source)
+        if push:
+            import huggingface_hub
+
+            repo_id = hub.get("repo_id") or os.path.basename(os.path.normpath(str(save_directory)))
+            repo_id = huggingface_hub.create_repo(
+                repo_id, exist_ok=True, private=hub.get("private"), token=hub.get("token")
+            ).repo_id
+            huggingface_hub.upload_folder(
+                repo_id=repo_id, folder_path=save_directory, token=hub.get("token"),
+                commit_message=hub.get("commit_message") or "Upload hf_ddm pipeline", create_pr=hub.get("create_pr", False),
+            )
 
 
 __all__ = ["HfDdmPipeline", "OUTPUT_TYPES"]

@@ -326,3 +326,21 @@ def test_bad_input_is_refused_clearly():
                           attention_levels=(), attention_head_dim=8)
     with pytest.raises(ValueError, match="in_channels"):
         ClassifierGuidedPipeline(unet=tiny_unet(), classifier=clf, scheduler=VPScheduler())
+
+
+def test_push_to_hub_uploads_the_complete_folder(tmp_path, monkeypatch):
+    """The upload happens after the pipeline's code file is written (diffusers would push before)."""
+    import huggingface_hub
+
+    seen = {}
+
+    class Repo:
+        repo_id = "someone/tiny"
+
+    monkeypatch.setattr(huggingface_hub, "create_repo", lambda repo_id, **kw: seen.setdefault("repo", repo_id) and Repo)
+    monkeypatch.setattr(huggingface_hub, "upload_folder",
+                        lambda repo_id, folder_path, **kw: seen.update(files=sorted(os.listdir(folder_path)), to=repo_id))
+    pipe = PixelDiffusionPipeline(tiny_unet(), VPScheduler(num_train_timesteps=50))
+    pipe.save_pretrained(tmp_path / "out", push_to_hub=True, repo_id="someone/tiny")
+    assert seen["repo"] == "someone/tiny" and seen["to"] == "someone/tiny"
+    assert {"model_index.json", "pixel_pipeline.py", "unet", "scheduler"} <= set(seen["files"])
