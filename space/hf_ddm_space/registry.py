@@ -173,7 +173,8 @@ def load_pipeline(path_or_id: str, revision: Optional[str] = None):
     cls = pipeline_class(index, path_or_id)
     # Importing hf_ddm (done by hf_ddm.pipelines) imports every component module the index can name,
     # which diffusers needs before it loads a component; the folder's own code copy is never run.
-    pipe = cls.from_pretrained(path_or_id, revision=revision)
+    # Shipped weights are fp16 to keep the Space small; CPU inference runs in float32.
+    pipe = cls.from_pretrained(path_or_id, revision=revision, dtype=torch.float32)
     for module in pipe.components.values():
         if isinstance(module, torch.nn.Module):
             module.eval().requires_grad_(False)
