@@ -39,6 +39,8 @@ def test_ldm_end_to_end_and_pipeline_loads(idx_data, vae_dir, tmp_path, conditio
     pipe = DiffusionPipeline.from_pretrained(out, trust_remote_code=True)  # the folder carries its pipeline code
     assert type(pipe).__name__ == "LatentDiffusionPipeline"
     assert pipe.unet.config.sample_size == 8 and pipe.unet.config.in_channels == 2
+    # Latents are not confined to [-1, 1]: x0 clipping (DDPM's default) would wreck DDIM-style samplers.
+    assert pipe.scheduler.config.clip_sample is False
     if conditioning == "text":
         assert pipe.text_encoder is not None and pipe.tokenizer("a photo of a 3").input_ids[0] == pipe.tokenizer.bos_token_id
     if conditioning == "class":

@@ -102,7 +102,7 @@ def main(argv=None):
         channels = args.channels or kwargs.get("in_channels", 3)
         size, in_ch = args.resolution, channels
         check_spatial(size, kwargs.get("block_out_channels", (64, 128, 256)))
-    scheduler = build_scheduler(args)
+    scheduler = build_scheduler(args, latent=bool(args.vae_path))
     dataset, info = load_image_dataset(args, channels)
     if info.class_names is None:
         raise ConfigError("the classifier needs class labels and the dataset has none (use --label_column)")

@@ -123,7 +123,7 @@ def main(argv=None):
     channels, latent_size = latent_geometry(args, vae, kwargs.get("block_out_channels", (64, 128, 256)))
     if args.conditioning == "text" and not kwargs.get("attention_levels") and kwargs.get("mid_block_attention") is False:
         raise ConfigError("--conditioning text needs attention (--attention_levels or the mid-block attention)")
-    scheduler = build_scheduler(args)
+    scheduler = build_scheduler(args, latent=True)
     dataset, info = load_image_dataset(args, channels)
     class_names = None
     if args.conditioning != "none":

@@ -43,8 +43,10 @@ def _accepted_kwargs(cls, kwargs: dict) -> dict:
     return {k: v for k, v in kwargs.items() if k in params}
 
 
-def build_scheduler(args):
-    """The training/validation scheduler named by ``--scheduler`` (+ ``--sde``, ``--prediction_type`` ...)."""
+def build_scheduler(args, latent: bool = False):
+    """The training/validation scheduler named by ``--scheduler`` (+ ``--sde``, ``--prediction_type`` ...).
+    ``latent=True``: the model works on VAE latents, which are not confined to [-1, 1], so x0 clipping
+    (diffusers' DDPM default ``clip_sample=True``) is switched off."""
     cls = scheduler_class(args.scheduler)
     if getattr(args, "scheduler_config", None):
         path = args.scheduler_config
@@ -59,6 +61,8 @@ def build_scheduler(args):
         wanted["solver"] = wanted["sampler"] = args.solver
     if getattr(args, "beta_schedule", None):
         wanted["beta_schedule"] = args.beta_schedule
+    if latent:
+        wanted["clip_sample"] = False
     kwargs = _accepted_kwargs(cls, wanted)
     try:
         sched = cls(**kwargs)

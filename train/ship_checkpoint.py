@@ -1,0 +1,70 @@
+"""Copy a trained pipeline folder into the Space as a shipped checkpoint: fp16 weights (the Space loads
+them as float32), the training model card extended with hardware, wall time, the recipe command and the
+evaluation results, and the last validation grid.
+
+    python train/ship_checkpoint.py RUN_DIR space/models/NAME --command "bash train/fashion_mnist_recipe.sh ..." \
+        [--eval results.json ...] [--extra_runs VAE_RUN_DIR ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+
+import torch
+from diffusers import DiffusionPipeline
+
+import hf_ddm.pipelines as pipelines
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir")
+    p.add_argument("dest")
+    p.add_argument("--command", required=True, help="the command that trained it (goes into the card)")
+    p.add_argument("--eval", nargs="*", default=[], help="eval_quality / eval_vae JSON files")
+    p.add_argument("--extra_runs", nargs="*", default=[], help="runs of other stages (their train_summary.json)")
+    args = p.parse_args(argv)
+
+    index = DiffusionPipeline.load_config(args.run_dir)
+    cls = getattr(pipelines, index["_class_name"][1])
+    pipe = cls.from_pretrained(args.run_dir)
+    if os.path.isdir(args.dest):
+        shutil.rmtree(args.dest)
+    pipe.to(torch.float16).save_pretrained(args.dest)
+
+    card_path = os.path.join(args.run_dir, "README.md")
+    card = open(card_path).read() if os.path.exists(card_path) else f"# {os.path.basename(args.dest)}\n"
+    card = card.replace(args.run_dir.rstrip("/"), os.path.basename(args.dest.rstrip("/")))
+    lines = ["", "## How this checkpoint was made", "", f"- command: `{args.command}`",
+             f"- hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU "
+             f"(torch {torch.__version__})", "- weights stored as float16 (the Space and `dtype=torch.float32` "
+             "loading upcast them)", "- images: Fashion-MNIST 28x28 padded with the background to 32x32"]
+    for run in [args.run_dir, *args.extra_runs]:
+        summary = os.path.join(run, "train_summary.json")
+        if os.path.exists(summary):
+            s = json.load(open(summary))
+            lines.append(f"- {s.get('task', os.path.basename(run))}: {s.get('global_step')} steps, "
+                         f"{s.get('train_seconds_this_run', 0) / 60:.1f} min of training")
+    if args.eval:
+        lines += ["", "## Evaluation", ""]
+        for path in args.eval:
+            res = json.load(open(path))
+            keep = {k: v for k, v in res.items() if not isinstance(v, (list, dict)) or k in ("sampler",)}
+            lines.append(f"- `{os.path.basename(path)}`: " + ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in keep.items()))
+    own = os.path.join(args.run_dir, "train_summary.json")
+    grid = json.load(open(own)).get("sample_grid") if os.path.exists(own) else None
+    if grid and os.path.exists(os.path.join(args.run_dir, grid)):
+        os.makedirs(os.path.join(args.dest, "samples"), exist_ok=True)
+        shutil.copyfile(os.path.join(args.run_dir, grid), os.path.join(args.dest, grid))
+    with open(os.path.join(args.dest, "README.md"), "w") as f:
+        f.write(card.rstrip() + "\n" + "\n".join(lines) + "\n")
+    print("shipped", args.dest)
+
+
+if __name__ == "__main__":
+    main()
