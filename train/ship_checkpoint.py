@@ -20,6 +20,11 @@ from diffusers import DiffusionPipeline
 import hf_ddm.pipelines as pipelines
 
 
+METRIC_KEYS = ("scheduler", "steps", "guidance_scale", "num_samples", "fd", "precision", "recall", "density",
+               "coverage", "class_accuracy", "bits_per_dim", "reference_version", "mse_per_pixel", "psnr_db",
+               "kl_nats_per_image", "fd_reconstructions_vs_test")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir")
@@ -53,7 +58,7 @@ def main(argv=None):
         lines += ["", "## Evaluation", ""]
         for path in args.eval:
             res = json.load(open(path))
-            keep = {k: v for k, v in res.items() if not isinstance(v, (list, dict)) or k in ("sampler",)}
+            keep = {k: res[k] for k in METRIC_KEYS if res.get(k) is not None}
             lines.append(f"- `{os.path.basename(path)}`: " + ", ".join(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in keep.items()))
     own = os.path.join(args.run_dir, "train_summary.json")
