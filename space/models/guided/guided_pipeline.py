@@ -1,0 +1,75 @@
+"""Classifier-guided sampling: a noise-aware classifier steers an unconditional model toward
+``class_labels`` (Dhariwal & Nichol). Pixel space, or latent space when a ``vae`` is given; any
+scheduler, any prediction type (the guidance rewrites the model output in epsilon space).
+
+Also the custom-pipeline code a saved folder carries: imports only hf_ddm, absolutely.
+"""
+
+from typing import Callable, List, Optional, Union
+
+import torch
+
+from hf_ddm.guidance import check_guidance_scale, classifier_guidance
+from hf_ddm.pipeline_utils import HfDdmPipeline
+
+
+class ClassifierGuidedPipeline(HfDdmPipeline):
+    """Components: ``unet`` (unconditional), ``classifier`` (``NoisyClassifier`` trained on the same
+    noise process and timesteps), ``scheduler``, optional ``vae`` (latent space)."""
+
+    _optional_components = ["vae"]
+    model_cpu_offload_seq = "classifier->unet->vae"
+
+    def __init__(self, unet, classifier, scheduler, vae=None, class_names: Optional[List[str]] = None):
+        super().__init__()
+        if classifier.config.in_channels != unet.config.in_channels:
+            raise ValueError(
+                f"classifier in_channels ({classifier.config.in_channels}) must equal unet in_channels "
+                f"({unet.config.in_channels}): both see the same noisy samples"
+            )
+        if vae is not None and vae.config.latent_channels != unet.config.in_channels:
+            raise ValueError(
+                f"vae latent_channels ({vae.config.latent_channels}) must equal unet in_channels ({unet.config.in_channels})"
+            )
+        self.register_modules(unet=unet, classifier=classifier, scheduler=scheduler, vae=vae)
+        self.register_class_names(class_names)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        class_labels: Union[int, List[int], torch.Tensor],
+        batch_size: Optional[int] = None,
+        guidance_scale: float = 1.0,
+        generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
+        num_inference_steps: int = 50,
+        eta: Optional[float] = None,
+        timesteps: Optional[List[int]] = None,
+        latents: Optional[torch.Tensor] = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Optional[Callable] = None,
+        callback_on_step_end_tensor_inputs: Optional[List[str]] = None,
+    ):
+        """``guidance_scale`` s: 0 leaves the unconditional model as it is, 1 samples p(x | y) exactly
+        for an exact classifier, s > 1 sharpens toward the class."""
+        batch_size = batch_size or self.class_ids(class_labels).numel()
+        self.check_common(batch_size, num_inference_steps, output_type, generator)
+        guidance_scale = check_guidance_scale(guidance_scale)
+        labels = self.check_class_labels(class_labels, batch_size, self.classifier.config.num_classes)
+
+        latents = self.prepare_latents(self.input_shape(batch_size), self.unet.dtype, generator, latents)
+
+        def model_fn(x, t):
+            out = self.unet(x, t).sample
+            return classifier_guidance(out, x, t, self.classifier, labels, guidance_scale, self.scheduler)
+
+        latents = self.denoise(
+            latents, model_fn, num_inference_steps, generator, eta, timesteps,
+            callback_on_step_end, callback_on_step_end_tensor_inputs,
+        )
+        if self.vae is not None and output_type != "latent":
+            images = self.decode_latents(self.vae, latents)
+        else:
+            images = latents
+        self.maybe_free_model_hooks()
+        return self.to_output(images, output_type, return_dict)
