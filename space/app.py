@@ -25,7 +25,7 @@ def parse_args(argv=None):
     p.add_argument("--host", default=None,
                    help="interface to listen on (default: $GRADIO_SERVER_NAME or 127.0.0.1)")
     p.add_argument("--share", action="store_true", help="create a public gradio.live link (off by default)")
-    p.add_argument("--default-model", default="ddpm")
+    p.add_argument("--default-model", default="ldm_class", help="the model shown first (the best shipped checkpoint)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: CPU cores / concurrent requests)")
     return p.parse_args(argv)
