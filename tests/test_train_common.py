@@ -103,8 +103,8 @@ def scheduler_available(name: str) -> bool:
 
 
 def require_scheduler(name: str):
-    if not scheduler_available(name):
-        pytest.skip(f"hf_ddm scheduler {name!r} not available yet")
+    """Every scheduler the scripts name must exist: a missing one fails the test, it is never skipped."""
+    assert scheduler_available(name), f"hf_ddm scheduler {name!r} is missing"
 
 
 # ------------------------------------------------------------------------------------------------------
