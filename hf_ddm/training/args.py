@@ -83,6 +83,8 @@ def add_training_args(parser: argparse.ArgumentParser, *, lr: float = 1e-4, batc
     g.add_argument("--adam_beta2", type=float, default=0.999)
     g.add_argument("--adam_weight_decay", type=float, default=0.0)
     g.add_argument("--adam_epsilon", type=float, default=1e-8)
+    g.add_argument("--optimizer_impl", type=str, default="auto", choices=["auto", "fused", "foreach", "for-loop"],
+                   help="AdamW kernel; auto = fused where the device supports it (CPU, CUDA), else foreach.")
     g.add_argument("--max_grad_norm", type=float, default=1.0, help="0 disables clipping.")
     g.add_argument("--use_ema", action="store_true")
     g.add_argument("--ema_max_decay", type=float, default=0.9999)

@@ -1,4 +1,5 @@
-"""EMA of the trained network: diffusers' ``EMAModel`` (warm-up decay ``1 - (1 + step/inv_gamma)^-power``),
+"""EMA of the trained network: diffusers' ``EMAModel`` (warm-up decay ``1 - (1 + step/inv_gamma)^-power``;
+``foreach`` kernels, one call per step instead of one per tensor),
 plus a context manager that swaps the averaged weights in for validation and the final save."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ def make_ema(model, args) -> Optional[EMAModel]:
     if not getattr(args, "use_ema", False):
         return None
     return EMAModel(model.parameters(), decay=args.ema_max_decay, use_ema_warmup=True, inv_gamma=args.ema_inv_gamma,
-                    power=args.ema_power, model_cls=type(model), model_config=getattr(model, "config", None))
+                    power=args.ema_power, foreach=True, model_cls=type(model), model_config=getattr(model, "config", None))
 
 
 @contextlib.contextmanager

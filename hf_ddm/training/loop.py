@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Sampler
 from . import checkpoint as ckpt
 from .data import collate as default_collate
 from .ema import ema_weights, make_ema
+from .optim import make_optimizer
 from .utils import module_checksum, save_grid, step_seed
 
 logger = logging.getLogger("hf_ddm.training")
@@ -192,8 +193,7 @@ def train(args, task: TrainingTask, dataset, data_info=None, accelerator=None, c
     lr = args.learning_rate
     if args.scale_lr:
         lr *= args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
-    optimizer = torch.optim.AdamW(params, lr=lr, betas=(args.adam_beta1, args.adam_beta2),
-                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+    optimizer = make_optimizer(params, args, lr)
     ema = make_ema(task.modules[main_name], args)
 
     prepared = accelerator.prepare(*task.modules.values(), optimizer, dataloader)

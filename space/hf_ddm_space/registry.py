@@ -65,9 +65,10 @@ SPECS: Dict[str, ModelSpec] = {
                   "U-Net on KL-VAE latents, class labels with classifier-free guidance"),
         ModelSpec("ldm_text", "Latent diffusion, text-conditional",
                   "U-Net on KL-VAE latents, cross-attention to a small CLIP text encoder, classifier-free guidance"),
-        ModelSpec("guided", "Classifier-guided DDPM",
-                  "unconditional pixel U-Net steered by a noise-aware classifier (Dhariwal & Nichol)"),
-        ModelSpec("sde", "Score SDE (continuous VE)",
+        ModelSpec("guided", "Classifier-guided diffusion",
+                  "unconditional U-Net (the shipped one works on KL-VAE latents) steered by a noise-aware classifier "
+                  "(Dhariwal & Nichol)"),
+        ModelSpec("sde", "Score SDE (continuous time)",
                   "pixel U-Net trained on a continuous-time SDE; reverse-SDE, ODE and PC samplers"),
     )
 }
