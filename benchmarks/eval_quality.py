@@ -50,6 +50,7 @@ import importlib
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from typing import Optional
@@ -317,7 +318,8 @@ def main(argv=None):
     if args.num_samples < 10000:
         log(f"NOTE: {args.num_samples} samples (< 10000): FD is biased upward; compare only at equal N")
 
-    res = {"reference_version": ref.version, "reference_sha256": ref.sha256, "data_transform": args.data_transform,
+    res = {"command": "python benchmarks/eval_quality.py " + shlex.join(sys.argv[1:] if argv is None else argv),
+           "reference_version": ref.version, "reference_sha256": ref.sha256, "data_transform": args.data_transform,
            "k": args.k, "seed": args.seed, "batch_size": args.batch_size, "test_set_size": len(x_test)}
     if args.pipeline is not None:
         from diffusers import DiffusionPipeline

@@ -1,0 +1,70 @@
+"""train/ship_checkpoint.py: a trained folder becomes a fp16 Space checkpoint with complete model cards."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from hf_ddm.models import VAE, UNet
+from hf_ddm.pipelines import LatentDiffusionPipeline
+from hf_ddm.schedulers.vp import VPScheduler
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _ship():
+    spec = importlib.util.spec_from_file_location("_ship_checkpoint", REPO / "train" / "ship_checkpoint.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main
+
+
+@pytest.fixture()
+def runs(tmp_path):
+    torch.manual_seed(0)
+    vae = VAE(in_channels=1, out_channels=1, latent_channels=2, block_out_channels=(8, 16), layers_per_block=1,
+              norm_num_groups=4)
+    vae_run = tmp_path / "vae_run"
+    vae.save_pretrained(vae_run)
+    (vae_run / "README.md").write_text(f'# vae\n\n```python\nvae = VAE.from_pretrained("{vae_run}")\n```\n')
+    (vae_run / "train_summary.json").write_text(json.dumps({"task": "vae", "global_step": 7,
+                                                            "train_seconds_this_run": 60.0}))
+    unet = UNet(sample_size=4, in_channels=2, out_channels=2, block_out_channels=(16, 32), layers_per_block=1,
+                attention_levels=(1,), norm_num_groups=8, attention_head_dim=8, num_class_embeds=10)
+    ldm_run = tmp_path / "ldm_run"
+    LatentDiffusionPipeline(unet=unet, vae=vae, scheduler=VPScheduler(num_train_timesteps=50),
+                            class_names=[f"c{i}" for i in range(10)]).save_pretrained(ldm_run)
+    (ldm_run / "README.md").write_text(f"# ldm\n\ntrained in {ldm_run}\n")
+    (ldm_run / "train_summary.json").write_text(json.dumps({"task": "ldm", "global_step": 5,
+                                                            "train_seconds_this_run": 30.0}))
+    ev = tmp_path / "eval_vae.json"
+    ev.write_text(json.dumps({"mse_per_pixel": 0.0123, "kl_nats_per_image": 224.5, "command": "python eval"}))
+    return tmp_path, vae_run, ldm_run, ev
+
+
+def test_ships_fp16_with_cards_for_the_pipeline_and_the_vae(runs):
+    tmp, vae_run, ldm_run, ev = runs
+    dest = tmp / "space" / "ldm_class"
+    _ship()([str(ldm_run), str(dest), "--command", "bash recipe.sh ldm", "--extra_runs", str(vae_run),
+             "--component_card", f"vae={vae_run}", "--component_eval", f"vae={ev}"])
+    from safetensors.torch import load_file
+
+    stored = load_file(dest / "unet" / "diffusion_pytorch_model.safetensors")
+    assert {t.dtype for t in stored.values()} == {torch.float16}
+    loaded = LatentDiffusionPipeline.from_pretrained(dest)
+    assert list(loaded.config.class_names)[0] == "c0"
+    card = (dest / "README.md").read_text()
+    assert "bash recipe.sh ldm" in card and "vae: 7 steps" in card and str(ldm_run) not in card
+    vae_card = (dest / "vae" / "README.md").read_text()
+    assert 'VAE.from_pretrained("ldm_class", subfolder="vae")' in vae_card
+    assert "mse_per_pixel=0.0123" in vae_card and "python eval" in vae_card and str(vae_run) not in vae_card
+
+
+def test_a_component_that_is_not_there_is_named(runs):
+    tmp, vae_run, ldm_run, _ = runs
+    with pytest.raises(SystemExit, match="text_encoder"):
+        _ship()([str(ldm_run), str(tmp / "out"), "--command", "x", "--component_card", f"text_encoder={vae_run}"])
+    with pytest.raises(SystemExit, match="NAME=VALUE"):
+        _ship()([str(ldm_run), str(tmp / "out2"), "--command", "x", "--component_card", "vae"])
