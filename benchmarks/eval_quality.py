@@ -300,6 +300,8 @@ def main(argv=None):
     p.add_argument("--reference_dir", default=rc.REFERENCE_DIR)
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--grid", default=None, help="also save the first 100 samples as a 10-column PNG grid "
+                   "(conditional models: column j is class j)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     args = p.parse_args(argv)
     if args.pipeline is None and not args.floor:
@@ -344,6 +346,12 @@ def main(argv=None):
                    steps=args.steps, guidance_scale=args.guidance_scale, eta=args.eta)
         samples, labels, nfe = generate(pipe, args.num_samples, args.batch_size, args.steps, args.guidance_scale,
                                         args.seed, cond, args.eta)
+        if args.grid:
+            from hf_ddm.training.utils import save_grid
+
+            save_grid((samples[:100] + 1) / 2, args.grid, nrow=10)
+            res["grid"] = args.grid
+            log(f"wrote {args.grid}")
         feats, logits = embed(ref, samples)
         if not np.isfinite(feats).all():
             raise SystemExit("the samples gave non-finite features (NaN/inf images?)")

@@ -170,7 +170,7 @@ def test_eval_quality_end_to_end(tmp_path):
     out = tmp_path / "res.json"
     res = eval_quality.main([str(tmp_path / "pipe"), "--scheduler", "vp-ddim", "--num_samples", "16", "--steps", "2",
                              "--batch_size", "8", "--test_samples", "500", "--nll_samples", "4", "--nll_batch_size", "4",
-                             "--floor", "--json", str(out)])
+                             "--floor", "--json", str(out), "--grid", str(tmp_path / "grid.png")])
     saved = json.loads(out.read_text())
     for key in ("fd", "precision", "recall", "density", "coverage", "class_accuracy", "bits_per_dim", "bits_per_dim_method", "nfe",
                 "num_samples", "scheduler_class", "reference_version", "reference_sha256", "floor"):
@@ -182,3 +182,8 @@ def test_eval_quality_end_to_end(tmp_path):
     assert np.isfinite(saved["bits_per_dim"]) and "ddpm_bound" in saved["bits_per_dim_method"]
     assert saved["floor"]["num_samples"] == 16 and saved["floor"]["fd"] < saved["fd"]
     assert res["fd"] == saved["fd"]
+    assert saved["command"].startswith("python benchmarks/eval_quality.py ") and "--floor" in saved["command"]
+    from PIL import Image
+
+    grid = Image.open(tmp_path / "grid.png")  # 16 samples, 10 per row: 2 rows of 32 px + 1 px borders
+    assert grid.size == (10 * 33 + 1, 2 * 33 + 1)
