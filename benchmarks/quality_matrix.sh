@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The README's quality table: every shipped checkpoint under a few samplers and step counts, beside the
 # train-vs-test floor at the same N. Three single-threaded lanes run side by side (the pixel models are the
-# slow part); results land in benchmarks/results/quality/*.json and the table in benchmarks/results/quality.md.
+# slow part); results land in benchmarks/results/quality/*.json, the table in benchmarks/results/quality.md and
+# sample grids (the measured samples) in benchmarks/results/grids/.
 #
 #   bash benchmarks/quality_matrix.sh            # about 40 min on 2 CPU cores
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=benchmarks/results/quality
+G=benchmarks/results/grids
 M=${MODELS:-space/models}
-mkdir -p "$R"
+mkdir -p "$R" "$G"
 E() { OMP_NUM_THREADS=1 python benchmarks/eval_quality.py --threads 1 "$@"; }
 
 lane_floor_ldm() {
@@ -18,23 +20,32 @@ lane_floor_ldm() {
   E $M/ldm_class --scheduler vp-ddim --steps 50 --guidance_scale 3 --num_samples 2000 --json $R/ldm_class_ddim50_w3.json
   E $M/ldm_class --scheduler dpm++ --steps 10 --guidance_scale 3 --num_samples 2000 --json $R/ldm_class_dpmpp10_w3.json
 }
+lane_grids() {  # 100 samples each; column j is class j for the conditional models
+  E $M/ldm_class --scheduler vp-ddim --steps 25 --guidance_scale 3 --num_samples 100 --grid $G/ldm_class.png \
+    --json $R/grid_ldm_class.json
+  E $M/guided --scheduler vp-ddim --steps 25 --guidance_scale 10 --num_samples 100 --grid $G/guided.png \
+    --json $R/grid_guided.json
+}
 lane_ddpm() {
   E $M/ddpm --scheduler vp-ddim --steps 10 --num_samples 1000 --json $R/ddpm_ddim10.json
-  E $M/ddpm --scheduler vp-ddim --steps 50 --num_samples 1000 --nll_samples 50 --json $R/ddpm_ddim50.json
+  E $M/ddpm --scheduler vp-ddim --steps 50 --num_samples 1000 --nll_samples 50 --grid $G/ddpm.png \
+    --json $R/ddpm_ddim50.json
   E $M/ddpm --scheduler vp-ddpm --steps 250 --num_samples 500 --json $R/ddpm_ancestral250.json
 }
 lane_sde() {
   E $M/sde --scheduler sde-multistep --steps 10 --num_samples 1000 --json $R/sde_multistep10.json
   E $M/sde --scheduler sde-multistep --steps 25 --num_samples 1000 --json $R/sde_multistep25.json
-  E $M/sde --scheduler sde-ode_heun --steps 25 --num_samples 1000 --nll_samples 50 --json $R/sde_heun25.json
+  E $M/sde --scheduler sde-ode_heun --steps 25 --num_samples 1000 --nll_samples 50 --grid $G/sde.png \
+    --json $R/sde_heun25.json
   E $M/sde --scheduler sde-euler_maruyama --steps 250 --num_samples 500 --json $R/sde_em250.json
 }
 
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(floor_ldm ddpm sde)
+[ ${#stages[@]} -gt 0 ] || stages=(floor_ldm grids ddpm sde)
 pids=()
 for s in "${stages[@]}"; do "lane_$s" > "$R/lane_$s.log" 2>&1 & pids+=($!); done
 for p in "${pids[@]}"; do wait "$p"; done
-python benchmarks/quality_table.py $R/floor_n*.json $R/ldm_class_*.json $R/ddpm_*.json $R/sde_*.json \
-  > benchmarks/results/quality.md
+shopt -s nullglob
+python benchmarks/quality_table.py $R/floor_n*.json $R/ldm_class_*.json $R/guided_*.json $R/ddpm_*.json \
+  $R/sde_*.json > benchmarks/results/quality.md
 cat benchmarks/results/quality.md
