@@ -46,6 +46,7 @@ pids=()
 for s in "${stages[@]}"; do "lane_$s" > "$R/lane_$s.log" 2>&1 & pids+=($!); done
 for p in "${pids[@]}"; do wait "$p"; done
 shopt -s nullglob
-python benchmarks/quality_table.py $R/floor_n*.json $R/ldm_class_*.json $R/guided_*.json $R/ddpm_*.json \
-  $R/sde_*.json > benchmarks/results/quality.md
+files=()
+for g in floor_n ldm_class_ guided_ ddpm_ sde_; do m=("$R/$g"*.json); [ ${#m[@]} -gt 0 ] && files+=($(ls -v "${m[@]}")); done
+python benchmarks/quality_table.py "${files[@]}" > benchmarks/results/quality.md
 cat benchmarks/results/quality.md

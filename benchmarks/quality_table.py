@@ -1,10 +1,11 @@
 #!/usr/bin/env python
-"""Collect ``eval_quality.py --json`` results into one Markdown table (rows in the order given).
+"""Collect ``eval_quality.py --json`` results into the README's quality table (rows in the order given).
 
     python benchmarks/quality_table.py benchmarks/results/quality/*.json > benchmarks/results/quality.md
 
-Rows come from ``eval_quality.markdown`` (one formatting in one place); the command of every row is
-listed under the table.
+Floor-only results (``eval_quality.py --floor`` without a pipeline) are not rows: they give each row the
+floor FD at the row's own N (FD is biased upward at small N, so only equal-N ratios mean anything). The
+command of every row is listed under the table.
 """
 
 from __future__ import annotations
@@ -13,20 +14,36 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from eval_quality import markdown  # noqa: E402
+HEAD = ("| model | sampler | NFE | w / scale | N | FD | floor FD | FD / floor | precision | recall | class acc | bits/dim |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
-def table(paths):
-    head, rows, commands = None, [], []
+def _f(v, fmt=".3f"):
+    return "—" if v is None else format(v, fmt)
+
+
+def row(res: dict, floors: dict) -> str:
+    floor = floors.get(res["num_samples"])
+    ratio = None if floor is None else res["fd"] / floor
+    bpd = res.get("bits_per_dim")
+    bpd_s = "—" if bpd is None else f"{bpd:.2f} ± {res['bits_per_dim_se']:.2f}"
+    w = res.get("guidance_scale")
+    w_s = "—" if res.get("conditioning") == "none" else _f(w, "g")
+    name = os.path.basename(os.path.normpath(res["pipeline"]))
+    return (f"| {name} | {res['scheduler']} {res['steps']} | {_f(res.get('nfe'), 'd')} | {w_s} | {res['num_samples']} | "
+            f"{res['fd']:.3f} | {_f(floor)} | {_f(ratio, '.1f')} | {res['precision']:.3f} | {res['recall']:.3f} | "
+            f"{_f(res.get('class_accuracy'))} | {bpd_s} |")
+
+
+def table(paths) -> str:
+    results = []
     for path in paths:
         with open(path) as f:
-            res = json.load(f)
-        lines = markdown(res).splitlines()
-        head = head or lines[:2]
-        rows += lines[2:]
-        commands.append(f"- `{os.path.basename(path)}`: `{res.get('command', '(command not recorded)')}`")
-    return "\n".join([*(head or []), *rows, "", "Commands:", "", *commands])
+            results.append((path, json.load(f)))
+    floors = {r["floor"]["num_samples"]: r["floor"]["fd"] for _, r in results if r.get("floor")}
+    rows = [row(r, floors) for _, r in results if r.get("pipeline")]
+    commands = [f"- `{os.path.basename(p)}`: `{r.get('command', '(command not recorded)')}`" for p, r in results]
+    return "\n".join([HEAD, *rows, "", "Commands:", "", *commands])
 
 
 if __name__ == "__main__":

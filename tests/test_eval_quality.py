@@ -187,3 +187,32 @@ def test_eval_quality_end_to_end(tmp_path):
 
     grid = Image.open(tmp_path / "grid.png")  # 16 samples, 10 per row: 2 rows of 32 px + 1 px borders
     assert grid.size == (10 * 33 + 1, 2 * 33 + 1)
+
+
+def test_ode_bits_per_dim_dequantises_inside_the_bin(monkeypatch):
+    """A continuous density at the 8-bit grid points is not a likelihood of discrete data; the images must be
+    dequantised uniformly inside their bins before the ODE likelihood (which then bounds the discrete NLL)."""
+    import eval_quality
+
+    import hf_ddm.likelihood as lik
+    from hf_ddm.models import UNet
+    from hf_ddm.pipelines import PixelDiffusionPipeline
+    from hf_ddm.schedulers.sde import SDEScheduler
+
+    torch.manual_seed(0)
+    unet = UNet(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8,), layers_per_block=1,
+                attention_levels=(), mid_block_attention=False, norm_num_groups=4, attention_head_dim=8)
+    pipe = PixelDiffusionPipeline(unet=unet, scheduler=SDEScheduler(sde="subvp"))
+    x = (torch.randint(0, 256, (3, 1, 8, 8)).float() / 255) * 2 - 1  # on the 8-bit grid
+    seen = {}
+    real = lik.ode_log_likelihood
+
+    def spy(model, scheduler, sample, **kw):
+        seen["sample"], seen["t_start"] = sample.clone(), kw.get("t_start")
+        return real(model, scheduler, sample, **{**kw, "num_steps": 2})
+
+    monkeypatch.setattr(lik, "ode_log_likelihood", spy)
+    bpd, se, method, _ = eval_quality.bits_per_dim(pipe, pipe.scheduler, ("none", 0, None), x, None, 3, 0, 2, 1)
+    moved = seen["sample"] - x
+    assert moved.abs().max() <= 1 / 255 + 1e-6 and moved.abs().min() > 0  # inside the bin, off the grid
+    assert seen["t_start"] == 1e-5 and "dequantised" in method and np.isfinite(bpd)
