@@ -10,6 +10,11 @@ Metrics (all against the Fashion-MNIST *test* set, 10000 images):
 * ``fd``: Fréchet distance of the reference network's 128-d penultimate features ("FID" with a
   Fashion-MNIST network instead of Inception; not comparable with Inception FIDs). FD is biased
   upward at small N: compare runs at equal ``num_samples``, and with the floor at the same N.
+* ``fd_inf``: FD extrapolated to N = infinity (Chong & Forsyth 2020, ``quality_metrics.
+  frechet_distance_extrapolated``): FD on subsets of N/4 (at least 256) to N samples, a line in 1/N
+  taken to 0. Comparable across N, but noisier than ``fd`` at small N; only for N > 256. The floor's
+  ``fd_inf`` (~0.04) is the real train/test difference, without the shared small-N bias that makes
+  equal-N ratios look better than they are.
 * ``precision`` / ``recall``: k-NN manifold precision and recall (Kynkäänniemi et al. 2019, k = 3),
   in the same features, the N generated samples against the N first test images (N <= 10000).
 * ``density`` / ``coverage`` (Naeem et al. 2020, same k-NN balls). Precision (and density) are
@@ -127,6 +132,9 @@ def compare(feats, logits, test_feats, labels=None, k: int = 3) -> dict:
     """FD, precision/recall (against as many test points as samples, up to all), class accuracy."""
     n = feats.shape[0]
     out = {"num_samples": n, "fd": qm.frechet_distance_features(feats, test_feats)}
+    if n > 2 * feats.shape[1]:
+        ext = qm.frechet_distance_extrapolated(feats, test_feats)
+        out.update(fd_inf=ext["fd_inf"], fd_inf_slope=ext["slope"])
     out.update(qm.manifold_metrics(test_feats[: min(n, len(test_feats))], feats, k=k))
     pred = logits.argmax(1)
     out["class_histogram"] = torch.bincount(pred, minlength=10).tolist()
@@ -262,21 +270,22 @@ def markdown(res: dict) -> str:
     def f(v, fmt):
         return "—" if v is None else format(v, fmt)
 
-    head = ("| pipeline | scheduler | steps | NFE | w | N | FD | precision | recall | density | coverage | class acc "
-            "| bits/dim |")
-    sep = "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    head = ("| pipeline | scheduler | steps | NFE | w | N | FD | FD∞ | precision | recall | density | coverage "
+            "| class acc | bits/dim |")
+    sep = "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     rows = []
     if res.get("pipeline"):
         bpd = res.get("bits_per_dim")
         bpd_s = "—" if bpd is None else f"{bpd:.3f} ± {res['bits_per_dim_se']:.3f} (n={res['nll_samples']})"
         rows.append(f"| {os.path.basename(os.path.normpath(res['pipeline']))} | {res['scheduler']} | {res['steps']} | "
                     f"{f(res.get('nfe'), 'd')} | {res['guidance_scale']} | {res['num_samples']} | {res['fd']:.3f} | "
+                    f"{f(res.get('fd_inf'), '.3f')} | "
                     f"{res['precision']:.3f} | {res['recall']:.3f} | {res['density']:.3f} | {res['coverage']:.3f} | "
                     f"{f(res.get('class_accuracy'), '.3f')} | {bpd_s} |")
     if res.get("floor"):
         fl = res["floor"]
         rows.append(f"| floor: train subset vs test | — | — | — | — | {fl['num_samples']} | {fl['fd']:.3f} | "
-                    f"{fl['precision']:.3f} | {fl['recall']:.3f} | {fl['density']:.3f} | {fl['coverage']:.3f} | "
+                    f"{f(fl.get('fd_inf'), '.3f')} | {fl['precision']:.3f} | {fl['recall']:.3f} | {fl['density']:.3f} | {fl['coverage']:.3f} | "
                     f"{fl['class_accuracy']:.3f} | — |")
     return "\n".join([head, sep, *rows])
 
@@ -310,6 +319,8 @@ def main(argv=None):
     p.add_argument("--json", default=None, help="write the results here")
     p.add_argument("--grid", default=None, help="also save the first 100 samples as a 10-column PNG grid "
                    "(conditional models: column j is class j)")
+    p.add_argument("--features", default=None, help="also save the samples' reference features and logits "
+                   "here (.npz), to recompute metrics without sampling again")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     args = p.parse_args(argv)
     if args.pipeline is None and not args.floor:
@@ -364,6 +375,10 @@ def main(argv=None):
         if not np.isfinite(feats).all():
             raise SystemExit("the samples gave non-finite features (NaN/inf images?)")
         res.update(compare(feats, logits, test_feats, labels, args.k), nfe=nfe)
+        if args.features:
+            np.savez_compressed(args.features, features=feats, logits=logits.numpy(),
+                                labels=np.array([]) if labels is None else labels.numpy())
+            res["features"] = args.features
         res.setdefault("class_accuracy", None)
         res["sampling_seconds"] = round(time.time() - t_start, 1)
         if args.nll_samples > 0:
@@ -377,7 +392,7 @@ def main(argv=None):
         else:
             res.update(bits_per_dim=None, bits_per_dim_se=None, bits_per_dim_method=None,
                        bits_per_dim_note="not requested (--nll_samples 0)", nll_samples=0)
-        log(f"FD {res['fd']:.4f}  precision {res['precision']:.4f}  recall {res['recall']:.4f}  "
+        log(f"FD {res['fd']:.4f}  FD_inf {res.get('fd_inf', float('nan')):.4f}  precision {res['precision']:.4f}  recall {res['recall']:.4f}  "
             f"density {res['density']:.4f}  coverage {res['coverage']:.4f}  "
             f"class accuracy {res['class_accuracy']}  (N={res['num_samples']}, NFE={nfe})")
     if args.floor:
@@ -387,7 +402,7 @@ def main(argv=None):
         fl = compare(f_tr, l_tr, test_feats, y_tr, args.k)
         fl["subset"] = f"train, fixed random subset (numpy seed 0) of {n}"
         res["floor"] = fl
-        log(f"floor (train {n} vs test {len(x_test)}): FD {fl['fd']:.4f}  precision {fl['precision']:.4f}  "
+        log(f"floor (train {n} vs test {len(x_test)}): FD {fl['fd']:.4f}  FD_inf {fl.get('fd_inf', float('nan')):.4f}  precision {fl['precision']:.4f}  "
             f"recall {fl['recall']:.4f}  density {fl['density']:.4f}  coverage {fl['coverage']:.4f}  reference accuracy {fl['class_accuracy']:.4f}")
     res["seconds"] = round(time.time() - t_start, 1)
     print(markdown(res))

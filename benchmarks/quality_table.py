@@ -4,7 +4,8 @@
     python benchmarks/quality_table.py benchmarks/results/quality/*.json > benchmarks/results/quality.md
 
 Floor-only results (``eval_quality.py --floor`` without a pipeline) are not rows: they give each row the
-floor FD at the row's own N (FD is biased upward at small N, so only equal-N ratios mean anything). The
+floor FD at the row's own N (FD is biased upward at small N, so only equal-N ratios mean anything), and
+the floor's FD∞ (extrapolated to N = infinity, from the largest floor N) for the rows that have FD∞. The
 command of every row is listed under the table.
 """
 
@@ -14,24 +15,27 @@ import json
 import os
 import sys
 
-HEAD = ("| model | sampler | NFE | w / scale | N | FD | floor FD | FD / floor | precision | recall | class acc | bits/dim |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|")
+HEAD = ("| model | sampler | NFE | w / scale | N | FD | floor FD | FD / floor | FD∞ | FD∞ / floor FD∞ | precision "
+        "| recall | class acc | bits/dim |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def _f(v, fmt=".3f"):
     return "—" if v is None else format(v, fmt)
 
 
-def row(res: dict, floors: dict) -> str:
+def row(res: dict, floors: dict, floor_inf) -> str:
     floor = floors.get(res["num_samples"])
     ratio = None if floor is None else res["fd"] / floor
+    fd_inf = res.get("fd_inf")
+    ratio_inf = None if fd_inf is None or floor_inf is None else fd_inf / floor_inf
     bpd = res.get("bits_per_dim")
     bpd_s = "—" if bpd is None else f"{bpd:.2f} ± {res['bits_per_dim_se']:.2f}"
     w = res.get("guidance_scale")
     w_s = "—" if res.get("conditioning") == "none" else _f(w, "g")
     name = os.path.basename(os.path.normpath(res["pipeline"]))
     return (f"| {name} | {res['scheduler']} {res['steps']} | {_f(res.get('nfe'), 'd')} | {w_s} | {res['num_samples']} | "
-            f"{res['fd']:.3f} | {_f(floor)} | {_f(ratio, '.1f')} | {res['precision']:.3f} | {res['recall']:.3f} | "
+            f"{res['fd']:.3f} | {_f(floor)} | {_f(ratio, '.1f')} | {_f(fd_inf)} | {_f(ratio_inf, '.0f')} | {res['precision']:.3f} | {res['recall']:.3f} | "
             f"{_f(res.get('class_accuracy'))} | {bpd_s} |")
 
 
@@ -41,7 +45,10 @@ def table(paths) -> str:
         with open(path) as f:
             results.append((path, json.load(f)))
     floors = {r["floor"]["num_samples"]: r["floor"]["fd"] for _, r in results if r.get("floor")}
-    rows = [row(r, floors) for _, r in results if r.get("pipeline")]
+    # FD∞ does not depend on N: take the floor's from its largest N (the least noisy estimate).
+    with_inf = [r["floor"] for _, r in results if r.get("floor", {}).get("fd_inf") is not None]
+    floor_inf = max(with_inf, key=lambda fl: fl["num_samples"])["fd_inf"] if with_inf else None
+    rows = [row(r, floors, floor_inf) for _, r in results if r.get("pipeline")]
     commands = [f"- `{os.path.basename(p)}`: `{r.get('command', '(command not recorded)')}`" for p, r in results]
     return "\n".join([HEAD, *rows, "", "Commands:", "", *commands])
 

@@ -24,7 +24,7 @@ from hf_ddm_space import registry as registry_mod  # noqa: E402
 from hf_ddm_space.demo_models import build_pipeline  # noqa: E402
 from hf_ddm_space.registry import SPECS, Registry, load_pipeline, resolve  # noqa: E402
 from hf_ddm_space.samplers import AS_SAVED  # noqa: E402
-from hf_ddm_space.ui import CYCLE, Limits, SpaceApp, build_demo  # noqa: E402
+from hf_ddm_space.ui import CYCLE, DEFAULT_SAMPLER, Limits, SpaceApp, build_demo  # noqa: E402
 
 
 class NoProgress:
@@ -182,15 +182,22 @@ def test_animation_of_noisy_samples(app):
 
 
 def test_model_change_updates_the_controls(app):
-    sampler, classes, prompt, guidance, status = app.on_model_change("ldm_text")
+    sampler, steps, classes, prompt, guidance, status = app.on_model_change("ldm_text")
     assert sampler["value"] in app.registry.get("ldm_text").samplers
+    assert steps["value"] == min(app.limits.default_steps, app.limits.max_steps)
     assert classes["visible"] is False and prompt["visible"] is True and prompt["value"]
     assert "Untrained demo weights" in status
-    sampler, classes, prompt, guidance, status = app.on_model_change("guided")
+    sampler, steps, classes, prompt, guidance, status = app.on_model_change("guided")
     assert classes["visible"] is True and CYCLE in classes["choices"] and "trouser" in classes["choices"]
     assert prompt["visible"] is False
-    _, _, _, guidance, _ = app.on_model_change("ddpm")
+    _, _, _, _, guidance, _ = app.on_model_change("ddpm")
     assert guidance["interactive"] is False
+    # A continuous-time model defaults to the reverse SDE with more steps (within the request limit).
+    roomy = SpaceApp(registry=app.registry, limits=Limits())
+    sampler, steps, *_ = roomy.on_model_change("sde")
+    assert sampler["value"] == DEFAULT_SAMPLER[roomy.registry.get("sde").family]
+    assert steps["value"] == min(100, roomy.limits.max_steps) > roomy.limits.default_steps
+    assert app.on_model_change("sde")[1]["value"] == app.limits.max_steps  # capped by the request limit
     assert "Untrained demo weights" in app.banner()
 
 
@@ -299,7 +306,7 @@ def test_a_training_script_folder_dropped_into_models_is_used(space_env, tmp_pat
     assert m.source == f"folder:{models / 'ldm_class'}" and m.trained
     assert m.class_names == names and m.pipe.config.class_names == names
     assert m.pipeline_with(m.pipe.scheduler).config.class_names == names
-    _, classes, _, _, _ = a.on_model_change("ldm_class")
+    _, _, classes, _, _, _ = a.on_model_change("ldm_class")
     assert "c3" in classes["choices"] and "trouser" not in classes["choices"]
     assert "trained checkpoint" in a.model_status(m) and "Untrained" not in a.model_status(m)
     g, _, info = a.generate("ldm_class", AS_SAVED, 2, 3.0, "c3", None, 0, 1, "off", 0, progress=NoProgress())
