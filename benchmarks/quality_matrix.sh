@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The README's quality table: every shipped checkpoint under a few samplers and step counts, beside the
-# train-vs-test floor at the same N. Three single-threaded lanes run side by side (the pixel models are the
+# train-vs-test floor at the same N. Single-threaded lanes run side by side (the pixel models are the
 # slow part); results land in benchmarks/results/quality/*.json, the table in benchmarks/results/quality.md and
 # sample grids (the measured samples) in benchmarks/results/grids/.
 #
-#   bash benchmarks/quality_matrix.sh            # about 40 min on 2 CPU cores
+#   bash benchmarks/quality_matrix.sh            # about 80 min on 2 CPU cores
+#   bash benchmarks/quality_matrix.sh ddpm ldm   # some lanes (floor ldm guided grids ddpm sde); the table
+#                                                # is rebuilt from every JSON present
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=benchmarks/results/quality
@@ -13,12 +15,22 @@ M=${MODELS:-space/models}
 mkdir -p "$R" "$G"
 E() { OMP_NUM_THREADS=1 python benchmarks/eval_quality.py --threads 1 "$@"; }
 
-lane_floor_ldm() {
+lane_floor() {
   for n in 500 1000 2000 10000; do E --floor --num_samples $n --json $R/floor_n$n.json; done
+}
+lane_ldm() {
   E $M/ldm_class --scheduler vp-ddim --steps 10 --guidance_scale 3 --num_samples 2000 --json $R/ldm_class_ddim10_w3.json
-  E $M/ldm_class --scheduler vp-ddim --steps 25 --guidance_scale 3 --num_samples 10000 --json $R/ldm_class_ddim25_w3_n10k.json
+  for w in 1 3 6; do
+    E $M/ldm_class --scheduler vp-ddim --steps 25 --guidance_scale $w --num_samples 2000 --json $R/ldm_class_ddim25_w$w.json
+  done
   E $M/ldm_class --scheduler vp-ddim --steps 50 --guidance_scale 3 --num_samples 2000 --json $R/ldm_class_ddim50_w3.json
   E $M/ldm_class --scheduler dpm++ --steps 10 --guidance_scale 3 --num_samples 2000 --json $R/ldm_class_dpmpp10_w3.json
+  E $M/ldm_class --scheduler vp-ddim --steps 25 --guidance_scale 3 --num_samples 10000 --json $R/ldm_class_ddim25_w3_n10k.json
+}
+lane_guided() {  # classifier scale s = 0 ignores the classifier
+  for s in 0 1 3 10; do
+    E $M/guided --scheduler vp-ddim --steps 25 --guidance_scale $s --num_samples 1000 --json $R/guided_ddim25_s$s.json
+  done
 }
 lane_grids() {  # 100 samples each; column j is class j for the conditional models
   E $M/ldm_class --scheduler vp-ddim --steps 25 --guidance_scale 3 --num_samples 100 --grid $G/ldm_class.png \
@@ -30,6 +42,7 @@ lane_ddpm() {
   E $M/ddpm --scheduler vp-ddim --steps 10 --num_samples 1000 --json $R/ddpm_ddim10.json
   E $M/ddpm --scheduler vp-ddim --steps 50 --num_samples 1000 --nll_samples 50 --grid $G/ddpm.png \
     --json $R/ddpm_ddim50.json
+  E $M/ddpm --scheduler vp-ddpm --steps 100 --num_samples 1000 --json $R/ddpm_ancestral100.json
   E $M/ddpm --scheduler vp-ddpm --steps 250 --num_samples 500 --json $R/ddpm_ancestral250.json
 }
 lane_sde() {
@@ -41,7 +54,7 @@ lane_sde() {
 }
 
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(floor_ldm grids ddpm sde)
+[ ${#stages[@]} -gt 0 ] || stages=(floor ldm guided grids ddpm sde)
 pids=()
 for s in "${stages[@]}"; do "lane_$s" > "$R/lane_$s.log" 2>&1 & pids+=($!); done
 for p in "${pids[@]}"; do wait "$p"; done

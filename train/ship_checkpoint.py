@@ -25,7 +25,7 @@ from diffusers import DiffusionPipeline
 import hf_ddm.pipelines as pipelines
 
 
-METRIC_KEYS = ("scheduler", "steps", "guidance_scale", "num_samples", "fd", "precision", "recall", "density",
+METRIC_KEYS = ("scheduler", "steps", "guidance_scale", "num_samples", "fd", "fd_inf", "precision", "recall", "density",
                "coverage", "class_accuracy", "bits_per_dim", "reference_version", "mse_per_pixel", "psnr_db",
                "kl_nats_per_image", "fd_reconstructions_vs_test")
 
