@@ -239,3 +239,27 @@ def test_ode_bits_per_dim_dequantises_inside_the_bin(monkeypatch):
     moved = seen["sample"] - x
     assert moved.abs().max() <= 1 / 255 + 1e-6 and moved.abs().min() > 0  # inside the bin, off the grid
     assert seen["t_start"] == 1e-5 and "dequantised" in method and np.isfinite(bpd)
+
+
+def test_quality_table_ratios_use_the_right_floors(tmp_path):
+    import quality_table
+
+    def floor(n, fd, fd_inf):
+        return {"command": f"floor {n}", "floor": {"num_samples": n, "fd": fd, "fd_inf": fd_inf}}
+
+    row = {"command": "row", "pipeline": "space/models/ddpm", "scheduler": "vp-ddpm", "steps": 250, "nfe": 250,
+           "conditioning": "none", "guidance_scale": 1.0, "num_samples": 500, "fd": 4.0, "fd_inf": 2.5,
+           "precision": 0.8, "recall": 0.7, "class_accuracy": None, "bits_per_dim": None}
+    old = dict(row, num_samples=1000, fd=3.0, command="old row")
+    del old["fd_inf"]  # results written before FD∞ existed
+    paths = []
+    for i, res in enumerate([floor(500, 2.0, 0.3), floor(10000, 0.1, 0.05), row, old]):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps(res))
+    lines = quality_table.table([str(p) for p in paths]).splitlines()
+    cells = [c.strip() for c in lines[2].split("|")[1:-1]]
+    # equal-N floor (500) for FD, the largest-N floor's FD∞ (10000: 0.05) for FD∞
+    assert cells[5:10] == ["4.000", "2.000", "2.0", "2.500", "50"]
+    cells = [c.strip() for c in lines[3].split("|")[1:-1]]
+    assert cells[5:10] == ["3.000", "—", "—", "—", "—"]  # no floor at N = 1000, no FD∞ recorded
+    assert "- `3.json`: `old row`" in lines
