@@ -50,6 +50,7 @@ lane_sde() {
   E $M/sde --scheduler sde-multistep --steps 25 --num_samples 1000 --json $R/sde_multistep25.json
   E $M/sde --scheduler sde-ode_heun --steps 25 --num_samples 1000 --nll_samples 50 --grid $G/sde.png \
     --json $R/sde_heun25.json
+  E $M/sde --scheduler sde-euler_maruyama --steps 100 --num_samples 500 --json $R/sde_em100.json
   E $M/sde --scheduler sde-euler_maruyama --steps 250 --num_samples 500 --json $R/sde_em250.json
 }
 
