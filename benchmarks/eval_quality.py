@@ -132,9 +132,11 @@ def compare(feats, logits, test_feats, labels=None, k: int = 3) -> dict:
     """FD, precision/recall (against as many test points as samples, up to all), class accuracy."""
     n = feats.shape[0]
     out = {"num_samples": n, "fd": qm.frechet_distance_features(feats, test_feats)}
-    if n > 2 * feats.shape[1]:
+    try:
         ext = qm.frechet_distance_extrapolated(feats, test_feats)
         out.update(fd_inf=ext["fd_inf"], fd_inf_slope=ext["slope"])
+    except ValueError:  # too few samples to extrapolate from (the rule lives in quality_metrics)
+        pass
     out.update(qm.manifold_metrics(test_feats[: min(n, len(test_feats))], feats, k=k))
     pred = logits.argmax(1)
     out["class_histogram"] = torch.bincount(pred, minlength=10).tolist()
