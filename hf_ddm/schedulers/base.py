@@ -153,6 +153,19 @@ class ProcessSchedulerMixin:
             eps = to_x0_eps(x0, sample, a, s, "sample")[1]
         return x0, eps
 
+    def _check_initial_noise(self, sample: torch.Tensor):
+        """At the first step of a loop: was the starting noise scaled by ``init_noise_sigma``? Stock
+        ``DDPMPipeline`` ignores it, and a VE process started from N(0, 1) instead of N(0, sigma_max^2)
+        returns garbage without any error -- so refuse it here, where it can still be named."""
+        sigma = float(self.init_noise_sigma)
+        if sigma > 2.0 and float(sample.detach().float().std()) < 0.25 * sigma:
+            raise ValueError(
+                f"sample: the first step got a sample of std {float(sample.detach().float().std()):.3g}, but this "
+                f"scheduler starts from noise of std init_noise_sigma={sigma:.4g}. The pipeline's loop did not scale its "
+                "initial noise by scheduler.init_noise_sigma (stock diffusers.DDPMPipeline does not); use a pipeline "
+                "that does (hf_ddm's, DDIMPipeline, StableDiffusionPipeline) or a VP scheduler."
+            )
+
     @staticmethod
     def _check_step_inputs(model_output: torch.Tensor, sample: torch.Tensor):
         if model_output.shape != sample.shape:

@@ -452,6 +452,8 @@ class SDEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
                 raise ValueError("pass either generator or variance_noise to step, not both")
             self._check_step_inputs(variance_noise, sample)
         k = self._locate(timestep)
+        if k == 0:
+            self._check_initial_noise(sample)
         kind, i = self._plan[k]
         cur, nxt = self._points[i], self._points[i + 1]
         here = nxt if kind == "heun2" else cur

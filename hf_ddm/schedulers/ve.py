@@ -215,6 +215,8 @@ class VEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
             raise ValueError(f"eta={eta} cannot be honoured by VEScheduler: its predictor's noise is fixed (use eta=0)")
         i = self._sync_step_index(timestep)
         self._check_step_inputs(model_output, sample)
+        if i == 0:
+            self._check_initial_noise(sample)
         reps = 1 + self.config.correct_steps
         j, k = divmod(i, reps)
         if k < reps - 1:
