@@ -116,10 +116,6 @@ def add_training_args(parser: argparse.ArgumentParser, *, lr: float = 1e-4, batc
     h.add_argument("--hub_token", type=str, default=None)
     h.add_argument("--hub_private_repo", action="store_true")
 
-    # Fault injection for the test-suite (not shown in --help).
-    parser.add_argument("--_inject_nan_at_step", dest="inject_nan_at_step", type=int, default=None,
-                        help=argparse.SUPPRESS)
-
 
 def add_unet_args(parser: argparse.ArgumentParser, *, prefix: str = "", channels=(64, 128, 256), layers: int = 2,
                   attention=(1,)) -> None:

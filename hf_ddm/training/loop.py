@@ -81,17 +81,16 @@ def _check_writable(out: str) -> None:
         raise ConfigError(f"--output_dir {out} is not writable")
 
 
-def _epoch_loader(accelerator, train_dataloader, epoch: int, skip: int):
+def _epoch_loader(accelerator, train_dataloader, sampler: "EpochSampler", epoch: int, skip: int):
     """(loader, index of its first batch) for ``epoch``, ``skip`` batches already consumed.
 
     Accelerate's prepared loader calls ``set_epoch(self.iteration)`` on the sampler each time it is
     iterated, with ``iteration`` its own count of completed passes; a resumed run (whose count restarts
     at 0) or the separate loader ``skip_first_batches`` builds would otherwise replay epoch 0's order.
     Setting the epoch through the loader sets that counter too, and ``skip_first_batches`` copies it."""
+    sampler.set_epoch(epoch)
     if hasattr(train_dataloader, "set_epoch"):
         train_dataloader.set_epoch(epoch)
-    else:  # not an Accelerate loader: the sampler is iterated as is
-        train_dataloader.sampler.set_epoch(epoch)
     if skip:
         return accelerator.skip_first_batches(train_dataloader, skip), skip
     return train_dataloader, 0
@@ -306,7 +305,7 @@ def train(args, task: TrainingTask, dataset, data_info=None, accelerator=None, c
     for epoch in range(first_epoch, num_epochs):
         if done:
             break
-        loader, offset = _epoch_loader(accelerator, train_dataloader, epoch,
+        loader, offset = _epoch_loader(accelerator, train_dataloader, sampler, epoch,
                                        skip_batches if epoch == first_epoch else 0)
         for batch_idx, batch in enumerate(loader):
             if batch_idx == 0:
@@ -317,8 +316,6 @@ def train(args, task: TrainingTask, dataset, data_info=None, accelerator=None, c
             gen = torch.Generator().manual_seed(seed)
             with accelerator.accumulate(*modules.values()):
                 loss, logs = task.loss(modules, batch, gen)
-                if args.inject_nan_at_step is not None and global_step + 1 == args.inject_nan_at_step:
-                    loss = loss * float("nan")
                 gathered = accelerator.gather(loss.detach().float().reshape(1))
                 if not torch.isfinite(gathered).all():
                     bad = gathered[~torch.isfinite(gathered)][0].item()
