@@ -42,9 +42,10 @@ def script_args(script: str, data, tmp: Path) -> list:
                 "--norm_num_groups", "4", "--latent_channels", "2", "--train_batch_size", "4", "--use_ema",
                 "--random_flip"]
     if script == "train_ldm":  # text conditioning: a second trained module (the text encoder)
-        return ["--vae_path", _vae(tmp), "--data_dir", data, "--resolution", "16", *TINY_UNET, "--attention_levels", "1",
-                "--train_batch_size", "4", "--conditioning", "text", "--text_hidden_size", "16", "--text_heads", "2",
-                "--random_flip", "--use_ema", "--latent_cache_dir", tmp / "latent_cache"]
+        return ["--vae_path", _vae(tmp), "--data_dir", data, "--resolution", "16", *TINY_UNET,
+                "--attention_levels", "1", "--train_batch_size", "4", "--conditioning", "text",
+                "--text_hidden_size", "16", "--text_heads", "2", "--random_flip", "--use_ema",
+                "--latent_cache_dir", tmp / "latent_cache"]
     if script == "train_classifier":
         return ["--data_dir", data, "--channels", "1", "--resolution", "8", *TINY_UNET, "--train_batch_size", "4",
                 "--random_flip"]

@@ -11,7 +11,8 @@ from .loop import NonFiniteLossError, TrainingTask, TrainResult, make_accelerato
 from .utils import save_grid
 
 __all__ = [
-    "ConfigError", "CheckpointError", "add_data_args", "add_latent_args", "add_process_args", "add_training_args", "add_unet_args",
+    "ConfigError", "CheckpointError", "add_data_args", "add_latent_args", "add_process_args", "add_training_args",
+    "add_unet_args",
     "parse_args", "script_parser", "latest_checkpoint", "list_checkpoints", "save_checkpoint", "build_scheduler",
     "check_spatial", "copy_scheduler", "load_frozen_vae", "validation_images", "DataInfo", "collate",
     "load_image_dataset", "random_flip", "NonFiniteLossError", "TrainingTask", "TrainResult", "make_accelerator",
