@@ -481,3 +481,45 @@ def test_deploy_assembles_a_self_contained_space(tmp_path):
     readme = (out / "README.md").read_text()
     assert readme.startswith("---\n") and "sdk: gradio" in readme and "app_file: app.py" in readme
     assert "screenshot.png" in readme and (out / "screenshot.png").exists()
+
+
+def test_cancelled_request_stops_its_work_between_steps(served, app, monkeypatch):
+    """A cancelled HTTP request must stop sampling, not just free its slot: four submit-and-cancel cycles
+    left 2, 4, 6, 6 generations running before. The U-Net is held inside step 1 until the cancellation
+    has reached the request, then released: the request stops after that step instead of running all 12."""
+    import threading
+    import time
+
+    _, client = served
+    unet = app.registry.get("ddpm").pipe.unet
+    real_forward, calls = unet.forward, []
+    started, release = threading.Event(), threading.Event()
+
+    def held_forward(*a, **kw):
+        calls.append(1)
+        started.set()
+        release.wait(60)
+        return real_forward(*a, **kw)
+
+    monkeypatch.setattr(unet, "forward", held_forward)
+
+    def wait_for(condition, what):  # a deadline against hangs, not a timing assertion
+        deadline = time.monotonic() + 60
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.02)
+
+    for cycle in range(4):
+        calls.clear()
+        started.clear()
+        release.clear()
+        job = client.submit("ddpm", AS_SAVED, 12, 1.0, None, "", cycle, 1, "off", 0, api_name="/generate")
+        assert started.wait(60)
+        job.cancel()
+        wait_for(lambda: app.working_cancelled == 1, "the cancellation to reach the generation")
+        release.set()
+        wait_for(lambda: app.working == 0, "the cancelled generation to stop")
+        assert len(calls) == 1, f"cycle {cycle}: {len(calls)} of 12 steps ran after the cancellation"
+    monkeypatch.undo()
+    gallery, _, _ = client.predict("ddpm", AS_SAVED, 2, 1.0, None, "", 0, 1, "off", 0, api_name="/generate")
+    assert len(gallery) == 1  # the app serves the next request

@@ -116,10 +116,6 @@ def add_training_args(parser: argparse.ArgumentParser, *, lr: float = 1e-4, batc
     h.add_argument("--hub_token", type=str, default=None)
     h.add_argument("--hub_private_repo", action="store_true")
 
-    # Fault injection for the test-suite (not shown in --help).
-    parser.add_argument("--_inject_nan_at_step", dest="inject_nan_at_step", type=int, default=None,
-                        help=argparse.SUPPRESS)
-
 
 def add_unet_args(parser: argparse.ArgumentParser, *, prefix: str = "", channels=(64, 128, 256), layers: int = 2,
                   attention=(1,)) -> None:
@@ -158,6 +154,30 @@ def script_parser(doc: str, *, diffusion: bool = True, **unet_kwargs) -> argpars
     return p
 
 
+def _training_value_errors(args) -> list:
+    """Values that would train silently wrong (or not at all) rather than fail: each message names its flag."""
+    import math
+
+    errors = []
+    if args.num_epochs < 1 and args.max_train_steps is None:
+        errors.append(f"--num_epochs must be >= 1 (got {args.num_epochs}), or give --max_train_steps")
+    if getattr(args, "max_train_samples", None) is not None and args.max_train_samples < 1:
+        errors.append(f"--max_train_samples must be >= 1 (got {args.max_train_samples})")
+    if not math.isfinite(args.learning_rate) or args.learning_rate <= 0:
+        errors.append(f"--learning_rate must be a positive number (got {args.learning_rate})")
+    if not math.isfinite(args.max_grad_norm) or args.max_grad_norm < 0:
+        errors.append(f"--max_grad_norm must be >= 0, 0 disabling clipping (got {args.max_grad_norm})")
+    if args.lr_warmup_steps < 0:
+        errors.append(f"--lr_warmup_steps must be >= 0 (got {args.lr_warmup_steps})")
+    if not 0.0 <= args.ema_max_decay <= 1.0:
+        errors.append(f"--ema_max_decay must be in [0, 1] (got {args.ema_max_decay})")
+    for flag in ("ema_inv_gamma", "ema_power"):
+        value = getattr(args, flag)
+        if not math.isfinite(value) or value <= 0:
+            errors.append(f"--{flag} must be a positive number (got {value})")
+    return errors
+
+
 def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     env_local_rank = int(os.environ.get("LOCAL_RANK", -1))
@@ -177,6 +197,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = 
         errors.append("--checkpointing_steps must be >= 1")
     if getattr(args, "resolution", 1) < 1:
         errors.append("--resolution must be positive")
+    errors += _training_value_errors(args)
     if args.push_to_hub and not args.hub_model_id:
         errors.append("--push_to_hub needs --hub_model_id")
     if errors:
