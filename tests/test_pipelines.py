@@ -152,7 +152,8 @@ def tiny_unet(**kw):
     return UNet(**cfg)
 
 
-SWAPS = [VPScheduler, VEScheduler, SDEScheduler, DDIMScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler,
+# VEScheduler is not among them: a VP model on the VE process is refused (tests/test_plugin_matrix.py).
+SWAPS = [VPScheduler, SDEScheduler, DDIMScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler,
          DPMSolverMultistepScheduler, UniPCMultistepScheduler]
 
 
