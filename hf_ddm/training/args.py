@@ -115,6 +115,8 @@ def add_training_args(parser: argparse.ArgumentParser, *, lr: float = 1e-4, batc
     h.add_argument("--hub_model_id", type=str, default=None)
     h.add_argument("--hub_token", type=str, default=None)
     h.add_argument("--hub_private_repo", action="store_true")
+    h.add_argument("--hub_upload_checkpoints", action="store_true",
+                   help="With --push_to_hub: also upload each checkpoint-<step>/ folder when it is written.")
 
     # Fault injection for the test-suite (not shown in --help).
     parser.add_argument("--_inject_nan_at_step", dest="inject_nan_at_step", type=int, default=None,
@@ -179,8 +181,16 @@ def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = 
         errors.append("--resolution must be positive")
     if args.push_to_hub and not args.hub_model_id:
         errors.append("--push_to_hub needs --hub_model_id")
+    if getattr(args, "hub_upload_checkpoints", False) and not args.push_to_hub:
+        errors.append("--hub_upload_checkpoints needs --push_to_hub and --hub_model_id")
     if errors:
         parser.error("; ".join(errors))
+    if args.push_to_hub and int(os.environ.get("RANK", "0")) == 0:
+        # Before any data or model is loaded (diffusers' examples create the repo first): offline, without a
+        # token or with a wrong id the run stops now, not after training. One process (RANK 0) talks to the Hub.
+        from .hub import check_hub_access
+
+        args._hub_repo_id = check_hub_access(args)
     return args
 
 
