@@ -22,8 +22,8 @@ from diffusers.utils.torch_utils import randn_tensor
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
-# hf_ddm is not on PyPI (the name `hf-ddm` is free there; `pip install hf_ddm` finds nothing): every message
-# that tells a user how to get it says this.
+# hf_ddm is not on PyPI (the name `hf-ddm` is still free there, so installing by that name finds nothing):
+# every message that tells a user how to get it says this.
 INSTALL_HINT = ("hf_ddm is not on PyPI: install it from a clone of its repository, `pip install -e <clone>` "
                 "(distribution name `hf-ddm`)")
 

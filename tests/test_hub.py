@@ -271,3 +271,22 @@ def test_tiny_pipeline_save_defaults_to_portable(tmp_path):
     PixelDiffusionPipeline(unet, VPScheduler(num_train_timesteps=10)).save_pretrained(tmp_path / "p")
     index = json.loads((tmp_path / "p" / "model_index.json").read_text())
     assert index["unet"] == ["hf_ddm_unet", "UNet"] and (tmp_path / "p" / "unet" / "hf_ddm_unet.py").is_file()
+
+
+def test_non_portable_folder_without_hf_ddm_says_how_to_install(tmp_path):
+    """A portable=False folder needs hf_ddm; where it is missing the error names the real way to get it
+    (hf_ddm is not on PyPI), never a `pip install hf_ddm` of our own."""
+    from test_portable import _pixel_vp, _venv_without_hf_ddm
+
+    pipe, _kw = _pixel_vp()
+    pipe.save_pretrained(tmp_path / "plain", portable=False)
+    python = _venv_without_hf_ddm(tmp_path / "venv")
+    code = ("from diffusers import DiffusionPipeline\n"
+            "try:\n    DiffusionPipeline.from_pretrained('plain', trust_remote_code=True)\n"
+            "except ImportError as e:\n    print('ERROR:', e)\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env.update(HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run([python, "-I", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    error = proc.stdout.split("ERROR:", 1)[-1]
+    assert "portable=False" in error and "not on PyPI" in error and "pip install -e" in error, proc.stdout + proc.stderr
