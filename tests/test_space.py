@@ -235,6 +235,38 @@ def test_class_by_index_is_accepted(app):
     assert gallery[0][1].startswith("dress")
 
 
+def test_class_names_match_case_insensitively(app):
+    """The Space README's API example sends "sneaker"; the shipped model's name is "Sneaker"."""
+    gallery, _, _ = run(app, "ldm_class", class_name="  DRESS ")
+    assert gallery[0][1].startswith("dress")
+    with pytest.raises(gr.Error, match="Unknown class"):
+        run(app, "ldm_class", class_name="dres")
+
+
+def test_one_image_per_class_of_ten_in_one_run(space_env):
+    assert Limits().max_images >= 10
+    ten = SpaceApp(limits=Limits(max_queue=2))
+    gallery, _, _ = run(ten, "ldm_class", class_name=CYCLE, n=10)
+    assert len(gallery) == 10 and len({c.split(" ·")[0] for _, c in gallery}) == 10
+
+
+def test_gallery_grows_with_its_rows(space_env):
+    demo = build_demo(SpaceApp(), preload=False)
+    gallery = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "gallery"][0]
+    assert gallery.height in (None, "auto")  # a fixed height hid every row after the first
+
+
+def test_status_shows_no_server_path(app):
+    import dataclasses
+
+    from hf_ddm_space.ui import public_source
+
+    model = dataclasses.replace(app.registry.get("ddpm"), source="folder:/srv/space/models/ddpm")
+    status = app.model_status(model)
+    assert "/srv" not in status and "ddpm/" in status
+    assert public_source("hub:someone/model@v1") == "someone/model@v1"
+
+
 # ------------------------------------------------------------------------------------------------
 # Failures stay inside one request
 # ------------------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ with ``accelerator.skip_first_batches``, and then draws exactly what the uninter
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import time
@@ -27,6 +26,7 @@ from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
+from accelerate.logging import get_logger
 from torch.utils.data import DataLoader, Sampler
 
 from . import checkpoint as ckpt
@@ -37,7 +37,9 @@ from .own_state import export_state
 from .resume import resume
 from .utils import module_checksum, save_grid, step_seed
 
-logger = logging.getLogger("hf_ddm.training")
+# accelerate's logger: messages from the main process only (unless main_process_only=False). The library
+# configures no handlers; the scripts' entry points call logging.basicConfig, as diffusers' examples do.
+logger = get_logger("hf_ddm.training")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -172,8 +174,11 @@ def make_accelerator(args):
 
 
 def _trackable_config(args) -> dict:
-    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in vars(args).items()
-            if v is not None and not k.startswith("_") and k != "hub_token"}
+    """Flags for the tracker's hparams (written under <output_dir>/logs): no token, no local paths."""
+    from .hub import public_config
+
+    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in public_config(args).items()
+            if v is not None}
 
 
 def _log_images(accelerator, images: torch.Tensor, step: int, tag: str = "validation") -> None:
@@ -193,12 +198,11 @@ def train(args, task: TrainingTask, dataset, data_info=None, accelerator=None, c
     """Train ``task`` on ``dataset`` as configured by the shared flags (see ``args.add_training_args``)."""
     from diffusers.optimization import get_scheduler
 
-    from .hub import push_to_hub, write_model_card
+    from ..pipeline_utils import strip_local_origins
+    from .hub import push_to_hub, upload_checkpoint, write_model_card
 
     accelerator = accelerator or make_accelerator(args)
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S",
-                        level=logging.INFO if accelerator.is_local_main_process else logging.WARNING)
-    logger.info(accelerator.state)
+    logger.info(accelerator.state, main_process_only=False)
     out = args.output_dir
     _check_writable(out)  # on every process, so that all of them stop, not only the main one
     if accelerator.is_main_process:
@@ -356,6 +360,8 @@ def train(args, task: TrainingTask, dataset, data_info=None, accelerator=None, c
                 last_ckpt = ckpt.save_checkpoint(accelerator, out, global_step, state, args.checkpoints_total_limit,
                                                  tensor_files)
                 logger.info("saved %s", last_ckpt)
+                if getattr(args, "hub_upload_checkpoints", False) and accelerator.is_main_process:
+                    upload_checkpoint(args, last_ckpt)
             if args.validation_steps and global_step % args.validation_steps == 0 and global_step != max_steps:
                 if accelerator.is_main_process:
                     run_validation(global_step)
@@ -383,7 +389,7 @@ def train(args, task: TrainingTask, dataset, data_info=None, accelerator=None, c
         "mean_loss_last_10": float(np.mean(losses[-10:])) if losses else None,
         "train_seconds_this_run": elapsed,
         "examples": len(dataset),
-        "data_source": getattr(data_info, "source", None),
+        "data_source": getattr(data_info, "display", None),
     }
     if accelerator.is_main_process:
         sample_path, val_scalars = None, {}
@@ -392,6 +398,7 @@ def train(args, task: TrainingTask, dataset, data_info=None, accelerator=None, c
         summary["validation"] = val_scalars
         with ema_weights(ema, unwrapped[main_name]):
             task.save(unwrapped, out)
+        strip_local_origins(out)  # model-only saves (VAE, classifier) too: no local _name_or_path
         if sample_path:
             summary["sample_grid"] = os.path.relpath(sample_path, out)
         write_model_card(out, args, task, data_info, summary)

@@ -59,11 +59,20 @@ def _env_int(name: str, default: int) -> int:
         return default
 
 
+def public_source(source: str) -> str:
+    """Where a model came from, as visitors may see it: a Hub id as is, a folder by its name only (the
+    server's directory layout is nobody's business)."""
+    kind, _, ref = source.partition(":")
+    if kind == "folder":
+        return f"folder {os.path.basename(os.path.normpath(ref))}/"
+    return ref or source
+
+
 @dataclass(frozen=True)
 class Limits:
     """What one request may ask for. Override with HF_DDM_SPACE_<FIELD> environment variables."""
 
-    max_images: int = 8
+    max_images: int = 10  # one image per class of a 10-class model in one run
     max_steps: int = 100
     max_guidance: float = 20.0
     max_prompt_chars: int = 200
@@ -228,7 +237,7 @@ class SpaceApp:
                  f"Process: `{type(model.pipe.scheduler).__name__}` ({model.family}); "
                  f"pipeline: `{type(model.pipe).__name__}`."]
         if model.trained:
-            lines.append(f"\n\nWeights: trained checkpoint from `{model.source}`.")
+            lines.append(f"\n\nWeights: trained checkpoint from `{public_source(model.source)}`.")
         else:
             lines.append(
                 f"\n\n⚠️ **Untrained demo weights.** No checkpoint in `space/models/{spec.name}/` and "
@@ -266,8 +275,11 @@ class SpaceApp:
         names = list(model.class_names or [])
         if class_name in (None, "", CYCLE):
             return [k % model.num_classes for k in range(n)]
-        if class_name in names:
-            return [names.index(class_name)] * n
+        # Names match case-insensitively: the Space README's own example sends "sneaker" for "Sneaker".
+        lowered = [str(c).strip().lower() for c in names]
+        wanted = str(class_name).strip().lower()
+        if wanted in lowered:
+            return [lowered.index(wanted)] * n
         try:
             idx = _as_int(class_name, "class", 0, model.num_classes - 1)
         except gr.Error:
@@ -534,7 +546,8 @@ def build_demo(app: Optional[SpaceApp] = None, default_model: str = "ddpm", prel
                                             info=f"0 = automatic; at most {lim.max_frames} frames")
                 run = gr.Button("Generate", variant="primary", elem_id="generate-btn")
             with gr.Column(scale=3):
-                gallery = gr.Gallery(label="Samples", columns=4, height=320, elem_id="gallery", format="png")
+                # Height follows the rows: a fixed height hid every row after the first.
+                gallery = gr.Gallery(label="Samples", columns=5, height="auto", elem_id="gallery", format="png")
                 info = gr.Markdown(elem_id="run-info")
                 trajectory = gr.Image(label="Denoising trajectory (GIF)", type="filepath", format="gif",
                                       elem_id="trajectory", interactive=False)
