@@ -561,6 +561,7 @@ def ddpm_bound(
             continuous NLL (comparable with ``ode_log_likelihood(convention="continuous")``);
             "dequantized": the Gaussian decoder on data the caller dequantised, plus the bin volume.
         decoder: legacy; "discrete" means convention="discrete", "gaussian" "continuous".
+        batch_timesteps: unused, kept so old calls still bind.
     """
     if decoder is not None:
         if decoder not in ("discrete", "gaussian"):
