@@ -83,7 +83,7 @@ FULL = SimpleNamespace(
     compile_backend="inductor", sample_count=64, sample_steps=100,
 )
 DRY = SimpleNamespace(
-    fwd_widths=(32, 32, 32), fwd_groups=8, fwd_batches=(2, 4), fwd_repeats=2, fwd_warmup=1,
+    fwd_widths=(32, 32, 32), fwd_groups=8, fwd_batches=(2,), fwd_repeats=2, fwd_warmup=1,
     pipe_batch=2, pipe_steps=2, pipe_repeats=1,
     train_resolution=16, train_batch=4, train_steps=2, train_warmup=1, workers=0,
     ddpm_unet=dict(channels="16,32", layers=1, attention="1", norm_groups=8),
