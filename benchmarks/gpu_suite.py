@@ -101,7 +101,7 @@ class Report:
     """Markdown to stdout as it is measured; the same rows to --json at the end."""
 
     def __init__(self):
-        self.sections, self.current = {}, None
+        self.sections, self.current, self.errors = {}, None, []
 
     def _header(self, name: str, title: str):
         header = self.sections[name]["header"]
@@ -122,6 +122,18 @@ class Report:
             self._header(name, f"{name} (continued)")
         print("| " + " | ".join(_fmt(c) for c in cells) + " |", flush=True)
         self.sections[name]["rows"].append(cells)
+
+    def guarded_row(self, name: str, prefix: list, fn):
+        """A row ``prefix + fn()``; an exception in ``fn`` becomes an error row (traceback on stderr) and the
+        suite goes on: one failing case must not cost the others their GPU minutes."""
+        try:
+            rest = list(fn())
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc()
+            self.errors.append(f"{name} / {prefix}: {type(e).__name__}: {e}")
+            rest = [f"error: {type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''}"]
+        width = len(self.sections[name]["header"])
+        self.row(name, list(prefix) + rest + [None] * (width - len(prefix) - len(rest)))
 
     def line(self, text: str):
         print(text, flush=True)
@@ -191,15 +203,16 @@ def inference_sections(S, device, report, over_budget):
             if over_budget():
                 report.row(fwd, [label, batch, "skipped (time budget)"] + [None] * 7)
                 continue
-            with torch.no_grad():
-                fa = bm.calls("unet", ours, batch, device, dtype)
-                fb = bm.calls("unet", theirs, batch, device, dtype)
-                first_a, first_b = _first_call_seconds(fa, device), _first_call_seconds(fb, device)
-                t_a, t_b, ratio = bm.time_pair(fa, fb, S.fwd_repeats, S.fwd_warmup, device)
-                mem_a = _peak_mib(device, fa)[1]
-                mem_b = _peak_mib(device, fb)[1]
-            report.row(fwd, [label, batch, 1e3 * t_a, 1e3 * t_b, ratio, batch / t_a, batch / t_b,
-                             f"{first_a:.2f} / {first_b:.2f}", mem_a, mem_b])
+            report.guarded_row(fwd, [label, batch], lambda: measure(batch, dtype))
+
+    @torch.no_grad()
+    def measure(batch, dtype):
+        fa = bm.calls("unet", ours, batch, device, dtype)
+        fb = bm.calls("unet", theirs, batch, device, dtype)
+        first_a, first_b = _first_call_seconds(fa, device), _first_call_seconds(fb, device)
+        t_a, t_b, ratio = bm.time_pair(fa, fb, S.fwd_repeats, S.fwd_warmup, device)
+        mem_a, mem_b = _peak_mib(device, fa)[1], _peak_mib(device, fb)[1]
+        return [1e3 * t_a, 1e3 * t_b, ratio, batch / t_a, batch / t_b, f"{first_a:.2f} / {first_b:.2f}", mem_a, mem_b]
 
     forward_rows("fp32", torch.float32)
     ours.to(torch.bfloat16)
@@ -233,17 +246,16 @@ def pipeline_section(S, device, report, ours_unet, theirs_unet, DDPMPipeline, DD
         f"fails in bf16, numpy has no bfloat16); median of {S.pipe_repeats} interleaved calls after one warm-up "
         "call each.")
     sched = DDPMScheduler(num_train_timesteps=1000)
-    for label, unet_a, unet_b in (("matched (hf_ddm UNet vs UNet2DModel)", ours_unet, theirs_unet),
-                                  ("one shared hf_ddm UNet (loop overhead)", ours_unet, ours_unet)):
+
+    def call(pipe):
+        return lambda: pipe(batch_size=S.pipe_batch, num_inference_steps=S.pipe_steps,
+                            generator=torch.Generator().manual_seed(0), output_type="np")
+
+    def measure(unet_a, unet_b):
         a = PixelDiffusionPipeline(unet_a, DDPMScheduler.from_config(sched.config)).to(device, torch.float16)
         b = DDPMPipeline(unet=unet_b, scheduler=DDPMScheduler.from_config(sched.config)).to(device, torch.float16)
         for pipe in (a, b):
             pipe.set_progress_bar_config(disable=True)
-
-        def call(pipe):
-            return lambda: pipe(batch_size=S.pipe_batch, num_inference_steps=S.pipe_steps,
-                                generator=torch.Generator().manual_seed(0), output_type="np")
-
         ca, cb = call(a), call(b)
         ca(), cb()  # warm-up
         ta, tb = [], []
@@ -251,8 +263,11 @@ def pipeline_section(S, device, report, ours_unet, theirs_unet, DDPMPipeline, DD
             for fn, acc in ((ca, ta), (cb, tb)) if r % 2 == 0 else ((cb, tb), (ca, ta)):
                 acc.append(_first_call_seconds(fn, device))
         mta, mtb = statistics.median(ta), statistics.median(tb)
-        report.row(name, [label, S.pipe_batch / mta, S.pipe_batch / mtb, mta / mtb, _peak_mib(device, ca)[1],
-                          _peak_mib(device, cb)[1]])
+        return [S.pipe_batch / mta, S.pipe_batch / mtb, mta / mtb, _peak_mib(device, ca)[1], _peak_mib(device, cb)[1]]
+
+    for label, unet_a, unet_b in (("matched (hf_ddm UNet vs UNet2DModel)", ours_unet, theirs_unet),
+                                  ("one shared hf_ddm UNet (loop overhead)", ours_unet, ours_unet)):
+        report.guarded_row(name, [label], lambda: measure(unet_a, unet_b))
 
 
 # ---- 3: training loops -------------------------------------------------------------------------------------
@@ -307,17 +322,20 @@ def training_section(S, device, report, over_budget, tmp: Path, cpu: bool):
             a = SimpleNamespace(resolution=S.train_resolution, batch_size=S.train_batch, steps=S.train_steps,
                                 warmup=S.train_warmup, mixed_precision="bf16", cpu=cpu, workers=S.workers,
                                 compile=compile_, compile_backend=S.compile_backend, allow_tf32=True, **unet)
-            run = f"{loop}_{'c' if compile_ else 'e'}"
-            with quiet:
-                if loop == "ddpm":
-                    ours, mem_o = _peak_mib(device, lambda: bt.run_hf_ddm(a, data, str(tmp / run)))
-                else:
-                    (ours, _), mem_o = _peak_mib(device, lambda: bt.run_ldm(a, data, str(vae_dir), str(tmp / run),
-                                                                             True))
-                theirs, mem_t = _peak_mib(device, lambda: bt.run_diffusers_style(a, data,
-                                                                                 vae if loop == "ldm" else None))
-            report.row(name, [loop, "yes" if compile_ else "no", ours, theirs, ours / theirs, mem_o, mem_t])
-            shutil.rmtree(tmp / run, ignore_errors=True)
+            run = tmp / f"{loop}_{'c' if compile_ else 'e'}"
+
+            def measure(a=a, loop=loop, run=run):
+                with quiet:
+                    if loop == "ddpm":
+                        ours, mem_o = _peak_mib(device, lambda: bt.run_hf_ddm(a, data, str(run)))
+                    else:
+                        (ours, _), mem_o = _peak_mib(device, lambda: bt.run_ldm(a, data, str(vae_dir), str(run), True))
+                    theirs, mem_t = _peak_mib(device, lambda: bt.run_diffusers_style(a, data,
+                                                                                     vae if loop == "ldm" else None))
+                shutil.rmtree(run, ignore_errors=True)
+                return [ours, theirs, ours / theirs, mem_o, mem_t]
+
+            report.guarded_row(name, [loop, "yes" if compile_ else "no"], measure)
 
 
 # ---- 4: the training stage ---------------------------------------------------------------------------------
@@ -329,7 +347,7 @@ def default_data_dir() -> str:
                      "/usr/share/datasets/fashion-mnist; pass --data-dir")
 
 
-def train_stage(args, S, device, report, seconds: float, dry: bool) -> None:
+def train_stage(args, S, device, report, seconds: float, dry: bool, deadline: float) -> None:
     import torch
 
     import bench_training as bt
@@ -353,10 +371,20 @@ def train_stage(args, S, device, report, seconds: float, dry: bool) -> None:
             "--report_to", "none", "--logging_steps", "100", "--output_dir", str(run_dir)]
     if dry or device.type != "cuda":
         argv.append("--cpu")
-    bt._reset()
-    with contextlib.redirect_stdout(sys.stderr):
-        result = bt._load("train_ddpm").main(argv)
-    bt._reset()
+    try:
+        result = _train_ddpm(bt, argv)
+    except Exception:  # noqa: BLE001
+        # Compilation fails at the first step, so little is lost: what is left of the budget trains eagerly.
+        left = deadline - time.perf_counter() - (5 if dry else 30)  # the save, the samples and the tar
+        if left < (1 if dry else 60):
+            raise
+        traceback.print_exc()
+        report.line(f"\n**training stage: the compiled run failed; training {left:.0f} s without --torch_compile**")
+        at = argv.index("--torch_compile")
+        argv = argv[:at] + argv[at + 3:]  # drops --torch_compile --torch_compile_backend <name>
+        argv[argv.index("--max_train_seconds") + 1] = str(min(seconds, left))
+        shutil.rmtree(run_dir, ignore_errors=True)
+        result = _train_ddpm(bt, argv)
     summary = result.summary
 
     out = Path(args.train_out)
@@ -381,6 +409,15 @@ def train_stage(args, S, device, report, seconds: float, dry: bool) -> None:
     report.row(name, [f"{cfg['channels']} x{cfg['layers']}, attention {cfg['attention']}", f"{params:,}",
                       cfg["batch"], steps, steps * cfg["batch"] / summary["examples"], secs,
                       steps * cfg["batch"] / secs, summary["mean_loss_last_10"], summary["stopped_by_time_budget"]])
+
+
+def _train_ddpm(bt, argv):
+    bt._reset()
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # the script's prints stay out of the Markdown
+            return bt._load("train_ddpm").main(argv)
+    finally:
+        bt._reset()
 
 
 def pack_folder(folder: Path, tar_path: Path, part_bytes: int = PART_BYTES) -> list:
@@ -476,12 +513,14 @@ def main(argv=None):
     failed = []
     while jobs or later:
         label, job = jobs.pop(0) if jobs else later.pop(0)
+        started = time.perf_counter()
         try:
             job()
         except Exception:  # one broken section must not cost the others their (GPU) minutes
             traceback.print_exc()
             failed.append(label)
             report.line(f"\n**section {label} failed**: {traceback.format_exc().strip().splitlines()[-1]}")
+        report.line(f"\n({label}: {time.perf_counter() - started:.0f} s)")
         if device.type == "cuda":
             torch.cuda.empty_cache()
     if args.train_stage:
@@ -493,12 +532,14 @@ def main(argv=None):
             failed.append("train-stage")
         else:
             try:
-                train_stage(args, S, device, report, seconds, args.dry_run)
+                deadline = time.perf_counter() + seconds + overhead
+                train_stage(args, S, device, report, seconds, args.dry_run, deadline)
             except Exception:
                 traceback.print_exc()
                 failed.append("train-stage")
                 report.line(f"\n**training stage failed**: {traceback.format_exc().strip().splitlines()[-1]}")
-    report.line(f"\nsuite wall time {time.perf_counter() - t0:.0f} s")
+    failed += report.errors
+    report.line(f"\nsuite wall time {time.perf_counter() - t0:.0f} s" + (f"; failed: {failed}" if failed else ""))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         with open(args.json, "w") as f:

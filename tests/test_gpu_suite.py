@@ -98,3 +98,25 @@ def test_suite_maps_hf_ddm_pipelines_from_a_plain_checkout(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     init, pixel = proc.stdout.split()
     assert init == str(REPO / "pipelines" / "__init__.py") and pixel == str(REPO / "pipelines" / "pixel_pipeline.py")
+
+
+def test_training_stage_falls_back_to_eager_when_compilation_fails(tmp_path, capsys):
+    """A GPU image without a working compiler must still produce the trained model."""
+    import gpu_suite
+
+    gpu_suite.ensure_hf_ddm_pipelines()
+    data = gpu_suite.synthetic_idx(tmp_path / "data", 16, 32)
+    S = argparse_ns(**{**vars(gpu_suite.DRY), "compile_backend": "no_such_backend"})
+    args = argparse_ns(data_dir=str(data), work=str(tmp_path / "work"), train_out=str(tmp_path / "out"))
+    report = gpu_suite.Report()
+    gpu_suite.train_stage(args, S, torch.device("cpu"), report, 60.0, True, deadline=float("inf"))
+    assert "without --torch_compile" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "out" / "train_summary.json").read_text())
+    assert summary["global_step"] == 4
+    assert list((tmp_path / "out").glob("ddpm_pipeline.tar.part-*"))
+
+
+def argparse_ns(**kw):
+    import types
+
+    return types.SimpleNamespace(**kw)
