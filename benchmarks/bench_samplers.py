@@ -1,7 +1,8 @@
 """Sampler accuracy vs NFE on the exact Gaussian-mixture model, and per-step cost vs diffusers.
 
-    python benchmarks/bench_samplers.py            # full tables (NFE 5, 10, 20, 50, 100)
+    python benchmarks/bench_samplers.py            # full tables (NFE 5, 10, 20, 50, 100), three schedules
     python benchmarks/bench_samplers.py --quick    # NFE 10, 20, fewer samples / repetitions
+    python benchmarks/bench_samplers.py --schedules cosine --no-timing
     python benchmarks/bench_samplers.py --json out.json
 
 Accuracy: every sampler gets the *exact* network output of a 2-D Gaussian mixture (hf_ddm.mixture),
@@ -11,8 +12,12 @@ sliced 2-Wasserstein distance (SW) and the mean relative error of the within-com
 (std err); "floor" is the same metric for a second, independent true sample set (the noise floor).
 All samplers start from the same noise draws. NFE is the number of model calls actually made.
 
-diffusers' schedulers run on the discrete linear-beta VP schedule (1e-4..0.02, T = 1000). Their
-oracle sees the model input the way each scheduler presents it: DDIM at alphas_cumprod[timestep];
+Schedules: the model is one trained on a discrete diffusers VP schedule -- "linear" (1e-4..0.02, T =
+1000; DDPM), "scaled_linear" (0.00085..0.012; Stable Diffusion) or "cosine" (squaredcos_cap_v2;
+improved DDPM). diffusers' schedulers run on that schedule from its config; hf_ddm's run on it through
+``SDEScheduler.from_config(<the DDPM config>)`` (exact at the train timesteps, log-SNR linear between)
+and ``VPScheduler``. On the linear schedule the table also keeps the continuous VP / sub-VP / VE SDE
+rows (each on its own exact oracle: a sampler comparison, not the same model). diffusers' oracle sees the model input the way each scheduler presents it: DDIM at alphas_cumprod[timestep];
 Euler / Heun / DPM-Solver++ / UniPC at sigma = scheduler.sigmas[step_index] (Karras or not), i.e.
 a = 1/sqrt(1 + sigma^2), s = sigma a on the (scaled, for Euler/Heun) model input.
 
@@ -48,7 +53,12 @@ from hf_ddm.schedulers.sde import SDEScheduler  # noqa: E402
 MEANS = [[-1.0, -0.5], [1.0, -0.5], [0.0, 1.0]]
 WEIGHTS = [0.5, 0.3, 0.2]
 MIXTURES = {"narrow": 0.05, "broad": 0.35}
-VP_DISCRETE = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+SCHEDULES = {
+    "linear": dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear"),
+    "scaled_linear": dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
+    "cosine": dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2"),
+}
+VP_DISCRETE = SCHEDULES["linear"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -56,19 +66,34 @@ VP_DISCRETE = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, bet
 # ------------------------------------------------------------------------------------------------
 
 
-def _ours():
+def _ours(vp=VP_DISCRETE, continuous=True):
     out = {}
 
     def sde(name, steps_for, grid_note, **cfg):
         out[name] = (lambda nfe, cfg=cfg: (SDEScheduler(**cfg), steps_for(nfe)), "own", grid_note, "hf_ddm")
 
+    def on_schedule(name, steps_for, grid_note, **kw):
+        # The model's own discrete schedule, read from its diffusers config as a user would.
+        config = {**vp, "prediction_type": "epsilon", "clip_sample": False}
+        out[name] = (lambda nfe, kw=kw: (SDEScheduler.from_config(config, **kw), steps_for(nfe)), "own", grid_note,
+                     "hf_ddm")
+
     one = lambda nfe: nfe  # noqa: E731
     heun = lambda nfe: max(1, (nfe + 1) // 2)  # noqa: E731  2N - 1 calls
     pc = lambda nfe: max(1, nfe // 2)  # noqa: E731  2N calls
-    for s in ("vp", "subvp", "ve"):
+    for order in (3, 2):
+        on_schedule(f"sde-vp(schedule) multistep-{order}M", one, "log-SNR uniform", solver="multistep", solver_order=order)
+    on_schedule("sde-vp(schedule) multistep-2M rho", one, "rho=7", solver="multistep", solver_order=2, time_grid="rho")
+    on_schedule("sde-vp(schedule) ode_heun", heun, "rho=7", solver="ode_heun", time_grid="rho")
+    on_schedule("sde-vp(schedule) ode_euler", one, "rho=7", solver="ode_euler", time_grid="rho")
+    on_schedule("sde-vp(schedule) ancestral", one, "log-SNR uniform", solver="ancestral")
+    on_schedule("sde-vp(schedule) pc", pc, "log-SNR uniform", solver="pc")
+    for s in (("vp", "subvp", "ve") if continuous else ()):
         for order in (3, 2):
             sde(f"sde-{s} multistep-{order}M", one, "log-SNR uniform", sde=s, solver="multistep", solver_order=order,
                 time_grid="log_snr")
+    if not continuous:
+        return _vp_discrete(out, vp)
     sde("sde-vp multistep-2M rho", one, "rho=7", sde="vp", solver="multistep", solver_order=2, time_grid="rho")
     sde("sde-vp ode_heun", heun, "rho=7", sde="vp", solver="ode_heun", time_grid="rho")
     sde("sde-ve ode_heun", heun, "rho=7", sde="ve", solver="ode_heun", time_grid="rho")
@@ -78,16 +103,7 @@ def _ours():
     sde("sde-vp euler_maruyama", one, "log-SNR uniform", sde="vp", solver="euler_maruyama", time_grid="log_snr")
     sde("sde-vp pc", pc, "log-SNR uniform", sde="vp", solver="pc", time_grid="log_snr")
     sde("sde-subvp pc", pc, "log-SNR uniform", sde="subvp", solver="pc", time_grid="log_snr")
-    try:
-        from hf_ddm.schedulers.vp import VPScheduler
-
-        for sampler, spacing in (("ddim", "trailing"), ("ddim", "leading"), ("ddpm", "trailing")):
-            out[f"VPScheduler {sampler} ({spacing})"] = (
-                lambda nfe, sampler=sampler, spacing=spacing: (
-                    VPScheduler(**VP_DISCRETE, sampler=sampler, clip_sample=False, timestep_spacing=spacing), nfe),
-                "own", f"discrete linear-beta, {spacing}", "hf_ddm")
-    except Exception as exc:  # noqa: BLE001
-        print(f"note: VPScheduler not available ({type(exc).__name__}: {exc}); skipped")
+    _vp_discrete(out, vp)
     try:
         from hf_ddm.schedulers.ve import VEScheduler
 
@@ -97,7 +113,19 @@ def _ours():
     return out
 
 
-def _diffusers():
+def _vp_discrete(out, vp):
+    from hf_ddm.schedulers.vp import VPScheduler
+
+    for sampler, spacing in (("ddim", "trailing"), ("ddim", "leading"), ("ddpm", "trailing")):
+        out[f"VPScheduler {sampler} ({spacing})"] = (
+            lambda nfe, sampler=sampler, spacing=spacing: (
+                VPScheduler(**vp, sampler=sampler, clip_sample=False, timestep_spacing=spacing), nfe),
+            "own", f"discrete, {spacing}", "hf_ddm")
+    return out
+
+
+def _diffusers(vp=VP_DISCRETE):
+    VP_DISCRETE = vp  # noqa: N806  the schedule every diffusers scheduler below is built on
     from diffusers import (
         DDIMScheduler,
         DPMSolverMultistepScheduler,
@@ -127,11 +155,11 @@ def _diffusers():
     return out
 
 
-def _oracle(mix, sched, kind):
+def _oracle(mix, sched, kind, vp=VP_DISCRETE):
     if kind == "own":
         return mix.model(sched.marginal, sched.config.prediction_type)
     if kind == "ddim":
-        return mix.model(DiscreteVP.from_schedule(**VP_DISCRETE).marginal, "epsilon")
+        return mix.model(DiscreteVP.from_schedule(**vp).marginal, "epsilon")
 
     def marginal(t):  # the sigma this scheduler is at right now, whatever timestep it passes
         idx = sched.step_index if sched.step_index is not None else (sched.begin_index or 0)
@@ -158,7 +186,7 @@ def std_err(mix, x, ref):
     return float((mix.within_component_std(x) / mix.within_component_std(ref) - 1).abs().mean())
 
 
-def accuracy(nfes, n, samplers):
+def accuracy(nfes, n, samplers, vp=VP_DISCRETE):
     results = {}
     for mname, std in MIXTURES.items():
         mix = GaussianMixture(MEANS, std, WEIGHTS)
@@ -170,8 +198,12 @@ def accuracy(nfes, n, samplers):
             row = {}
             for nfe in nfes:
                 sched, steps = factory(nfe)
-                model = _oracle(mix, sched, kind)
-                x = sample(sched, model, steps, n, seed=0)
+                model = _oracle(mix, sched, kind, vp)
+                try:
+                    x = sample(sched, model, steps, n, seed=0)
+                except (IndexError, RuntimeError, ValueError, AssertionError) as exc:  # crashes on this schedule
+                    print(f"note: {name} at NFE {nfe} failed: {type(exc).__name__}: {exc}")
+                    x = torch.full((1,), float("nan"))
                 ok = bool(torch.isfinite(x).all())
                 row[nfe] = {
                     "nfe": model.calls,
@@ -243,11 +275,27 @@ def step_cost(reps, steps=20, shape=(16, 3, 64, 64)):
 # ------------------------------------------------------------------------------------------------
 
 
-def markdown(results, costs, nfes):
+def best_ratios(results, nfes):
+    """(mixture, NFE, metric) -> (best hf_ddm, best diffusers, ratio) over samplers within the NFE."""
+    out = {}
+    for mname, res in results.items():
+        for k in nfes:
+            for metric in ("sw", "std_err"):
+                best = {}
+                for lib in ("hf_ddm", "diffusers"):
+                    cand = [(row["by_nfe"][k][metric], name) for name, row in res["rows"].items()
+                            if row["lib"] == lib and row["by_nfe"][k]["nfe"] <= k and row["by_nfe"][k][metric] == row["by_nfe"][k][metric]]
+                    best[lib] = min(cand) if cand else (float("nan"), "-")
+                ratio = best["hf_ddm"][0] / best["diffusers"][0] if best["diffusers"][0] else float("nan")
+                out[(mname, k, metric)] = (best["hf_ddm"], best["diffusers"], ratio)
+    return out
+
+
+def markdown(results, costs, nfes, schedule="linear"):
     lines = []
     for mname, res in results.items():
         fl = res["floor"]
-        lines.append(f"\n### {mname} modes (component std {MIXTURES[mname]}): SW / std err  "
+        lines.append(f"\n### {schedule} schedule, {mname} modes (component std {MIXTURES[mname]}): SW / std err  "
                      f"(noise floor: SW {fl['sw']:.4f}, std err {fl['std_err']:.3f})\n")
         lines.append("| sampler | grid | " + " | ".join(f"NFE {k}" for k in nfes) + " |")
         lines.append("|---|---|" + "---|" * len(nfes))
@@ -262,14 +310,11 @@ def markdown(results, costs, nfes):
         lines.append("Best at equal NFE (metric of the best sampler of each library, ratio hf_ddm / diffusers; < 1 is better):\n")
         lines.append("| NFE | metric | best hf_ddm | best diffusers | ratio |")
         lines.append("|---|---|---|---|---|")
+        ratios = best_ratios({mname: res}, nfes)
         for k in nfes:
             for metric in ("sw", "std_err"):
-                best = {}
-                for lib in ("hf_ddm", "diffusers"):
-                    cand = [(row["by_nfe"][k][metric], name) for name, row in res["rows"].items()
-                            if row["lib"] == lib and row["by_nfe"][k]["nfe"] <= k and row["by_nfe"][k][metric] == row["by_nfe"][k][metric]]
-                    best[lib] = min(cand) if cand else (float("nan"), "-")
-                ratio = best["hf_ddm"][0] / best["diffusers"][0] if best["diffusers"][0] else float("nan")
+                ours, theirs, ratio = ratios[(mname, k, metric)]
+                best = {"hf_ddm": ours, "diffusers": theirs}
                 lines.append(f"| {k} | {metric} | {best['hf_ddm'][0]:.4f} ({best['hf_ddm'][1]}) | "
                              f"{best['diffusers'][0]:.4f} ({best['diffusers'][1]}) | {ratio:.2f} |")
     if costs:
@@ -287,15 +332,33 @@ def main(argv=None):
     p.add_argument("--json", help="also write the raw results here")
     p.add_argument("--samples", type=int, default=None)
     p.add_argument("--no-timing", action="store_true")
+    p.add_argument("--schedules", default=",".join(SCHEDULES), help=f"comma-separated, of {list(SCHEDULES)}")
     args = p.parse_args(argv)
+    schedules = [s for s in args.schedules.split(",") if s]
+    for s in schedules:
+        if s not in SCHEDULES:
+            p.error(f"--schedules: unknown schedule {s!r}; choose from {list(SCHEDULES)}")
     nfes = [10, 20] if args.quick else [5, 10, 20, 50, 100]
     n = args.samples or (2000 if args.quick else 4000)
-    samplers = {**_ours(), **_diffusers()}
     t0 = time.time()
-    results = accuracy(nfes, n, samplers)
+    results = {}
+    for s in schedules:
+        vp = SCHEDULES[s]
+        samplers = {**_ours(vp, continuous=(s == "linear")), **_diffusers(vp)}
+        results[s] = accuracy(nfes, n, samplers, vp)
     costs = {} if args.no_timing else step_cost(reps=7 if args.quick else 25)
     print(f"\n## Sampler benchmark ({n} samples, exact mixture model; {time.time() - t0:.0f} s)")
-    print(markdown(results, costs, nfes))
+    print("\n### Best of each library at equal NFE, per schedule (ratio hf_ddm / diffusers; < 1 is better)\n")
+    print("| schedule | modes | NFE | metric | best hf_ddm | best diffusers | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    for s in schedules:
+        for (mname, k, metric), (ours, theirs, ratio) in best_ratios(results[s], nfes).items():
+            if k in (10, 20):
+                print(f"| {s} | {mname} | {k} | {metric} | {ours[0]:.4f} ({ours[1]}) | {theirs[0]:.4f} ({theirs[1]}) | {ratio:.2f} |")
+    for s in schedules:
+        print(markdown(results[s], {}, nfes, schedule=s))
+    if costs:
+        print(markdown({}, costs, nfes))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"nfes": nfes, "samples": n, "accuracy": results, "step_cost": costs}, f, indent=1, default=str)

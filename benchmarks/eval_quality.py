@@ -67,25 +67,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import quality_metrics as qm  # noqa: E402
 import reference_classifier as rc  # noqa: E402
 
-# name -> (module, class, config overrides). Anything else: "module:Class" or a diffusers class name.
-_HF = "hf_ddm.schedulers"
-SCHEDULERS = {
-    "vp-ddpm": (f"{_HF}.vp", "VPScheduler", {"sampler": "ddpm"}),
-    "vp-ddim": (f"{_HF}.vp", "VPScheduler", {"sampler": "ddim"}),
-    "ve-ancestral": (f"{_HF}.ve", "VEScheduler", {"predictor": "ancestral"}),
-    "ve-reverse_diffusion": (f"{_HF}.ve", "VEScheduler", {"predictor": "reverse_diffusion"}),
-    **{f"sde-{s}": (f"{_HF}.sde", "SDEScheduler", {"solver": s}) for s in
-       ("euler_maruyama", "reverse_diffusion", "ancestral", "ode_euler", "ode_heun", "pc", "multistep")},
-    "sde-multistep3": (f"{_HF}.sde", "SDEScheduler", {"solver": "multistep", "solver_order": 3}),
-    "ddpm": ("diffusers", "DDPMScheduler", {}),
-    "ddim": ("diffusers", "DDIMScheduler", {}),
-    "dpm++": ("diffusers", "DPMSolverMultistepScheduler", {}),
-    "dpm++-karras": ("diffusers", "DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
-    "euler": ("diffusers", "EulerDiscreteScheduler", {}),
-    "euler-a": ("diffusers", "EulerAncestralDiscreteScheduler", {}),
-    "heun": ("diffusers", "HeunDiscreteScheduler", {}),
-    "unipc": ("diffusers", "UniPCMultistepScheduler", {}),
-}
+# The library's sampler catalogue by name; anything else: "module:Class" or a diffusers class name.
+from hf_ddm.catalogue import SAMPLERS  # noqa: E402
+
+SCHEDULERS = {name: (spec.module, spec.cls, dict(spec.overrides)) for name, spec in SAMPLERS.items()}
 
 
 def log(msg: str):

@@ -17,4 +17,4 @@ from .processes import (
 )
 from .schedulers import SDEScheduler, VEScheduler, VPScheduler
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one version source: pyproject.toml reads it (dynamic version)

@@ -12,7 +12,6 @@ import importlib
 import inspect
 import json
 import os
-import shutil
 import sys
 from typing import Callable, Dict, List, Optional, Union
 
@@ -22,6 +21,82 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+# hf_ddm is not on PyPI (the name `hf-ddm` is still free there, so installing by that name finds nothing):
+# every message that tells a user how to get it says this.
+INSTALL_HINT = ("hf_ddm is not on PyPI: install it from a clone of its repository, `pip install -e <clone>` "
+                "(distribution name `hf-ddm`)")
+
+# Keys under which diffusers / transformers record where a component was loaded from.
+_ORIGIN_KEYS = ("_name_or_path", "name_or_path")
+
+
+def is_hub_id(value) -> bool:
+    """True for a Hub repo id ("user/name", "name") that is not also a path on this machine."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not isinstance(value, str) or not value or os.path.isabs(value) or value.startswith((".", "~")):
+        return False
+    if os.path.exists(value):
+        return False
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        return False
+    return True
+
+
+def strip_local_origins(folder) -> List[str]:
+    """Remove every ``_name_or_path`` that is a path on this machine from the JSON configs under ``folder``
+    (a Hub id stays). diffusers records where each component was loaded from and saves it again; a local
+    path there publishes the training machine's layout, and the loader sets the key afresh on load anyway.
+    Returns the files changed."""
+    changed = []
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            if not name.endswith(".json"):
+                continue
+            path = os.path.join(root, name)
+            try:
+                with open(path, encoding="utf-8") as f:
+                    data = json.load(f)
+            except (OSError, ValueError):
+                continue
+            if not isinstance(data, dict):
+                continue
+            drop = [k for k in _ORIGIN_KEYS if k in data and not is_hub_id(data[k])]
+            if not drop:
+                continue
+            for k in drop:
+                del data[k]
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=2, sort_keys=True)
+                f.write("\n")
+            changed.append(path)
+    return changed
+
+
+def _with_install_guard(code: str) -> str:
+    """A pipeline file of a ``portable=False`` folder imports the installed hf_ddm; where it is missing,
+    stop with how to install it (diffusers' generic import check would suggest a PyPI name that does not
+    exist) instead of a bare ModuleNotFoundError. The guard goes right before the first hf_ddm import, so
+    a module docstring and ``from __future__`` imports stay first."""
+    import ast
+
+    tree = ast.parse(code)
+    first = next((n for n in tree.body if isinstance(n, ast.ImportFrom) and not n.level
+                  and (n.module or "").split(".")[0] == "hf_ddm"), None)
+    if first is None:
+        return code
+    lines = code.splitlines(keepends=True)
+    guard = (
+        "import importlib.util as _importlib_util\n"
+        "\n"
+        "if _importlib_util.find_spec(\"hf_ddm\") is None:  # saved with portable=False: needs the installed hf_ddm\n"
+        f"    raise ImportError({('This folder was saved with save_pretrained(portable=False) and needs the hf_ddm package. ' + INSTALL_HINT + '; or re-save the folder with portable=True where hf_ddm is installed.')!r})\n"
+        "\n"
+    )
+    return "".join(lines[: first.lineno - 1]) + guard + "".join(lines[first.lineno - 1:])
 
 
 class HfDdmPipeline(DiffusionPipeline):
@@ -215,17 +290,19 @@ class HfDdmPipeline(DiffusionPipeline):
                         config[component] = [module, entry[1]]
         return out
 
-    def save_pretrained(self, save_directory, *args, portable: bool = False, **kwargs):
+    def save_pretrained(self, save_directory, *args, portable: bool = True, **kwargs):
         """diffusers' save, plus this pipeline's code file beside model_index.json, named in its
         ``_class_name`` as ``[module, Class]``: ``DiffusionPipeline.from_pretrained(dir,
         trust_remote_code=True)`` then returns this class, not a diffusers one of the same name.
 
-        ``portable=True`` also makes the folder load where hf_ddm is not installed: each hf_ddm component's
+        ``portable=True`` (the default) also makes the folder load where hf_ddm is not installed: each hf_ddm component's
         subfolder, and the root, carry the hf_ddm modules they need (imports rewritten to same-folder
         relative ones) and model_index.json names that code, for ``DiffusionPipeline.from_pretrained(dir,
         trust_remote_code=True)``; ``<ThisClass>.from_pretrained(dir)`` still loads the installed classes.
         The bundled code is a snapshot of this hf_ddm; diffusers/transformers components are untouched
         and must be installed where the folder is loaded. Details and limits: ``hf_ddm.portable``.
+        ``portable=False`` names the installed modules instead: the folder then loads only where hf_ddm is
+        installed, and its pipeline file says how to install it when it is not.
 
         ``push_to_hub=True`` (with diffusers' ``repo_id``, ``token``, ``private``, ``create_pr``,
         ``commit_message``) uploads the folder once it is complete, code files included."""
@@ -234,7 +311,10 @@ class HfDdmPipeline(DiffusionPipeline):
         super().save_pretrained(save_directory, *args, **kwargs)
         source = self._pipeline_file or inspect.getfile(type(self))
         module = os.path.splitext(os.path.basename(source))[0]
-        shutil.copyfile(source, os.path.join(save_directory, module + ".py"))
+        with open(source, encoding="utf-8") as f:
+            code = f.read()
+        with open(os.path.join(save_directory, module + ".py"), "w", encoding="utf-8") as f:
+            f.write(code if portable else _with_install_guard(code))
         index_path = os.path.join(save_directory, "model_index.json")
         with open(index_path) as f:
             index = json.load(f)
@@ -248,8 +328,10 @@ class HfDdmPipeline(DiffusionPipeline):
             try:
                 make_portable = importlib.import_module("hf_ddm.portable").make_portable
             except ImportError as err:
-                raise RuntimeError("save_pretrained(portable=True) needs the installed hf_ddm package") from err
+                raise RuntimeError(f"save_pretrained(portable=True) needs the installed hf_ddm package; {INSTALL_HINT}. "
+                                   "Or save with portable=False.") from err
             make_portable(self, save_directory, source)
+        strip_local_origins(save_directory)
         if push:
             import huggingface_hub
 
@@ -263,4 +345,4 @@ class HfDdmPipeline(DiffusionPipeline):
             )
 
 
-__all__ = ["HfDdmPipeline", "OUTPUT_TYPES"]
+__all__ = ["HfDdmPipeline", "OUTPUT_TYPES", "INSTALL_HINT", "is_hub_id", "strip_local_origins"]

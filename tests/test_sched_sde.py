@@ -81,7 +81,8 @@ def test_langevin_corrector_runs_on_subvp():
     sched = SDEScheduler(sde="subvp", solver="pc", correct_steps=2)
     sched.set_timesteps(5)
     assert len(sched.timesteps) == 15 and sched.order == 3
-    scales = [c["scale"] for (kind, _), c in zip(sched._plan, sched._coef) if kind == "correct"]
+    pts = sched._points
+    scales = [(pts[i].a / pts[i + 1].a) ** 2 for kind, i in sched._plan if kind == "correct"]
     assert all(0 < s <= 1 for s in scales)  # exact r^2: never negative, unlike 1 - beta(t)/N
     x, _ = run(sched, GaussianMixture(MEANS, 0.35, WEIGHTS), 5, n=64)
     assert torch.isfinite(x).all()
@@ -92,7 +93,7 @@ def test_reverse_diffusion_subvp_uses_exact_transition_not_euler_maruyama():
     sched.set_timesteps(4)
     x = torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     eps = torch.randn(8, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    t, t1 = torch.tensor(sched._t[0], dtype=torch.float64), torch.tensor(sched._t[1], dtype=torch.float64)
+    t, t1 = torch.tensor(sched._points[0].t, dtype=torch.float64), torch.tensor(sched._points[1].t, dtype=torch.float64)
     out = sched.step(eps, sched.timesteps[0], x, generator=torch.Generator().manual_seed(2)).prev_sample
     z = torch.randn(8, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     r, g2 = sched.process.transition(t1, t)

@@ -68,3 +68,25 @@ def test_a_component_that_is_not_there_is_named(runs):
         _ship()([str(ldm_run), str(tmp / "out"), "--command", "x", "--component_card", f"text_encoder={vae_run}"])
     with pytest.raises(SystemExit, match="NAME=VALUE"):
         _ship()([str(ldm_run), str(tmp / "out2"), "--command", "x", "--component_card", "vae"])
+
+
+def test_cards_carry_hub_metadata_and_refresh_keeps_weights(runs):
+    from huggingface_hub import ModelCard
+
+    tmp, vae_run, ldm_run, ev = runs
+    dest = tmp / "space" / "ldm_class"
+    _ship()([str(ldm_run), str(dest), "--command", f"bash recipe.sh ldm --output_dir {ldm_run}", "--component_card",
+             f"vae={vae_run}"])
+    data = ModelCard.load(dest / "README.md").data
+    assert data.library_name == "diffusers" and data.pipeline_tag == "unconditional-image-generation"
+    assert data.datasets == ["zalando-datasets/fashion_mnist"] and "latent-diffusion" in data.tags
+    card = (dest / "README.md").read_text()
+    assert str(tmp) not in card and 'class_labels=["c0"] * 2, guidance_scale=3.0' in card
+    weights = (dest / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    (dest / "unet" / "config.json").write_text(
+        (dest / "unet" / "config.json").read_text().replace('"_class_name"', f'"_name_or_path": "{tmp}/x", "_class_name"'))
+    _ship()(["--refresh", str(dest)])
+    assert (dest / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == weights
+    assert str(tmp) not in (dest / "unet" / "config.json").read_text()
+    assert "bash recipe.sh ldm" in (dest / "README.md").read_text()
+    assert ModelCard.load(dest / "vae" / "README.md").data.tags[:2] == ["hf_ddm", "diffusers"]

@@ -235,6 +235,38 @@ def test_class_by_index_is_accepted(app):
     assert gallery[0][1].startswith("dress")
 
 
+def test_class_names_match_case_insensitively(app):
+    """The Space README's API example sends "sneaker"; the shipped model's name is "Sneaker"."""
+    gallery, _, _ = run(app, "ldm_class", class_name="  DRESS ")
+    assert gallery[0][1].startswith("dress")
+    with pytest.raises(gr.Error, match="Unknown class"):
+        run(app, "ldm_class", class_name="dres")
+
+
+def test_one_image_per_class_of_ten_in_one_run(space_env):
+    assert Limits().max_images >= 10
+    ten = SpaceApp(limits=Limits(max_queue=2))
+    gallery, _, _ = run(ten, "ldm_class", class_name=CYCLE, n=10)
+    assert len(gallery) == 10 and len({c.split(" ·")[0] for _, c in gallery}) == 10
+
+
+def test_gallery_grows_with_its_rows(space_env):
+    demo = build_demo(SpaceApp(), preload=False)
+    gallery = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "gallery"][0]
+    assert gallery.height in (None, "auto")  # a fixed height hid every row after the first
+
+
+def test_status_shows_no_server_path(app):
+    import dataclasses
+
+    from hf_ddm_space.ui import public_source
+
+    model = dataclasses.replace(app.registry.get("ddpm"), source="folder:/srv/space/models/ddpm")
+    status = app.model_status(model)
+    assert "/srv" not in status and "ddpm/" in status
+    assert public_source("hub:someone/model@v1") == "someone/model@v1"
+
+
 # ------------------------------------------------------------------------------------------------
 # Failures stay inside one request
 # ------------------------------------------------------------------------------------------------
@@ -481,3 +513,45 @@ def test_deploy_assembles_a_self_contained_space(tmp_path):
     readme = (out / "README.md").read_text()
     assert readme.startswith("---\n") and "sdk: gradio" in readme and "app_file: app.py" in readme
     assert "screenshot.png" in readme and (out / "screenshot.png").exists()
+
+
+def test_cancelled_request_stops_its_work_between_steps(served, app, monkeypatch):
+    """A cancelled HTTP request must stop sampling, not just free its slot: four submit-and-cancel cycles
+    left 2, 4, 6, 6 generations running before. The U-Net is held inside step 1 until the cancellation
+    has reached the request, then released: the request stops after that step instead of running all 12."""
+    import threading
+    import time
+
+    _, client = served
+    unet = app.registry.get("ddpm").pipe.unet
+    real_forward, calls = unet.forward, []
+    started, release = threading.Event(), threading.Event()
+
+    def held_forward(*a, **kw):
+        calls.append(1)
+        started.set()
+        release.wait(60)
+        return real_forward(*a, **kw)
+
+    monkeypatch.setattr(unet, "forward", held_forward)
+
+    def wait_for(condition, what):  # a deadline against hangs, not a timing assertion
+        deadline = time.monotonic() + 60
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.02)
+
+    for cycle in range(4):
+        calls.clear()
+        started.clear()
+        release.clear()
+        job = client.submit("ddpm", AS_SAVED, 12, 1.0, None, "", cycle, 1, "off", 0, api_name="/generate")
+        assert started.wait(60)
+        job.cancel()
+        wait_for(lambda: app.working_cancelled == 1, "the cancellation to reach the generation")
+        release.set()
+        wait_for(lambda: app.working == 0, "the cancelled generation to stop")
+        assert len(calls) == 1, f"cycle {cycle}: {len(calls)} of 12 steps ran after the cancellation"
+    monkeypatch.undo()
+    gallery, _, _ = client.predict("ddpm", AS_SAVED, 2, 1.0, None, "", 0, 1, "off", 0, api_name="/generate")
+    assert len(gallery) == 1  # the app serves the next request

@@ -237,3 +237,24 @@ def test_pad_fit_keeps_pixels_and_pads_with_background():
     border[2:30, 2:30] = False
     assert (y[:, :, border] == -1).all()
     assert _to_model_range(x, 32, 1, "resize").shape == (3, 1, 32, 32)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--num_epochs", "0"], "--num_epochs must be >= 1"),
+    (["--max_train_samples", "-5"], "--max_train_samples must be >= 1"),
+    (["--max_grad_norm", "-1"], "--max_grad_norm must be >= 0"),
+    (["--max_grad_norm", "nan"], "--max_grad_norm must be >= 0"),
+    (["--ema_max_decay", "2"], "--ema_max_decay must be in [0, 1]"),
+    (["--lr_warmup_steps", "-1"], "--lr_warmup_steps must be >= 0"),
+    (["--learning_rate", "0"], "--learning_rate must be a positive number"),
+    (["--ema_power", "-0.5"], "--ema_power must be a positive number"),
+])
+def test_training_values_that_would_train_wrong_are_refused_by_flag(capsys, bad, message):
+    from hf_ddm.training import parse_args
+
+    parser = load_script("train_ddpm").build_parser()
+    with pytest.raises(SystemExit) as e:
+        parse_args(parser, ["--data_dir", "unused", *bad])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    ok = parse_args(parser, ["--data_dir", "unused", "--num_epochs", "0", "--max_train_steps", "3"])
+    assert ok.max_train_steps == 3  # --max_train_steps overrides --num_epochs

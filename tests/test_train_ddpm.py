@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import faults
 from test_train_common import (FAST, REPO, TINY_UNET, idx_data, require_scheduler, run_script,  # noqa: F401
                                run_subprocess)
 
@@ -66,11 +68,12 @@ def test_ddpm_other_processes(idx_data, tmp_path, process):
     assert summary["global_step"] == 2 and summary["final_loss"] == summary["final_loss"]  # finite
 
 
-def test_nan_loss_stops_with_step_and_saves_nothing_corrupt(idx_data, tmp_path, capsys):
+def test_nan_loss_stops_with_step_and_saves_nothing_corrupt(idx_data, tmp_path, capsys, monkeypatch):
     require_scheduler("vp")
     out = tmp_path / "run"
-    run_script("train_ddpm", ddpm_args(idx_data, out, "--max_train_steps", "6", "--checkpointing_steps", "2",
-                                       "--_inject_nan_at_step", "3"), expect_rc=3)
+    faults.install(monkeypatch.setattr, nan_in_loss=3)  # no accumulation: the 3rd loss is optimizer step 3's
+    run_script("train_ddpm", ddpm_args(idx_data, out, "--max_train_steps", "6", "--checkpointing_steps", "2"),
+               expect_rc=3)
     err = capsys.readouterr().err
     assert "at optimizer step 3" in err and "checkpoint-2" in err
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(("checkpoint", ".tmp"))) == ["checkpoint-2"]
@@ -101,30 +104,43 @@ def _same_params(a: Path, b: Path):
         assert torch.equal(sa[k], sb[k]), k
 
 
-def test_kill_during_checkpoint_write_then_resume_matches_uninterrupted(idx_data, tmp_path):
-    """SIGKILL half-way through writing checkpoint-4 (mid-epoch, with gradient accumulation and EMA);
-    `--resume_from_checkpoint latest` continues from checkpoint-2 to the same parameters, LR and step count."""
+def _killed(out, args, **fault):
+    """Run train_ddpm in a subprocess that SIGKILLs itself at the fault (see tests/faults.py)."""
+    flags = [x for k, v in fault.items() for x in (f"--{k}", v)]
+    proc = run_subprocess([sys.executable, "tests/faults.py", *flags, "--", "train/train_ddpm.py", *args], check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+
+
+def test_sigkill_mid_step_and_mid_checkpoint_in_later_epochs_then_resume_is_bit_exact(idx_data, tmp_path):
+    """16 examples, 2 optimizer steps per epoch (batch 4, accumulation 2), checkpoints every 3 steps.
+    Killed inside step 6 (epoch 2; resumes from checkpoint-3, inside epoch 1), then killed again while
+    writing checkpoint-6 (the end of epoch 2), then resumed to step 9: the same weights (trained and EMA),
+    optimizer, LR schedule and step count as the uninterrupted run."""
     require_scheduler("vp")
-    common = ["--max_train_steps", "6", "--checkpointing_steps", "2", "--gradient_accumulation_steps", "2",
-              "--use_ema", "--random_flip", "--dropout", "0.1", "--lr_scheduler", "cosine", "--lr_warmup_steps", "2",
-              "--seed", "7"]
+    common = ["--max_train_samples", "16", "--max_train_steps", "9", "--checkpointing_steps", "3",
+              "--gradient_accumulation_steps", "2", "--use_ema", "--random_flip", "--dropout", "0.1",
+              "--lr_scheduler", "cosine", "--lr_warmup_steps", "2", "--seed", "7"]
     ref = tmp_path / "ref"
     _, ref_summary = run_script("train_ddpm", ddpm_args(idx_data, ref, *common))
 
     out = tmp_path / "killed"
-    proc = run_subprocess([sys.executable, "train/train_ddpm.py", *ddpm_args(idx_data, out, *common)],
-                          env={"HF_DDM_FAULT": "kill_during_checkpoint:4"}, check=False)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    assert (out / "checkpoint-2").is_dir() and (out / ".tmp-checkpoint-4").is_dir()
-    assert not (out / "checkpoint-4").exists()
+    _killed(out, ddpm_args(idx_data, out, *common), kill_in_loss=11)  # micro-step 11 = step 6's first half
+    assert [p.name for p in out.glob("*checkpoint-*")] == ["checkpoint-3"]
+    resume = ddpm_args(idx_data, out, *common, "--resume_from_checkpoint", "latest")
+    _killed(out, resume, kill_in_checkpoint=6)
+    assert (out / "checkpoint-3").is_dir() and (out / ".tmp-checkpoint-6").is_dir()
+    assert not (out / "checkpoint-6").exists()
 
-    _, summary = run_script("train_ddpm", ddpm_args(idx_data, out, *common, "--resume_from_checkpoint", "latest"))
-    assert summary["global_step"] == 6
-    assert not (out / ".tmp-checkpoint-4").exists()
+    _, summary = run_script("train_ddpm", resume)
+    assert summary["global_step"] == 9
+    assert not (out / ".tmp-checkpoint-6").exists()
     assert summary["param_checksums"] == ref_summary["param_checksums"]
     _same_params(ref, out)  # the saved (EMA) weights too
-    ref_state = json.loads((ref / "checkpoint-6" / "training_state.json").read_text())
-    assert json.loads((out / "checkpoint-6" / "training_state.json").read_text()) == ref_state
+    ref_state = json.loads((ref / "checkpoint-9" / "training_state.json").read_text())
+    state = json.loads((out / "checkpoint-9" / "training_state.json").read_text())
+    for s in (ref_state, state):  # Python's own RNG (never drawn from) is the one thing allowed to differ
+        s["files"].pop("random_states_0.pkl")
+    assert state == ref_state
 
 
 def test_sigkill_at_arbitrary_moment_then_resume(idx_data, tmp_path):
@@ -155,17 +171,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_gloo_ranks_stay_identical(idx_data, tmp_path):
+def test_two_process_gloo_ranks_stay_identical_and_resume_exactly(idx_data, tmp_path):
     """A real 2-process data-parallel run (torchrun + gloo on CPU): world size 2, ranks see different batches,
-    and end with bit-identical parameters."""
+    and end with bit-identical parameters. 64 examples, batch 4, accumulation 2: 4 optimizer steps per epoch;
+    a 2-process run resumed from checkpoint-5 (inside epoch 1) ends with the same bits."""
     require_scheduler("vp")
+
+    def torchrun(out, *extra):
+        run_subprocess([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                        _free_port(), "train/train_ddpm.py",
+                        *ddpm_args(idx_data, out, "--max_train_steps", "6", "--checkpointing_steps", "5",
+                                   "--gradient_accumulation_steps", "2", "--use_ema", "--random_flip", *extra)])
+        return json.loads((out / "train_summary.json").read_text())
+
     out = tmp_path / "ddp"
-    run_subprocess([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                    _free_port(), "train/train_ddpm.py",
-                    *ddpm_args(idx_data, out, "--max_train_steps", "3", "--checkpointing_steps", "2",
-                               "--gradient_accumulation_steps", "2", "--use_ema", "--random_flip")])
-    summary = json.loads((out / "train_summary.json").read_text())
+    summary = torchrun(out)
     assert summary["num_processes"] == 2 and "MULTI_CPU" in summary["distributed_type"]
     assert len(summary["param_checksums"]) == 2
     assert summary["param_checksums"][0] == summary["param_checksums"][1]
-    assert (out / "checkpoint-2" / "random_states_1.pkl").exists()  # both ranks wrote their part
+    assert (out / "checkpoint-5" / "random_states_1.pkl").exists()  # both ranks wrote their part
+    assert json.loads((out / "checkpoint-5" / "training_state.json").read_text())["epoch"] == 1
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(out / "checkpoint-5", resumed / "checkpoint-5")
+    assert torchrun(resumed, "--resume_from_checkpoint", "latest")["param_checksums"] == summary["param_checksums"]
+    _same_params(out, resumed)

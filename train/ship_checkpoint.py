@@ -9,6 +9,12 @@ evaluation results, and the last validation grid.
 ``--component_card`` gives a component its own model card (the card its training run wrote, with the
 usage line pointing at the subfolder, plus its own ``--component_eval`` results), so e.g. the VAE inside an
 LDM folder is documented where it lies.
+
+    python train/ship_checkpoint.py --refresh space/models/NAME [--dataset zalando-datasets/fashion_mnist]
+
+re-saves a shipped folder with the installed hf_ddm (portable: it carries its code) and rebuilds its cards'
+metadata and loading snippet, keeping their text. Either way the cards go through ``huggingface_hub.ModelCard``
+(library, task, datasets, tags, license) and no card or config names a path of this machine.
 """
 
 from __future__ import annotations
@@ -17,12 +23,21 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
+import tempfile
 
 import torch
 from diffusers import DiffusionPipeline
 
 import hf_ddm.pipelines as pipelines
+from hf_ddm.training.hub import build_card, card_metadata, model_usage, pipeline_usage
+
+# The data of the shipped checkpoints: Debian's dataset-fashion-mnist, the same images as this Hub dataset.
+FASHION_MNIST = "zalando-datasets/fashion_mnist"
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+# Where the shipped runs were trained, and what the recipe calls that folder by default (WORK=runs/fmnist).
+TRAINED_IN = {"/work/ckpt": "runs/fmnist"}
 
 
 METRIC_KEYS = ("scheduler", "steps", "guidance_scale", "num_samples", "fd", "fd_inf", "precision", "recall", "density",
@@ -32,9 +47,11 @@ METRIC_KEYS = ("scheduler", "steps", "guidance_scale", "num_samples", "fd", "fd_
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir")
-    p.add_argument("dest")
-    p.add_argument("--command", required=True, help="the command that trained it (goes into the card)")
+    p.add_argument("run_dir", nargs="?")
+    p.add_argument("dest", nargs="?")
+    p.add_argument("--refresh", metavar="SHIPPED_DIR", help="re-save a shipped folder and rebuild its cards")
+    p.add_argument("--dataset", default=FASHION_MNIST, help="Hub dataset id for the cards' metadata")
+    p.add_argument("--command", help="the command that trained it (goes into the card)")
     p.add_argument("--eval", nargs="*", default=[], help="eval_quality / eval_vae JSON files")
     p.add_argument("--extra_runs", nargs="*", default=[], help="runs of other stages (their train_summary.json)")
     p.add_argument("--component_card", nargs="*", default=[], metavar="NAME=RUN_DIR",
@@ -42,14 +59,12 @@ def main(argv=None):
     p.add_argument("--component_eval", nargs="*", default=[], metavar="NAME=JSON",
                    help="evaluation results listed in component NAME's card")
     args = p.parse_args(argv)
+    if args.refresh:
+        return refresh(args.refresh, args.dataset)
+    if not (args.run_dir and args.dest and args.command):
+        p.error("give RUN_DIR DEST --command ..., or --refresh SHIPPED_DIR")
 
-    index = DiffusionPipeline.load_config(args.run_dir)
-    cls = getattr(pipelines, index["_class_name"][1])
-    pipe = cls.from_pretrained(args.run_dir)
-    if os.path.isdir(args.dest):
-        shutil.rmtree(args.dest)
-    pipe.to(torch.float16).save_pretrained(args.dest)
-
+    save_shipped(args.run_dir, args.dest)
     card_path = os.path.join(args.run_dir, "README.md")
     card = open(card_path).read() if os.path.exists(card_path) else f"# {os.path.basename(args.dest)}\n"
     card = card.replace(args.run_dir.rstrip("/"), os.path.basename(args.dest.rstrip("/")))
@@ -72,7 +87,113 @@ def main(argv=None):
     with open(os.path.join(args.dest, "README.md"), "w") as f:
         f.write(card.rstrip() + "\n" + "\n".join(lines) + "\n")
     write_component_cards(args)
+    finish_cards(args.dest, args.dataset)
     print("shipped", args.dest)
+
+
+def save_shipped(src: str, dest: str) -> None:
+    """``src`` loaded with the installed hf_ddm class and saved to ``dest`` as float16, portable (the
+    folder carries its code), with no local ``_name_or_path``."""
+    index = DiffusionPipeline.load_config(src)
+    cls = getattr(pipelines, index["_class_name"][1])
+    pipe = cls.from_pretrained(src)
+    if os.path.isdir(dest):
+        shutil.rmtree(dest)
+    pipe.to(torch.float16).save_pretrained(dest)
+
+
+def refresh(folder: str, dataset: str) -> int:
+    """Re-save a shipped folder in place (weights unchanged: float16 -> float32 -> float16 is exact) and
+    rebuild its cards; samples and cards are kept."""
+    folder = folder.rstrip("/")
+    keep = {}
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            rel = os.path.relpath(os.path.join(root, name), folder)
+            if name == "README.md" or rel.split(os.sep)[-2:-1] == ["samples"]:
+                keep[rel] = open(os.path.join(root, name), "rb").read()
+    tmp = tempfile.mkdtemp(prefix=".refresh-", dir=os.path.dirname(os.path.abspath(folder)))
+    try:
+        save_shipped(folder, os.path.join(tmp, "out"))
+        for rel, data in keep.items():
+            os.makedirs(os.path.dirname(os.path.join(tmp, "out", rel)), exist_ok=True)
+            with open(os.path.join(tmp, "out", rel), "wb") as f:
+                f.write(data)
+        shutil.rmtree(folder)
+        os.rename(os.path.join(tmp, "out"), folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    finish_cards(folder, dataset)
+    print("refreshed", folder)
+    return 0
+
+
+def public_text(text: str) -> str:
+    """Card text without paths of the machine that trained the checkpoint: the training folder becomes
+    the recipe's default, the Debian dataset folder its name; any other absolute path its last component."""
+    for local, public in TRAINED_IN.items():
+        text = text.replace(f"WORK={local} ", "").replace(local, public)
+    text = re.sub(r"idx:" + re.escape(FASHION_MNIST_DIR) + r":(\w+)", r"fashion-mnist (local IDX files, split \1)", text)
+    text = text.replace(FASHION_MNIST_DIR, "fashion-mnist")
+    return ABSOLUTE_PATH.sub(lambda m: os.path.basename(m.group(0).rstrip("/")), text)
+
+
+# An absolute POSIX path: a "/" not preceded by a word character, a dot, ":" or "/" (so not a relative path,
+# not a URL), then at least one more component.
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/<-])/(?:[\w.-]+/)+[\w.-]*")
+
+
+def _call_example(index: dict, unet_config: dict) -> tuple:
+    """(pipeline_tag, the call of the card's snippet) for a saved pipeline folder."""
+    names = index.get("class_names") or []
+    if unet_config.get("cross_attention_dim"):
+        return "text-to-image", 'prompt="a photo of a sneaker", guidance_scale=3.0, '
+    if names and (unet_config.get("num_class_embeds") or "classifier" in index):
+        label = "Sneaker" if "Sneaker" in names else names[0]
+        scale = 10.0 if "classifier" in index else 3.0
+        return "unconditional-image-generation", f'class_labels=["{label}"] * 2, guidance_scale={scale}, '
+    return "unconditional-image-generation", "batch_size=4, "
+
+
+def _replace_section(text: str, heading: str, body: str) -> str:
+    section = re.compile(rf"(^## {re.escape(heading)}\n\n)(.*?)(?=^## |\Z)", re.S | re.M)
+    if section.search(text):
+        return section.sub(lambda m: m.group(1) + body.strip() + "\n\n", text, count=1)
+    title = re.search(r"^# .*\n", text, re.M)
+    at = title.end() if title else 0
+    return text[:at] + f"\n## {heading}\n\n{body.strip()}\n\n" + text[at:].lstrip("\n")
+
+
+def finish_cards(folder: str, dataset: str) -> None:
+    """The shipped folder's card (and each component card) through ModelCard: Hub metadata from what the
+    folder holds, the loading snippet that works from the repository root, text without machine paths."""
+    from huggingface_hub import ModelCard
+
+    folder = folder.rstrip("/")
+    repo = folder if not os.path.isabs(folder) else os.path.basename(folder)
+    index = json.load(open(os.path.join(folder, "model_index.json")))
+    unet_config = json.load(open(os.path.join(folder, "unet", "config.json")))
+    tag, call = _call_example(index, unet_config)
+    kind = {"PixelDiffusionPipeline": "pixel-diffusion", "LatentDiffusionPipeline": "latent-diffusion",
+            "ClassifierGuidedPipeline": "classifier-guidance"}[index["_class_name"][1]]
+    scheduler = json.load(open(os.path.join(folder, "scheduler", "scheduler_config.json")))["_class_name"]
+    cards = {"": (tag, ["fashion-mnist", kind, f"scheduler-{scheduler}"], pipeline_usage(repo, call))}
+    for component in ("vae", "classifier"):
+        if os.path.isfile(os.path.join(folder, component, "README.md")):
+            cls = {"vae": ("hf_ddm.models.vae", "VAE"), "classifier": ("hf_ddm.models.classifier", "NoisyClassifier")}
+            cards[component] = (None, ["fashion-mnist", component], model_usage(repo, *cls[component], component))
+    for sub, (pipeline_tag, tags, usage) in cards.items():
+        path = os.path.join(folder, sub, "README.md")
+        old = ModelCard.load(path) if os.path.exists(path) else None
+        text = old.text if old is not None else f"# {os.path.basename(folder)}\n"
+        old_tags = [t for t in ((old.data.tags or []) if old is not None else []) if t not in ("training",)]
+        meta = card_metadata(pipeline_tag=pipeline_tag, tags=[*old_tags, *tags], datasets=[dataset])
+        text = _replace_section(public_text(text), "Usage", usage)
+        title = re.search(r"^# (.*)$", text, re.M)
+        body = text[title.end():] if title else text
+        card = build_card(meta, title.group(1) if title else os.path.basename(folder), {})
+        card.text = card.text.rstrip() + "\n\n" + body.strip() + "\n"
+        card.save(path)
 
 
 def eval_lines(paths):

@@ -10,6 +10,7 @@ Inputs are x_t = a_t x0 + s_t eps from the scheduler's own ``add_noise`` at time
 (combine with a U-Net in ``ClassifierGuidedPipeline``).
 """
 
+import logging
 import os
 
 import torch
@@ -20,6 +21,7 @@ from hf_ddm.models.classifier import NoisyClassifier
 from hf_ddm.training import (ConfigError, TrainingTask, add_latent_args, add_training_args, build_scheduler,
                              check_spatial, load_frozen_vae, load_image_dataset, make_accelerator, parse_args,
                              random_flip, run_main, script_parser, train)
+from hf_ddm.training.hub import model_usage
 from hf_ddm.training.components import build_model, latent_geometry, unet_kwargs_from_args
 from hf_ddm.training.data import collate
 from hf_ddm.training.latents import latent_training_data, latents_from_batch
@@ -74,9 +76,9 @@ class ClassifierTask(TrainingTask):
         space = "latent" if self.vae is not None else "pixel"
         return {"tags": ["classifier-guidance", f"{space}-space"],
                 "details": {"space": space, "vae": self.args.vae_path},
-                "usage": '```python\nfrom hf_ddm.models.classifier import NoisyClassifier\n\n'
-                         'classifier = NoisyClassifier.from_pretrained("{repo}", subfolder="classifier")\n'
-                         '# with an unconditional U-Net: hf_ddm.pipelines.ClassifierGuidedPipeline\n```',
+                "pipeline_tag": "image-classification", "base_model": self.args.pretrained_model_path,
+                "usage": model_usage("{repo}", "hf_ddm.models.classifier", "NoisyClassifier", "classifier")
+                + "\n\nWith an unconditional U-Net on the same process it guides `hf_ddm.pipelines.ClassifierGuidedPipeline`.",
                 "description": "Noise-aware classifier p(y | x_t) (hf_ddm NoisyClassifier) for classifier guidance."}
 
 
@@ -121,4 +123,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    # Handlers are the entry point's business, not the library's (diffusers' examples do the same).
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S",
+                        level=logging.INFO)
     raise SystemExit(run_main(main))

@@ -10,6 +10,8 @@ pipeline code: ``DiffusionPipeline.from_pretrained(out, trust_remote_code=True)`
 through the same pipeline.
 """
 
+import logging
+
 from accelerate.utils import set_seed
 
 from hf_ddm.models.unet import UNet
@@ -28,6 +30,7 @@ class DDPMTask(TrainingTask):
         super().__init__()
         self.modules = {"unet": unet}
         self.scheduler, self.flip = scheduler, flip
+        self.base_model = None  # the Hub id of --pretrained_model_path, for the card
 
     def loss(self, modules, batch, generator):
         x0 = batch["pixel_values"]
@@ -44,7 +47,8 @@ class DDPMTask(TrainingTask):
                                             batch_size=args.num_validation_images)}
 
     def card_info(self):
-        return {"tags": ["unconditional-image-generation", f"scheduler-{type(self.scheduler).__name__}"],
+        return {"tags": [f"scheduler-{type(self.scheduler).__name__}"], "pipeline_tag": "unconditional-image-generation",
+                "call": "batch_size=4, ", "base_model": self.base_model,
                 "description": "Pixel-space diffusion model (hf_ddm UNet) with its training scheduler."}
 
 
@@ -65,8 +69,13 @@ def main(argv=None):
     set_seed(args.seed)
     kwargs.update(sample_size=args.resolution, in_channels=channels, out_channels=channels)
     unet = build_model(UNet, kwargs, args.pretrained_model_path)
-    return train(args, DDPMTask(unet, scheduler, args.random_flip), dataset, info)
+    task = DDPMTask(unet, scheduler, args.random_flip)
+    task.base_model = args.pretrained_model_path
+    return train(args, task, dataset, info)
 
 
 if __name__ == "__main__":
+    # Handlers are the entry point's business, not the library's (diffusers' examples do the same).
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S",
+                        level=logging.INFO)
     raise SystemExit(run_main(main))

@@ -14,6 +14,8 @@ step instead). The result is a ``LatentDiffusionPipeline`` folder whose config c
 with classifier-free guidance ``--guidance_scale``.
 """
 
+import logging
+
 import torch
 from accelerate.utils import set_seed
 
@@ -88,7 +90,17 @@ class LDMTask(TrainingTask):
             details["class names (`pipe.config.class_names`)"] = ", ".join(self.class_names)
         if self.mode == "text":
             details["prompt template"] = f"`{self.args.prompt_template}`"
-        return {"tags": ["latent-diffusion", f"conditioning-{self.mode}"], "details": details,
+        if self.mode == "text":  # the Hub's task names; a class-conditional generator has none of its own
+            tag, call = "text-to-image", f'prompt="{self.args.prompt_template.format(self.class_names[0])}", ' \
+                                         f"guidance_scale={self.args.guidance_scale}, "
+        elif self.mode == "class":
+            tag, call = "unconditional-image-generation", \
+                f'class_labels=["{self.class_names[0]}"], guidance_scale={self.args.guidance_scale}, '
+        else:
+            tag, call = "unconditional-image-generation", "batch_size=4, "
+        tags = ["latent-diffusion", f"conditioning-{self.mode}"] + (["class-conditional"] if self.mode == "class" else [])
+        return {"tags": tags, "details": details, "pipeline_tag": tag, "call": call,
+                "base_model": [self.args.vae_path, self.args.pretrained_model_path],
                 "description": "Latent diffusion U-Net on a frozen hf_ddm VAE."}
 
 
@@ -152,4 +164,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    # Handlers are the entry point's business, not the library's (diffusers' examples do the same).
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S",
+                        level=logging.INFO)
     raise SystemExit(run_main(main))

@@ -9,6 +9,7 @@ Loss: ``VAE.loss`` = reconstruction NLL + ``--kl_weight`` * KL(q(z|x) || N(0, I)
 ``save_pretrained`` to ``--output_dir`` (pass that folder to train_ldm.py / train_classifier.py as --vae_path).
 """
 
+import logging
 import torch
 from accelerate.utils import set_seed
 from torch import nn
@@ -17,6 +18,7 @@ from hf_ddm.models.vae import VAE
 from hf_ddm.training import (TrainingTask, add_training_args, check_spatial, load_image_dataset, parse_args,
                              random_flip, run_main, script_parser, train)
 from hf_ddm.training.args import _int_list
+from hf_ddm.training.hub import model_usage
 from hf_ddm.training.components import build_model, read_model_config
 from hf_ddm.training.data import collate
 from hf_ddm.training.utils import to_unit_range
@@ -74,8 +76,8 @@ class VAETask(TrainingTask):
         vae.save_pretrained(output_dir, safe_serialization=True)
 
     def card_info(self):
-        return {"tags": ["vae", "autoencoder", "latent-diffusion"],
-                "usage": '```python\nfrom hf_ddm.models.vae import VAE\n\nvae = VAE.from_pretrained("{repo}")\n```',
+        return {"tags": ["vae", "autoencoder", "latent-diffusion"], "base_model": self.args.pretrained_model_path,
+                "usage": model_usage("{repo}", "hf_ddm.models.vae", "VAE"),
                 "description": "KL-regularised autoencoder (hf_ddm VAE), the first stage of latent diffusion."}
 
 
@@ -118,4 +120,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    # Handlers are the entry point's business, not the library's (diffusers' examples do the same).
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S",
+                        level=logging.INFO)
     raise SystemExit(run_main(main))

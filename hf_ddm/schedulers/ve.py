@@ -56,9 +56,10 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_sde_ve import SdeVeOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from ..processes import DiscreteVE, check_sigma_range, convert, from_x0_eps, to_x0_eps
-from ..solvers import langevin_step, noise_like
+from ..processes import CLEAN, DiscreteVE, Point, check_sigma_range, convert, to_x0_eps
+from ..solvers import ancestral, langevin, noise_like, reverse_diffusion, with_noise
 from .base import ProcessSchedulerMixin, SchedulerOutput, integer_timesteps
+from .diffusers_configs import is_vp_schedule_config, load_config_dict
 from .vp import (
     check_choice,
     check_custom_timesteps,
@@ -117,9 +118,17 @@ class VEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
 
     @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
+        """As ConfigMixin.from_config (a dict or a saved folder / json path). A VP config (one naming a
+        beta schedule) is refused: a VP model's outputs mean nothing on a VE process."""
+        config = load_config_dict(cls, config)
+        if is_vp_schedule_config(config) or config.get("sde", "ve") != "ve":
+            raise ValueError(
+                "VEScheduler.from_config got a VP scheduler config (it names a beta schedule or a VP sde): a model "
+                "trained on a VP process cannot be sampled on the VE process. Use SDEScheduler.from_config(config) "
+                "(every SDE / ODE solver on the model's own schedule) or VPScheduler.from_config(config)."
+            )
         if (
-            isinstance(config, dict)
-            and "predictor" not in kwargs
+            "predictor" not in kwargs
             and "predictor" not in config
             and _is_score_sde_ve_config(config)
         ):
@@ -152,6 +161,8 @@ class VEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
             raise ValueError("pass exactly one of num_inference_steps or timesteps to set_timesteps")
         if timesteps is not None:
             levels = check_custom_timesteps(timesteps, cfg.num_train_timesteps)
+        elif num_inference_steps == 1:  # one level: start from the prior (sigma_max), not sigma_min
+            levels = spaced_timesteps(cfg.num_train_timesteps, 1, "linspace") + cfg.num_train_timesteps - 1
         else:
             levels = spaced_timesteps(cfg.num_train_timesteps, num_inference_steps, "linspace")
         levels = torch.from_numpy(levels)
@@ -163,11 +174,9 @@ class VEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
         t_prev = torch.cat([levels[1:], torch.tensor([-1])])
         _, s_t = self.process.marginal(levels)
         _, s_p = self.process.marginal(t_prev)
-        coef_xt, coef_x0, post_var = self.process.posterior_coefficients(levels, t_prev)
-        diff_var = s_t * s_t - s_p * s_p  # reverse-diffusion step variance g^2
         self._levels = levels
         self._index = {int(v): j for j, v in enumerate(levels.tolist())}
-        self._coefs = list(zip(s_t.tolist(), coef_xt.tolist(), coef_x0.tolist(), post_var.tolist(), diff_var.tolist()))
+        self._coefs = list(zip(s_t.tolist(), s_p.tolist()))
         self.sigmas = s_t.repeat_interleave(reps).to(device)
         self._step_index = None
 
@@ -192,12 +201,22 @@ class VEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
         sample: torch.Tensor,
         generator=None,
         return_dict: bool = True,
+        eta: Optional[float] = None,
+        use_clipped_model_output: Optional[bool] = None,
     ):
         """A corrector step (the first ``correct_steps`` calls at a level) or the predictor step (the
         last call at a level), decided by ``step_index``. The final predictor step returns the clean
-        sample's estimate without noise. ``generator`` may be a list, one per batch item."""
+        sample's estimate without noise. ``generator`` may be a list, one per batch item.
+
+        ``eta`` and ``use_clipped_model_output`` are accepted for stock pipelines' loops: the noise of
+        SMLD's predictor and corrector is fixed, so ``eta`` must be 0 or None (a ``ValueError``
+        otherwise); VE has no x0 clipping, so ``use_clipped_model_output`` does nothing."""
+        if eta is not None and eta != 0:
+            raise ValueError(f"eta={eta} cannot be honoured by VEScheduler: its predictor's noise is fixed (use eta=0)")
         i = self._sync_step_index(timestep)
         self._check_step_inputs(model_output, sample)
+        if i == 0:
+            self._check_initial_noise(sample)
         reps = 1 + self.config.correct_steps
         j, k = divmod(i, reps)
         if k < reps - 1:
@@ -209,33 +228,25 @@ class VEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
             return (prev, x0)
         return SchedulerOutput(prev_sample=prev, pred_original_sample=x0)
 
-    def _score(self, model_output, x0, eps, s):
-        if self.config.prediction_type == "score":
-            return model_output
-        return from_x0_eps(x0, eps, 1.0, s, "score")
+    def _points(self, j):
+        s_t, s_p = self._coefs[j]
+        return Point(1.0, s_t), (Point(1.0, s_p) if s_p > 0 else CLEAN)
 
     def _correct(self, model_output, j, sample, generator):
-        s = self._coefs[j][0]
-        x0, eps = to_x0_eps(model_output, sample, 1.0, s, self.config.prediction_type)
-        score = self._score(model_output, x0, eps, s)
-        prev, _ = langevin_step(sample, score, self.config.snr, generator=generator)
-        return prev, x0
+        cur, _ = self._points(j)
+        x0, eps = to_x0_eps(model_output, sample, 1.0, cur.s, self.config.prediction_type)
+        noise = noise_like(sample, generator)
+        mean, std = langevin(sample, x0, eps, cur, snr=self.config.snr, noise=noise)
+        return with_noise(mean, std, noise), x0
 
     def _predict(self, model_output, j, sample, generator, noise_at_end: bool):
-        s, coef_xt, coef_x0, post_var, diff_var = self._coefs[j]
-        final = j == len(self._levels) - 1
-        x0, eps = to_x0_eps(model_output, sample, 1.0, s, self.config.prediction_type)
-        if self.config.predictor == "ancestral":
-            mean = torch.add(sample * coef_xt, x0, alpha=coef_x0)
-            std = post_var**0.5
-        else:
-            score = self._score(model_output, x0, eps, s)
-            mean = torch.add(sample, score, alpha=diff_var)
-            std = diff_var**0.5
-        if final and not noise_at_end:
+        cur, nxt = self._points(j)
+        x0, eps = to_x0_eps(model_output, sample, 1.0, cur.s, self.config.prediction_type)
+        rule = ancestral if self.config.predictor == "ancestral" else reverse_diffusion
+        mean, std = rule(sample, x0, eps, cur, nxt)
+        if nxt.clean and not noise_at_end:
             return mean, mean, x0
-        prev = mean + std * noise_like(sample, generator)
-        return prev, mean, x0
+        return with_noise(mean, std, noise_like(sample, generator)), mean, x0
 
     # --- ScoreSdeVeScheduler-style methods ---------------------------------------------------------------
     def step_pred(
@@ -283,7 +294,10 @@ class VEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
                 raise ValueError(f"step_correct needs timestep= to convert a {pt!r} model output to a score")
             _, s = self._marginal_on(sample, integer_timesteps(timestep))
             score = convert(model_output, sample, 1.0, s, pt, "score")
-        prev, _ = langevin_step(sample, score, self.config.snr, generator=generator)
+        noise = noise_like(sample, generator)
+        s = 1.0  # any s: the rule reads the score back as eps / -s
+        mean, std = langevin(sample, None, -s * score, Point(1.0, s), snr=self.config.snr, noise=noise)
+        prev = with_noise(mean, std, noise)
         if not return_dict:
             return (prev,)
         return SchedulerOutput(prev_sample=prev)

@@ -42,6 +42,9 @@ def add_data_args(parser: argparse.ArgumentParser, *, image_size_default: int = 
     g.add_argument("--channels", type=int, default=None, choices=[1, 3],
                    help="1 = grayscale, 3 = RGB (default: the model's in_channels, or 3).")
     g.add_argument("--random_flip", action="store_true", help="Random horizontal flips (seeded, per step).")
+    g.add_argument("--center_crop", action="store_true",
+                   help="Accepted for diffusers' example scripts: crops are always centred here (--image_fit resize); "
+                        "random crops would make a resumed run see other pixels than an uninterrupted one.")
     g.add_argument("--max_train_samples", type=int, default=None, help="Use only the first N examples.")
     g.add_argument("--dataloader_num_workers", type=int, default=0)
     g.add_argument("--cache_dir", type=str, default=None, help="datasets cache dir.")
@@ -56,8 +59,9 @@ def add_process_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup
     g.add_argument("--solver", type=str, default=None, help="Sampler of the scheduler used for validation (scheduler default).")
     g.add_argument("--prediction_type", type=str, default="epsilon",
                    choices=["epsilon", "sample", "v_prediction", "score"])
-    g.add_argument("--num_train_timesteps", type=int, default=1000, help="Discrete schedulers only.")
-    g.add_argument("--beta_schedule", type=str, default=None,
+    g.add_argument("--num_train_timesteps", "--ddpm_num_steps", dest="num_train_timesteps", type=int, default=1000,
+                   help="Discrete schedulers only (--ddpm_num_steps: diffusers' train_unconditional.py name).")
+    g.add_argument("--beta_schedule", "--ddpm_beta_schedule", dest="beta_schedule", type=str, default=None,
                    help="VP only: linear | squaredcos_cap_v2 | scaled_linear (scheduler default when unset).")
     g.add_argument("--scheduler_config", type=str, default=None,
                    help="A saved scheduler folder/json to use instead of the flags above (its class must match --scheduler).")
@@ -70,7 +74,7 @@ def add_training_args(parser: argparse.ArgumentParser, *, lr: float = 1e-4, batc
     g.add_argument("--output_dir", type=str, default=output_dir)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--train_batch_size", type=int, default=batch_size, help="Per process.")
-    g.add_argument("--num_epochs", type=int, default=10)
+    g.add_argument("--num_epochs", "--num_train_epochs", dest="num_epochs", type=int, default=10)
     g.add_argument("--max_train_steps", type=int, default=None, help="Optimizer steps; overrides --num_epochs.")
     g.add_argument("--gradient_accumulation_steps", type=int, default=1)
     g.add_argument("--gradient_checkpointing", action="store_true")
@@ -104,7 +108,8 @@ def add_training_args(parser: argparse.ArgumentParser, *, lr: float = 1e-4, batc
 
     v = parser.add_argument_group("validation and logging")
     v.add_argument("--validation_steps", type=int, default=None, help="Validate every N steps (and at the end).")
-    v.add_argument("--num_validation_images", type=int, default=16)
+    v.add_argument("--num_validation_images", "--eval_batch_size", dest="num_validation_images", type=int, default=16,
+                   help="Images per validation grid (--eval_batch_size: diffusers' train_unconditional.py name).")
     v.add_argument("--num_inference_steps", type=int, default=50, help="Sampler steps for validation grids.")
     v.add_argument("--report_to", type=str, default="tensorboard", help="tensorboard | wandb | all | none")
     v.add_argument("--logging_dir", type=str, default="logs", help="Relative to --output_dir.")
@@ -116,10 +121,17 @@ def add_training_args(parser: argparse.ArgumentParser, *, lr: float = 1e-4, batc
     h.add_argument("--hub_model_id", type=str, default=None)
     h.add_argument("--hub_token", type=str, default=None)
     h.add_argument("--hub_private_repo", action="store_true")
+    h.add_argument("--hub_upload_checkpoints", action="store_true",
+                   help="With --push_to_hub: also upload each checkpoint-<step>/ folder when it is written.")
 
-    # Fault injection for the test-suite (not shown in --help).
-    parser.add_argument("--_inject_nan_at_step", dest="inject_nan_at_step", type=int, default=None,
-                        help=argparse.SUPPRESS)
+    # Flags of diffusers' example scripts that cannot apply here: accepted by the parser so that the refusal
+    # (in parse_args) says why, instead of argparse's "unrecognized arguments".
+    n = parser.add_argument_group("diffusers example flags refused here")
+    n.add_argument("--enable_xformers_memory_efficient_attention", action="store_true",
+                   help="Refused: hf_ddm's attention is torch's scaled_dot_product_attention, which already picks "
+                        "a memory-efficient kernel.")
+    n.add_argument("--use_8bit_adam", action="store_true",
+                   help="Refused: 8-bit Adam (bitsandbytes) needs CUDA and is not wired into hf_ddm's optimizer.")
 
 
 def add_performance_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -189,6 +201,30 @@ def script_parser(doc: str, *, diffusion: bool = True, **unet_kwargs) -> argpars
     return p
 
 
+def _training_value_errors(args) -> list:
+    """Values that would train silently wrong (or not at all) rather than fail: each message names its flag."""
+    import math
+
+    errors = []
+    if args.num_epochs < 1 and args.max_train_steps is None:
+        errors.append(f"--num_epochs must be >= 1 (got {args.num_epochs}), or give --max_train_steps")
+    if getattr(args, "max_train_samples", None) is not None and args.max_train_samples < 1:
+        errors.append(f"--max_train_samples must be >= 1 (got {args.max_train_samples})")
+    if not math.isfinite(args.learning_rate) or args.learning_rate <= 0:
+        errors.append(f"--learning_rate must be a positive number (got {args.learning_rate})")
+    if not math.isfinite(args.max_grad_norm) or args.max_grad_norm < 0:
+        errors.append(f"--max_grad_norm must be >= 0, 0 disabling clipping (got {args.max_grad_norm})")
+    if args.lr_warmup_steps < 0:
+        errors.append(f"--lr_warmup_steps must be >= 0 (got {args.lr_warmup_steps})")
+    if not 0.0 <= args.ema_max_decay <= 1.0:
+        errors.append(f"--ema_max_decay must be in [0, 1] (got {args.ema_max_decay})")
+    for flag in ("ema_inv_gamma", "ema_power"):
+        value = getattr(args, flag)
+        if not math.isfinite(value) or value <= 0:
+            errors.append(f"--{flag} must be a positive number (got {value})")
+    return errors
+
+
 def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     env_local_rank = int(os.environ.get("LOCAL_RANK", -1))
@@ -208,11 +244,29 @@ def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = 
         errors.append("--checkpointing_steps must be >= 1")
     if getattr(args, "resolution", 1) < 1:
         errors.append("--resolution must be positive")
+    errors += _training_value_errors(args)
     if args.push_to_hub and not args.hub_model_id:
         errors.append("--push_to_hub needs --hub_model_id")
+    if getattr(args, "enable_xformers_memory_efficient_attention", False):
+        errors.append("--enable_xformers_memory_efficient_attention cannot apply: hf_ddm's attention already uses "
+                      "torch's scaled_dot_product_attention (memory-efficient kernels included); drop the flag")
+    if getattr(args, "use_8bit_adam", False):
+        import torch
+
+        why = ("this machine has no CUDA device, and bitsandbytes' 8-bit Adam runs only on CUDA"
+               if not torch.cuda.is_available() else "hf_ddm's optimizer is torch's AdamW; 8-bit Adam is not wired in")
+        errors.append(f"--use_8bit_adam cannot apply: {why}; drop the flag (--optimizer_impl picks the AdamW kernel)")
+    if getattr(args, "hub_upload_checkpoints", False) and not args.push_to_hub:
+        errors.append("--hub_upload_checkpoints needs --push_to_hub and --hub_model_id")
     _check_performance_args(args, errors)
     if errors:
         parser.error("; ".join(errors))
+    if args.push_to_hub and int(os.environ.get("RANK", "0")) == 0:
+        # Before any data or model is loaded (diffusers' examples create the repo first): offline, without a
+        # token or with a wrong id the run stops now, not after training. One process (RANK 0) talks to the Hub.
+        from .hub import check_hub_access
+
+        args._hub_repo_id = check_hub_access(args)
     return args
 
 

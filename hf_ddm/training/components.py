@@ -107,11 +107,34 @@ def check_spatial(size: int, block_out_channels, what: str = "--resolution") -> 
                           "number of levels.")
 
 
+def resolve_pretrained(path: Optional[str], flag: str) -> Optional[str]:
+    """A local folder as is; a Hub id (a model repo, or a pipeline repo whose component folder the caller
+    picks) through the Hugging Face cache with ``snapshot_download``, which
+    honours HF_HUB_OFFLINE and HF_HOME / HF_HUB_CACHE; only config and safetensors files are fetched.
+    Anything else is a ConfigError naming ``flag``."""
+    from ..pipeline_utils import is_hub_id
+
+    if not path or os.path.isdir(path):
+        return path
+    if not is_hub_id(path):
+        raise ConfigError(f"{flag} {path!r} is not a folder (nor a Hub model id)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"])
+    except Exception as e:  # noqa: BLE001 - offline without a cached copy, unknown repo, no access
+        raise ConfigError(f"{flag} {path!r}: not a local folder, and the Hub repo could not be fetched "
+                          f"({type(e).__name__}: {e}). With HF_HUB_OFFLINE=1 it must be in the HF cache already.") from e
+
+
 def build_model(cls, kwargs: dict, pretrained: Optional[str] = None):
-    """Instantiate ``cls(**kwargs)`` (or load ``pretrained``), turning config errors into ConfigError."""
+    """Instantiate ``cls(**kwargs)`` (or load ``pretrained``: a folder or a Hub id), turning config errors
+    into ConfigError."""
     if pretrained:
-        if not os.path.isdir(pretrained):
-            raise ConfigError(f"--pretrained_model_path {pretrained!r} is not a folder")
+        pretrained = resolve_pretrained(pretrained, "--pretrained_model_path")
+        sub = os.path.join(pretrained, {"VAE": "vae", "NoisyClassifier": "classifier"}.get(cls.__name__, "unet"))
+        if not os.path.isfile(os.path.join(pretrained, "config.json")) and os.path.isdir(sub):
+            pretrained = sub  # a pipeline folder or repo: start from its component of this class
         try:
             return cls.from_pretrained(pretrained)
         except Exception as e:  # noqa: BLE001
@@ -128,8 +151,7 @@ def load_frozen_vae(path: Optional[str]):
 
     if not path:
         raise ConfigError("--vae_path is required")
-    if not os.path.isdir(path):
-        raise ConfigError(f"--vae_path {path!r} is not a folder")
+    path = resolve_pretrained(path, "--vae_path")
     cfg_file = os.path.join(path, "config.json")
     if os.path.isdir(os.path.join(path, "vae")) and not os.path.isfile(cfg_file):  # a pipeline folder
         path, cfg_file = os.path.join(path, "vae"), os.path.join(path, "vae", "config.json")
@@ -181,6 +203,6 @@ def validation_images(pipeline, generator: torch.Generator, args, **call_kwargs)
                     **call_kwargs).images
 
 
-__all__ = ["build_scheduler", "copy_scheduler", "scheduler_class", "unet_kwargs_from_args", "check_spatial",
+__all__ = ["resolve_pretrained", "build_scheduler", "copy_scheduler", "scheduler_class", "unet_kwargs_from_args", "check_spatial",
            "build_model", "load_frozen_vae", "vae_down_factor", "latent_geometry", "validation_images",
            "read_model_config"]

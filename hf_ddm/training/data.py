@@ -29,16 +29,27 @@ _IDX_PREFIX = {"train": "train", "test": "t10k", "validation": "t10k"}
 
 @dataclass
 class DataInfo:
-    """What a data source is, for cache keys and model cards."""
+    """What a data source is: ``source`` identifies it exactly (cache keys; may hold local paths),
+    ``display`` names it for cards, logs and summaries (no path of this machine)."""
 
     source: str
     num_examples: int
     class_names: Optional[List[str]] = None
     extra: dict = field(default_factory=dict)
+    display: Optional[str] = None
+
+    def __post_init__(self):
+        if self.display is None:
+            self.display = self.source
 
     @property
     def num_classes(self) -> Optional[int]:
         return len(self.class_names) if self.class_names else None
+
+
+def _folder_name(path: str) -> str:
+    """A local folder as cards and logs show it: its name, not where it lies on this machine."""
+    return os.path.basename(os.path.normpath(os.path.abspath(path)))
 
 
 def _find_idx(data_dir: str, stem: str) -> Optional[str]:
@@ -157,6 +168,7 @@ def _load_idx(data_dir: str, split: str, resolution: int, channels: int, max_sam
         names = [str(i) for i in range(int(labels_t.max()) + 1)]
     ds = TensorImageDataset(images_t, labels_t, resolution, channels, fit)
     info = DataInfo(source=f"idx:{os.path.abspath(data_dir)}:{split}", num_examples=len(ds),
+                    display=f"{_folder_name(data_dir)} (local IDX files, split {split})",
                     class_names=names if labels_t is not None else None,
                     extra={"files": [os.path.basename(img_path)] + ([os.path.basename(lbl_path)] if lbl_path else [])})
     return ds, info
@@ -206,6 +218,7 @@ def load_image_dataset(args, channels: int) -> tuple[Dataset, DataInfo]:
         except Exception as e:  # noqa: BLE001 - re-raised with context
             raise ConfigError(f"--data_dir {args.data_dir!r}: neither IDX files nor a readable image folder ({e})") from e
         source = f"imagefolder:{os.path.abspath(args.data_dir)}:{args.split}"
+        display = f"{_folder_name(args.data_dir)} (local image folder, split {args.split})"
     else:
         import datasets
 
@@ -217,8 +230,12 @@ def load_image_dataset(args, channels: int) -> tuple[Dataset, DataInfo]:
                 hf = datasets.load_from_disk(path)
                 if isinstance(hf, datasets.DatasetDict):
                     hf = hf[args.split]
+                display = f"{_folder_name(path)} (saved dataset, split {args.split})"
             else:
                 hf = datasets.load_dataset(path, args.dataset_config_name, split=args.split, cache_dir=args.cache_dir)
+                name = _folder_name(path) if os.path.exists(path) else path
+                config = f" ({args.dataset_config_name})" if args.dataset_config_name else ""
+                display = f"{name}{config}, split {args.split}"
         except Exception as e:  # noqa: BLE001
             raise ConfigError(f"--dataset_name {path!r} could not be loaded: {e}") from e
         source = f"dataset:{path}:{args.dataset_config_name}:{args.split}:{getattr(hf, '_fingerprint', '')}"
@@ -231,7 +248,8 @@ def load_image_dataset(args, channels: int) -> tuple[Dataset, DataInfo]:
     if label_column is not None and names is None:
         n = int(max(hf[label_column])) + 1
         names = [str(i) for i in range(n)]
-    info = DataInfo(source=source, num_examples=len(ds), class_names=names if label_column else None)
+    info = DataInfo(source=source, num_examples=len(ds), class_names=names if label_column else None,
+                    display=display)
     return ds, info
 
 

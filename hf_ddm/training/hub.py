@@ -1,98 +1,186 @@
-"""Model card and Hub upload for a finished training run."""
+"""The Hub side of a training run, as diffusers' example scripts do it: the repo is created (token and
+reachability checked) before the first step, checkpoints are optionally uploaded as they are written,
+and the finished folder goes up with a model card built by ``huggingface_hub.ModelCard``.
+
+Nothing written here names a path of the training machine: local paths become their last component
+(``public_path``), Hub ids stay as they are.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+from typing import Optional
+
+from ..pipeline_utils import INSTALL_HINT, is_hub_id
+from .args import ConfigError
+
+# Left out of every upload of the run folder: resumable state, logs, caches, half-written files.
+UPLOAD_IGNORE = ["checkpoint-*/**", ".tmp-checkpoint-*/**", ".del-checkpoint-*/**", "logs/**", "*.tmp*",
+                 "latent_cache/**"]
 
 
-CARD_TEMPLATE = """---
-{metadata}
----
-
-# {title}
-
-{description}
-
-## Training
-
-- script: `train/train_{task}.py` (hf_ddm {version})
-- dataset: {dataset}
-- optimizer steps: {steps}, processes: {processes}, batch per process: {batch}, gradient accumulation: {accum}
-- learning rate: {lr} ({lr_scheduler}, {warmup} warm-up steps), EMA: {ema}, mixed precision: {mp}
-{extra}
-## Metrics
-
-{metrics}
-
-## Samples
-
-{samples}
-
-## Usage
-
-{usage}
-
-## Configuration
-
-```json
-{config}
-```
-"""
+def public_path(value) -> Optional[str]:
+    """``value`` as it may appear in a card or log: a Hub id unchanged, a local path as its last component."""
+    if value is None or not isinstance(value, str) or value == "":
+        return value
+    if is_hub_id(value):
+        return value
+    if os.path.isabs(value) or os.path.exists(value) or os.sep in value:
+        return os.path.basename(os.path.normpath(value)) or value
+    return value
 
 
-USAGE = """```python
-import hf_ddm  # registers hf_ddm's model and scheduler classes with diffusers
-from diffusers import DiffusionPipeline
+def public_config(args) -> dict:
+    """The run's flags for a card or a tracker: no token, no private keys, no local paths."""
+    out = {}
+    for k, v in vars(args).items():
+        if k.startswith("_") or k == "hub_token":
+            continue
+        out[k] = public_path(v) if isinstance(v, str) else v
+    return out
 
-# the folder carries its pipeline's code (hf_ddm.pipelines), named in model_index.json
-pipe = DiffusionPipeline.from_pretrained("{repo}", trust_remote_code=True)
-```"""
+
+def card_metadata(*, pipeline_tag: Optional[str], tags, datasets=None, base_model=None,
+                  license: str = "apache-2.0"):
+    """A ``ModelCardData`` the Hub indexes: diffusers as the library (the folders load with
+    ``DiffusionPipeline.from_pretrained``), the task, data and parent model where there is one."""
+    from huggingface_hub import ModelCardData
+
+    datasets = [d for d in (datasets or []) if is_hub_id(d)] or None
+    base = [b for b in ([base_model] if isinstance(base_model, str) else (base_model or [])) if is_hub_id(b)]
+    return ModelCardData(library_name="diffusers", pipeline_tag=pipeline_tag, license=license,
+                         tags=list(dict.fromkeys(["hf_ddm", "diffusers", *tags])), datasets=datasets,
+                         base_model=(base[0] if len(base) == 1 else base) or None)
+
+
+def pipeline_usage(repo: str, call: str = "") -> str:
+    """The loading snippet of a pipeline folder. Folders are saved portable: the pipeline's code and the
+    hf_ddm modules it needs travel with them, so diffusers (with torch) is all the snippet needs."""
+    return (
+        "```python\n"
+        "import torch\n"
+        "from diffusers import DiffusionPipeline\n\n"
+        "# The folder carries its own code (model_index.json names it): hf_ddm need not be installed.\n"
+        f'pipe = DiffusionPipeline.from_pretrained("{repo}", trust_remote_code=True)\n'
+        f"images = pipe({call}num_inference_steps=25, generator=torch.Generator().manual_seed(0)).images\n"
+        'images[0].save("sample.png")\n'
+        "```"
+    )
+
+
+def model_usage(repo: str, module: str, cls: str, subfolder: Optional[str] = None) -> str:
+    """The loading snippet of a bare model folder (a VAE, a classifier): needs the installed hf_ddm."""
+    sub = f', subfolder="{subfolder}"' if subfolder else ""
+    return (
+        f"Needs hf_ddm installed ({INSTALL_HINT}).\n\n"
+        "```python\n"
+        f"from {module} import {cls}\n\n"
+        f'model = {cls}.from_pretrained("{repo}"{sub})\n'
+        "```"
+    )
+
+
+def build_card(metadata, title: str, sections: dict):
+    """``ModelCard`` from metadata and ``{heading: markdown}`` sections (empty ones left out)."""
+    from huggingface_hub import ModelCard
+
+    body = "\n\n".join(f"## {h}\n\n{text.strip()}" for h, text in sections.items() if text and text.strip())
+    return ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n# {title}\n\n{body}\n")
 
 
 def write_model_card(output_dir: str, args, task, data_info, summary: dict) -> str:
+    """README.md of a finished run: metadata for the Hub, what was trained on what, metrics, samples, a
+    loading snippet and the flags (public form)."""
     import hf_ddm
 
     info = task.card_info() if task is not None else {}
+    repo = getattr(args, "hub_model_id", None) or os.path.basename(os.path.normpath(output_dir))
     metrics = {k: v for k, v in summary.items() if k in ("final_loss", "mean_loss_last_10")}
     metrics.update(summary.get("validation") or {})
-    metrics_md = "\n".join(f"- {k}: {v:.6g}" if isinstance(v, float) else f"- {k}: {v}" for k, v in metrics.items()) \
-        or "- (none recorded)"
+    metrics_md = "\n".join(f"- {k}: {v:.6g}" if isinstance(v, float) else f"- {k}: {v}" for k, v in metrics.items())
     grid = summary.get("sample_grid")
-    samples = f"![samples]({grid})" if grid else "(no sample grid: run with --validation_steps)"
-    dataset = getattr(data_info, "source", None) or getattr(args, "dataset_name", None) or "unknown"
-    tags = ["hf_ddm", "diffusers", "diffusion", "training"] + list(info.get("tags", []))
-    meta = {"library_name": "diffusers", "license": "apache-2.0", "tags": tags}
-    if getattr(args, "dataset_name", None) and not os.path.isdir(args.dataset_name):
-        meta["datasets"] = [args.dataset_name]
-    meta_yaml = "\n".join(f"{k}: {json.dumps(v)}" for k, v in meta.items())
-    config = {k: v for k, v in vars(args).items() if k not in ("hub_token",) and not k.startswith("_")}
-    extra = "".join(f"- {k}: {v}\n" for k, v in info.get("details", {}).items())
-    text = CARD_TEMPLATE.format(
-        metadata=meta_yaml, title=info.get("title", args.hub_model_id or f"hf_ddm {task.name}"),
-        description=info.get("description", f"A {task.name} model trained with hf_ddm."), task=task.name,
-        version=hf_ddm.__version__, dataset=dataset, steps=summary.get("global_step"),
-        processes=summary.get("num_processes"), batch=args.train_batch_size, accum=args.gradient_accumulation_steps,
-        lr=args.learning_rate, lr_scheduler=args.lr_scheduler, warmup=args.lr_warmup_steps, ema=bool(args.use_ema),
-        mp=summary.get("mixed_precision"), extra=extra, metrics=metrics_md, samples=samples,
-        usage=info.get("usage", USAGE).format(repo=args.hub_model_id or output_dir),
-        config=json.dumps(config, indent=2, default=str))
+    dataset_name = getattr(args, "dataset_name", None)
+    dataset = (getattr(data_info, "display", None) or public_path(dataset_name)
+               or public_path(getattr(args, "data_dir", None)) or "unknown")
+    details = "".join(f"- {k}: {public_path(v) if isinstance(v, str) else v}\n"
+                      for k, v in info.get("details", {}).items())
+    training = (
+        f"- script: `train/train_{task.name}.py` (hf_ddm {hf_ddm.__version__})\n"
+        f"- dataset: {dataset}\n"
+        f"- optimizer steps: {summary.get('global_step')}, processes: {summary.get('num_processes')}, batch per "
+        f"process: {args.train_batch_size}, gradient accumulation: {args.gradient_accumulation_steps}\n"
+        f"- learning rate: {args.learning_rate} ({args.lr_scheduler}, {args.lr_warmup_steps} warm-up steps), EMA: "
+        f"{bool(args.use_ema)}, mixed precision: {summary.get('mixed_precision')}\n" + details)
+    usage = info.get("usage") or pipeline_usage("{repo}", info.get("call", ""))
+    metadata = card_metadata(pipeline_tag=info.get("pipeline_tag"), tags=["training", *info.get("tags", [])],
+                             datasets=[dataset_name] if dataset_name else None, base_model=info.get("base_model"))
+    card = build_card(metadata, info.get("title", repo), {
+        "Description": info.get("description", f"A {task.name} model trained with hf_ddm."),
+        "Training": training,
+        "Metrics": metrics_md or "- (none recorded)",
+        "Samples": f"![samples]({grid})" if grid else "(no sample grid: run with --validation_steps)",
+        "Usage": usage.replace("{repo}", repo),
+        "Configuration": "```json\n" + json.dumps(public_config(args), indent=2, default=str) + "\n```",
+    })
     path = os.path.join(output_dir, "README.md")
-    with open(path, "w") as f:
-        f.write(text)
+    card.save(path)
     return path
 
 
+# --- the Hub flow ---------------------------------------------------------------------------------------
+
+def check_hub_access(args) -> Optional[str]:
+    """With ``--push_to_hub``: create the repo now (``exist_ok``), before any data or model is loaded,
+    as diffusers' examples do, so an offline machine, a missing token or a wrong id stops the run in
+    seconds instead of after training. Returns the repo id (None without ``--push_to_hub``)."""
+    if not getattr(args, "push_to_hub", False):
+        return None
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    what = f"--push_to_hub --hub_model_id {args.hub_model_id}"
+    if constants.HF_HUB_OFFLINE:
+        raise ConfigError(f"{what}: HF_HUB_OFFLINE is set, so nothing can be uploaded. Unset HF_HUB_OFFLINE, or "
+                          "drop --push_to_hub (the run folder can be uploaded later with `hf upload`).")
+    try:
+        repo = HfApi(token=args.hub_token).create_repo(args.hub_model_id, exist_ok=True,
+                                                       private=bool(args.hub_private_repo))
+    except OfflineModeIsEnabled as e:
+        raise ConfigError(f"{what}: HF_HUB_OFFLINE is set ({e}); unset it or drop --push_to_hub") from e
+    except HfHubHTTPError as e:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        hint = ("log in with `hf auth login` or pass --hub_token" if status in (401, 403)
+                else "check --hub_model_id (namespace/name you may write to)")
+        raise ConfigError(f"{what}: the Hub refused to create the repo (HTTP {status}): {hint}. {e}") from e
+    except Exception as e:  # noqa: BLE001 - network errors of the HTTP backend: no Hub to push to
+        raise ConfigError(f"{what}: the Hub is unreachable ({type(e).__name__}: {e}). Fix the connection, or "
+                          "set HF_HUB_OFFLINE=1 and drop --push_to_hub to train without uploading.") from e
+    return repo.repo_id
+
+
+def upload_checkpoint(args, checkpoint_dir: str) -> None:
+    """``--hub_upload_checkpoints``: put one complete checkpoint folder into the repo under its own name
+    (``checkpoint-<step>/``), so a run on a preemptible machine can be resumed from the Hub copy."""
+    from huggingface_hub import HfApi
+
+    name = os.path.basename(os.path.normpath(checkpoint_dir))
+    HfApi(token=args.hub_token).upload_folder(repo_id=getattr(args, "_hub_repo_id", None) or args.hub_model_id,
+                                              folder_path=checkpoint_dir, path_in_repo=name,
+                                              commit_message=f"Upload {name}")
+
+
 def push_to_hub(output_dir: str, args) -> str:
-    """Create the repo and upload the final pipeline folder (checkpoints and logs are left out)."""
+    """Upload the final pipeline folder (checkpoints, logs and caches are left out); the repo exists
+    already (``check_hub_access``), ``create_repo(exist_ok=True)`` keeps a direct call working."""
     from huggingface_hub import HfApi
 
     api = HfApi(token=args.hub_token)
     repo_id = api.create_repo(args.hub_model_id, exist_ok=True, private=args.hub_private_repo).repo_id
-    ignore = ["checkpoint-*/**", ".tmp-checkpoint-*/**", ".del-checkpoint-*/**", "logs/**", "*.tmp*", "latent_cache/**"]
     api.upload_folder(repo_id=repo_id, folder_path=output_dir, commit_message="Upload hf_ddm training run",
-                      ignore_patterns=ignore)
+                      ignore_patterns=UPLOAD_IGNORE)
     return repo_id
 
 
-__all__ = ["write_model_card", "push_to_hub"]
+__all__ = ["write_model_card", "push_to_hub", "check_hub_access", "upload_checkpoint", "public_path",
+           "public_config", "card_metadata", "pipeline_usage", "model_usage", "build_card", "UPLOAD_IGNORE"]

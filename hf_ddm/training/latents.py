@@ -74,7 +74,7 @@ def load_or_build_cache(vae, dataset, info, cache_dir: str, flip: bool, accelera
             os.makedirs(cache_dir, exist_ok=True)
             tensors = encode_dataset(vae, dataset, batch_size, flip)
             tmp = f"{path}.tmp-{os.getpid()}"
-            save_file(tensors, tmp, metadata={"source": info.source, "flip": str(flip), "examples": str(len(dataset))})
+            save_file(tensors, tmp, metadata={"source": info.display, "flip": str(flip), "examples": str(len(dataset))})
             os.replace(tmp, path)
             return tensors, path
         return load_file(path), path

@@ -9,15 +9,15 @@ precision, atomic checkpoints + exact resume, validation grids to disk and Tenso
 
 Determinism and exact resume: the data order of epoch e is a permutation seeded by (seed, e); every
 random draw of a step (timesteps, noise, flips, condition dropout, dropout masks) comes from a generator
-seeded by (seed, optimizer step, micro-step, rank). A resumed run reloads weights, optimizer, LR
-schedule and EMA with ``accelerator.load_state``, skips the batches already consumed in the current epoch
+seeded by (seed, optimizer step, micro-step, rank). A resumed run reloads weights, optimizer and scaler
+with ``accelerator.load_state`` and the LR schedule and EMA from JSON + safetensors (``resume.py``; nothing
+is unpickled), sets the epoch of the prepared loader, skips the batches already consumed in that epoch
 with ``accelerator.skip_first_batches``, and then draws exactly what the uninterrupted run would have.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import time
@@ -26,15 +26,20 @@ from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
+from accelerate.logging import get_logger
 from torch.utils.data import DataLoader, Sampler
 
 from . import checkpoint as ckpt
 from .data import collate as default_collate
 from .ema import ema_weights, make_ema
 from .optim import make_optimizer
+from .own_state import export_state
+from .resume import resume
 from .utils import module_checksum, save_grid, step_seed
 
-logger = logging.getLogger("hf_ddm.training")
+# accelerate's logger: messages from the main process only (unless main_process_only=False). The library
+# configures no handlers; the scripts' entry points call logging.basicConfig, as diffusers' examples do.
+logger = get_logger("hf_ddm.training")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -64,6 +69,40 @@ class EpochSampler(Sampler):
 
     def __len__(self) -> int:
         return self.num_examples
+
+
+def _check_writable(out: str) -> None:
+    """Fail before training, naming the folder, rather than at the first checkpoint."""
+    from .args import ConfigError
+
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--output_dir {out} cannot be created: {e.strerror or e}") from e
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ConfigError(f"--output_dir {out} is not writable")
+
+
+def _epoch_loader(accelerator, train_dataloader, sampler: "EpochSampler", epoch: int, skip: int):
+    """(loader, index of its first batch) for ``epoch``, ``skip`` batches already consumed.
+
+    Accelerate's prepared loader calls ``set_epoch(self.iteration)`` on the sampler each time it is
+    iterated, with ``iteration`` its own count of completed passes; a resumed run (whose count restarts
+    at 0) or the separate loader ``skip_first_batches`` builds would otherwise replay epoch 0's order.
+    Setting the epoch through the loader sets that counter too, and ``skip_first_batches`` copies it."""
+    sampler.set_epoch(epoch)
+    if hasattr(train_dataloader, "set_epoch"):
+        train_dataloader.set_epoch(epoch)
+    if skip:
+        return accelerator.skip_first_batches(train_dataloader, skip), skip
+    return train_dataloader, 0
+
+
+def _check_epoch(sampler: EpochSampler, epoch: int) -> None:
+    """Guard exact resume against a change in how Accelerate drives ``set_epoch``."""
+    if sampler.epoch != epoch:
+        raise RuntimeError(f"the data loader shuffled epoch {epoch} with the order of epoch {sampler.epoch}: "
+                           "resumed runs would not match uninterrupted ones")
 
 
 class TrainingTask:
@@ -135,8 +174,11 @@ def make_accelerator(args):
 
 
 def _trackable_config(args) -> dict:
-    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in vars(args).items()
-            if v is not None and not k.startswith("_") and k != "hub_token"}
+    """Flags for the tracker's hparams (written under <output_dir>/logs): no token, no local paths."""
+    from .hub import public_config
+
+    return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in public_config(args).items()
+            if v is not None}
 
 
 def _log_images(accelerator, images: torch.Tensor, step: int, tag: str = "validation") -> None:
@@ -202,23 +244,19 @@ def train(args, task: TrainingTask, dataset, data_info=None, accelerator=None, c
     """Train ``task`` on ``dataset`` as configured by the shared flags (see ``args.add_training_args``)."""
     from diffusers.optimization import get_scheduler
 
-    from .hub import push_to_hub, write_model_card
+    from ..pipeline_utils import strip_local_origins
+    from .hub import push_to_hub, upload_checkpoint, write_model_card
 
     accelerator = accelerator or make_accelerator(args)
-    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S",
-                        level=logging.INFO if accelerator.is_local_main_process else logging.WARNING)
-    logger.info(accelerator.state)
+    logger.info(accelerator.state, main_process_only=False)
     out = args.output_dir
+    _check_writable(out)  # on every process, so that all of them stop, not only the main one
     if accelerator.is_main_process:
-        os.makedirs(out, exist_ok=True)
         removed = ckpt.clean_incomplete(out)
         if removed:
             logger.warning("removed leftovers of interrupted checkpoint writes: %s", removed)
     accelerator.wait_for_everyone()
-    resume_path = ckpt.resolve_resume(args.resume_from_checkpoint, out)
-    if args.resume_from_checkpoint == "latest" and resume_path is None:
-        logger.info("--resume_from_checkpoint latest: no complete checkpoint in %s, starting a new run", out)
-    elif resume_path is None and ckpt.list_checkpoints(out):
+    if not args.resume_from_checkpoint and ckpt.list_checkpoints(out):
         logger.warning("%s already holds checkpoints and this run does not resume; they may be overwritten", out)
 
     # ---- data ---------------------------------------------------------------------------------------
@@ -259,21 +297,18 @@ def train(args, task: TrainingTask, dataset, data_info=None, accelerator=None, c
     # Not prepared on purpose: stepped once per optimizer update, independent of the number of processes.
     lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps,
                                  num_training_steps=max_steps)
-    accelerator.register_for_checkpointing(lr_scheduler)
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
+    # lr_scheduler and ema are checkpointed by hf_ddm (own_state.py), not registered with Accelerate,
+    # which would pickle them and unpickle them on resume with weights_only=False.
 
     if accelerator.is_main_process and args.report_to:
         accelerator.init_trackers(args.tracker_project_name or f"hf_ddm-{task.name}", config=_trackable_config(args))
 
     global_step, first_epoch, skip_batches = 0, 0, 0
-    if resume_path is not None:
-        accelerator.print(f"Resuming from {resume_path}")
-        accelerator.load_state(resume_path)
-        if ema is not None:
-            ema.to(accelerator.device)
-        state = ckpt.read_state(resume_path)
-        global_step = int(state["global_step"])
+    resumed = resume(accelerator, args.resume_from_checkpoint, out, lr_scheduler, ema,
+                     accelerator.unwrap_model(modules[main_name]))
+    if resumed is not None:
+        accelerator.print(f"Resumed from {resumed[0]}")
+        global_step = int(resumed[1]["global_step"])
         first_epoch = global_step // steps_per_epoch
         skip_batches = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
 
@@ -322,13 +357,11 @@ def train(args, task: TrainingTask, dataset, data_info=None, accelerator=None, c
     for epoch in range(first_epoch, num_epochs):
         if done:
             break
-        sampler.set_epoch(epoch)
-        loader = train_dataloader
-        offset = 0
-        if epoch == first_epoch and skip_batches:
-            loader = accelerator.skip_first_batches(train_dataloader, skip_batches)
-            offset = skip_batches
+        loader, offset = _epoch_loader(accelerator, train_dataloader, sampler, epoch,
+                                       skip_batches if epoch == first_epoch else 0)
         for batch_idx, batch in enumerate(loader):
+            if batch_idx == 0:
+                _check_epoch(sampler, epoch)
             if getattr(args, "channels_last", False):
                 batch = _channels_last_batch(batch)
             micro = (offset + batch_idx) % args.gradient_accumulation_steps
@@ -337,8 +370,6 @@ def train(args, task: TrainingTask, dataset, data_info=None, accelerator=None, c
             gen = torch.Generator().manual_seed(seed)
             with accelerator.accumulate(*modules.values()):
                 loss, logs = task.loss(modules, batch, gen)
-                if args.inject_nan_at_step is not None and global_step + 1 == args.inject_nan_at_step:
-                    loss = loss * float("nan")
                 gathered = accelerator.gather(loss.detach().float().reshape(1))
                 if not torch.isfinite(gathered).all():
                     bad = gathered[~torch.isfinite(gathered)][0].item()
@@ -373,10 +404,14 @@ def train(args, task: TrainingTask, dataset, data_info=None, accelerator=None, c
                 accelerator.log(logs, step=global_step)
 
             if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
+                own, tensor_files = export_state(lr_scheduler, ema, accelerator.unwrap_model(modules[main_name]))
                 state = {"global_step": global_step, "epoch": epoch, "seed": args.seed, "max_train_steps": max_steps,
-                         "num_processes": accelerator.num_processes}
-                last_ckpt = ckpt.save_checkpoint(accelerator, out, global_step, state, args.checkpoints_total_limit)
+                         "num_processes": accelerator.num_processes, **own}
+                last_ckpt = ckpt.save_checkpoint(accelerator, out, global_step, state, args.checkpoints_total_limit,
+                                                 tensor_files)
                 logger.info("saved %s", last_ckpt)
+                if getattr(args, "hub_upload_checkpoints", False) and accelerator.is_main_process:
+                    upload_checkpoint(args, last_ckpt)
             if args.validation_steps and global_step % args.validation_steps == 0 and global_step != max_steps:
                 if accelerator.is_main_process:
                     run_validation(global_step)
@@ -410,7 +445,7 @@ def train(args, task: TrainingTask, dataset, data_info=None, accelerator=None, c
         "train_seconds_this_run": elapsed,
         "stopped_by_time_budget": stopped_by_time,
         "examples": len(dataset),
-        "data_source": getattr(data_info, "source", None),
+        "data_source": getattr(data_info, "display", None),
     }
     if accelerator.is_main_process:
         sample_path, val_scalars = None, {}
@@ -419,6 +454,7 @@ def train(args, task: TrainingTask, dataset, data_info=None, accelerator=None, c
         summary["validation"] = val_scalars
         with ema_weights(ema, unwrapped[main_name]):
             task.save(unwrapped, out)
+        strip_local_origins(out)  # model-only saves (VAE, classifier) too: no local _name_or_path
         if sample_path:
             summary["sample_grid"] = os.path.relpath(sample_path, out)
         write_model_card(out, args, task, data_info, summary)
@@ -446,7 +482,11 @@ def run_main(main_fn, argv=None) -> int:
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except ckpt.CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 4
     return 0
 
 
-__all__ = ["TrainingTask", "TrainResult", "train", "make_accelerator", "apply_performance_flags", "EpochSampler", "NonFiniteLossError", "run_main"]
+__all__ = ["TrainingTask", "TrainResult", "train", "make_accelerator", "apply_performance_flags", "EpochSampler",
+           "NonFiniteLossError", "run_main"]

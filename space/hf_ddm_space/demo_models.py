@@ -88,7 +88,7 @@ def build_demo_folder(name: str, cache_dir: str) -> str:
     tmp = tempfile.mkdtemp(prefix=f".{name}-", dir=cache_dir)
     try:
         pipe = build_pipeline(name)
-        pipe.save_pretrained(tmp)
+        pipe.save_pretrained(tmp, portable=False)  # a private cache the app loads with the installed classes
         with open(os.path.join(tmp, MARKER), "w") as f:
             json.dump({"demo": True, "version": DEMO_VERSION, "weights": "random (untrained)"}, f)
         try:

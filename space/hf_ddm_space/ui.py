@@ -1,17 +1,20 @@
 """The Space: request validation, generation with live progress and an optional denoising animation,
 and the Gradio Blocks UI around it.
 
-``SpaceApp.generate`` is the one request handler (``api_name="/generate"``); it is a plain method, so
-tests call it directly as well as over HTTP. Anything that goes wrong inside a request becomes a
+``SpaceApp.generate`` does a request's work; it is a plain method, so tests call it directly. Over HTTP
+(``api_name="/generate"``) it runs through ``generate_cancellable``, which stops it between denoising steps
+when the client cancels or goes away. Anything that goes wrong inside a request becomes a
 ``gr.Error`` for that request only: the process, the loaded models and other users' requests carry on.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
 import tempfile
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -56,11 +59,20 @@ def _env_int(name: str, default: int) -> int:
         return default
 
 
+def public_source(source: str) -> str:
+    """Where a model came from, as visitors may see it: a Hub id as is, a folder by its name only (the
+    server's directory layout is nobody's business)."""
+    kind, _, ref = source.partition(":")
+    if kind == "folder":
+        return f"folder {os.path.basename(os.path.normpath(ref))}/"
+    return ref or source
+
+
 @dataclass(frozen=True)
 class Limits:
     """What one request may ask for. Override with HF_DDM_SPACE_<FIELD> environment variables."""
 
-    max_images: int = 8
+    max_images: int = 10  # one image per class of a 10-class model in one run
     max_steps: int = 100
     max_guidance: float = 20.0
     max_prompt_chars: int = 200
@@ -174,10 +186,28 @@ def save_gif(frames: List[Image.Image], captions: List[str]) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
+class RequestCancelled(Exception):
+    """Raised between denoising steps once the request that asked for them has been cancelled."""
+
+
 class SpaceApp:
     def __init__(self, registry: Optional[Registry] = None, limits: Optional[Limits] = None):
         self.registry = registry or Registry()
         self.limits = limits or Limits.from_env()
+        self._lock = threading.Lock()
+        self._working: List[threading.Event] = []  # the cancel event of every generation in progress
+
+    @property
+    def working(self) -> int:
+        """Generations in progress (each holds a worker thread and its share of the CPU)."""
+        with self._lock:
+            return len(self._working)
+
+    @property
+    def working_cancelled(self) -> int:
+        """Generations in progress whose request was cancelled: they stop at their next step."""
+        with self._lock:
+            return sum(e.is_set() for e in self._working)
 
     # --- model information -----------------------------------------------------------------------
     def model_choices(self) -> List[Tuple[str, str]]:
@@ -207,7 +237,7 @@ class SpaceApp:
                  f"Process: `{type(model.pipe.scheduler).__name__}` ({model.family}); "
                  f"pipeline: `{type(model.pipe).__name__}`."]
         if model.trained:
-            lines.append(f"\n\nWeights: trained checkpoint from `{model.source}`.")
+            lines.append(f"\n\nWeights: trained checkpoint from `{public_source(model.source)}`.")
         else:
             lines.append(
                 f"\n\n⚠️ **Untrained demo weights.** No checkpoint in `space/models/{spec.name}/` and "
@@ -245,8 +275,11 @@ class SpaceApp:
         names = list(model.class_names or [])
         if class_name in (None, "", CYCLE):
             return [k % model.num_classes for k in range(n)]
-        if class_name in names:
-            return [names.index(class_name)] * n
+        # Names match case-insensitively: the Space README's own example sends "sneaker" for "Sneaker".
+        lowered = [str(c).strip().lower() for c in names]
+        wanted = str(class_name).strip().lower()
+        if wanted in lowered:
+            return [lowered.index(wanted)] * n
         try:
             idx = _as_int(class_name, "class", 0, model.num_classes - 1)
         except gr.Error:
@@ -279,8 +312,10 @@ class SpaceApp:
         animation: str = "off",
         frame_every: float = 0,
         progress=gr.Progress(),
+        cancel: Optional[threading.Event] = None,
     ):
-        """Sample images; returns (gallery items, trajectory GIF path or None, markdown summary)."""
+        """Sample images; returns (gallery items, trajectory GIF path or None, markdown summary).
+        Once ``cancel`` is set, the sampling stops after the current step (raises ``RequestCancelled``)."""
         lim = self.limits
         steps = _as_int(steps, "Number of steps", 1, lim.max_steps)
         n = _as_int(num_images, "Number of images", 1, lim.max_images)
@@ -296,10 +331,13 @@ class SpaceApp:
         labels = self._labels(model, class_name, n)
         prompt = self._prompt(model, prompt)
 
+        cancel = cancel or threading.Event()
+        with self._lock:
+            self._working.append(cancel)
         try:
             return self._run(model, sampler, steps, guidance_scale, labels, prompt, seed, n, animation,
-                             frame_every, progress)
-        except gr.Error:
+                             frame_every, progress, cancel)
+        except (gr.Error, RequestCancelled):
             raise
         except ValueError as e:  # the library's own input checks
             logger.warning("rejected request: %s", e)
@@ -308,9 +346,29 @@ class SpaceApp:
             logger.error("generation failed:\n%s", traceback.format_exc())
             raise gr.Error(f"Generation failed ({type(e).__name__}: {e}). The app is still running: "
                            "try again or with other settings.")
+        finally:
+            with self._lock:
+                self._working.remove(cancel)
+
+    async def generate_cancellable(self, model_name, sampler, steps, guidance_scale, class_name, prompt, seed,
+                                   num_images, animation="off", frame_every=0, progress=gr.Progress()):
+        """The HTTP handler: ``generate`` in a worker thread. Gradio cancels this coroutine when the client
+        cancels or disconnects and frees the request's concurrency slot; a thread cannot be stopped from
+        outside, so the cancellation is handed to it as an event that the step callback checks. Without
+        this, a cancelled request kept sampling to the end while its slot served the next one, and the
+        concurrency limit no longer bounded the work."""
+        import anyio
+
+        cancel = threading.Event()
+        call = functools.partial(self.generate, model_name, sampler, steps, guidance_scale, class_name, prompt, seed,
+                                 num_images, animation, frame_every, progress=progress, cancel=cancel)
+        try:
+            return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+        finally:
+            cancel.set()  # cancelled (or done, when it changes nothing)
 
     def _run(self, model, sampler_label, steps, guidance_scale, labels, prompt, seed, n, animation, frame_every,
-             progress):
+             progress, cancel: threading.Event):
         progress(0.0, desc="preparing")
         scheduler = model.samplers[sampler_label].make()
         pipe = model.pipeline_with(scheduler)
@@ -335,6 +393,8 @@ class SpaceApp:
             state["captions"].append("x_T (noise)")
 
         def on_step(p, i, t, tensors):
+            if cancel.is_set():
+                raise RequestCancelled(f"cancelled after step {i + 1}")
             total = len(p.scheduler.timesteps)
             progress((i + 1) / total, desc=f"denoising: model evaluation {i + 1}/{total}")
             if animation != "off":
@@ -486,7 +546,8 @@ def build_demo(app: Optional[SpaceApp] = None, default_model: str = "ddpm", prel
                                             info=f"0 = automatic; at most {lim.max_frames} frames")
                 run = gr.Button("Generate", variant="primary", elem_id="generate-btn")
             with gr.Column(scale=3):
-                gallery = gr.Gallery(label="Samples", columns=4, height=320, elem_id="gallery", format="png")
+                # Height follows the rows: a fixed height hid every row after the first.
+                gallery = gr.Gallery(label="Samples", columns=5, height="auto", elem_id="gallery", format="png")
                 info = gr.Markdown(elem_id="run-info")
                 trajectory = gr.Image(label="Denoising trajectory (GIF)", type="filepath", format="gif",
                                       elem_id="trajectory", interactive=False)
@@ -494,7 +555,7 @@ def build_demo(app: Optional[SpaceApp] = None, default_model: str = "ddpm", prel
         model_dd.change(app.on_model_change, inputs=model_dd,
                         outputs=[sampler_dd, steps, class_dd, prompt, guidance, status],
                         api_name=False, concurrency_limit=None, show_progress="hidden")
-        run.click(app.generate,
+        run.click(app.generate_cancellable,
                   inputs=[model_dd, sampler_dd, steps, guidance, class_dd, prompt, seed, num_images, animation,
                           frame_every],
                   outputs=[gallery, trajectory, info], api_name="generate", concurrency_limit="default")
@@ -508,4 +569,4 @@ def build_demo(app: Optional[SpaceApp] = None, default_model: str = "ddpm", prel
     return demo
 
 
-__all__ = ["SpaceApp", "Limits", "build_demo", "CYCLE", "ANIMATIONS", "CSS"]
+__all__ = ["SpaceApp", "RequestCancelled", "Limits", "build_demo", "CYCLE", "ANIMATIONS", "CSS"]

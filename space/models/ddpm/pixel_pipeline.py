@@ -9,8 +9,8 @@ from typing import Callable, List, Optional, Union
 
 import torch
 
-from hf_ddm.guidance import check_guidance_scale
-from hf_ddm.pipeline_utils import HfDdmPipeline
+from .hf_ddm_guidance import check_guidance_scale
+from .hf_ddm_pipeline_utils import HfDdmPipeline
 
 
 class PixelDiffusionPipeline(HfDdmPipeline):
@@ -62,3 +62,8 @@ class PixelDiffusionPipeline(HfDdmPipeline):
         )
         self.maybe_free_model_hooks()
         return self.to_output(images, output_type, return_dict)
+
+# hf_ddm portable bundle: for a local folder diffusers copies only the modules a custom-code file
+# imports directly, so this file names every bundled module it needs. Never executed.
+if False:  # pragma: no cover
+    from .hf_ddm_processes import __name__ as _bundled_hf_ddm_processes  # noqa: F401

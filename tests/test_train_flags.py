@@ -1,0 +1,77 @@
+"""Flags as diffusers' example scripts name them (train_unconditional.py, train_text_to_image.py): the
+aliases mean the same thing, the flags that cannot apply are refused with the reason, and pretrained paths
+take a Hub id through the Hugging Face cache."""
+
+import os
+import shutil
+
+import pytest
+import torch
+from huggingface_hub import constants
+
+from test_train_common import load_script
+
+
+def parse(script, *argv):
+    from hf_ddm.training import parse_args
+
+    return parse_args(load_script(script).build_parser(), [str(a) for a in argv])
+
+
+def test_diffusers_names_set_the_same_options():
+    a = parse("train_ddpm", "--num_train_epochs", 3, "--ddpm_num_steps", 500, "--ddpm_beta_schedule",
+              "squaredcos_cap_v2", "--eval_batch_size", 9, "--train_data_dir", "imgs", "--center_crop",
+              "--random_flip")
+    assert (a.num_epochs, a.num_train_timesteps, a.beta_schedule, a.num_validation_images, a.data_dir) == \
+        (3, 500, "squaredcos_cap_v2", 9, "imgs")
+    assert a.center_crop and a.random_flip and a.image_fit == "resize"  # crops are centred: the only kind here
+
+
+@pytest.mark.parametrize("flag, reason", [
+    ("--enable_xformers_memory_efficient_attention", "scaled_dot_product_attention"),
+    ("--use_8bit_adam", "8-bit Adam"),
+])
+def test_flags_that_cannot_apply_are_refused_with_the_reason(flag, reason, capsys):
+    with pytest.raises(SystemExit):
+        parse("train_ddpm", flag)
+    err = capsys.readouterr().err
+    assert f"{flag} cannot apply" in err and reason in err
+    if flag == "--use_8bit_adam" and not torch.cuda.is_available():
+        assert "no CUDA device" in err
+
+
+def _cache_repo(cache, repo_id, folder):
+    """``folder`` as the HF cache holds a downloaded repo (refs/main -> snapshots/<commit>/...)."""
+    commit = "1" * 40
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+
+
+def test_vae_path_and_pretrained_model_path_take_hub_ids_from_the_cache(tmp_path, monkeypatch):
+    from hf_ddm.models import VAE, UNet
+    from hf_ddm.training import ConfigError
+    from hf_ddm.training.components import build_model, load_frozen_vae
+
+    torch.manual_seed(0)
+    vae = VAE(in_channels=1, out_channels=1, latent_channels=2, block_out_channels=(8, 16), layers_per_block=1,
+              norm_num_groups=4)
+    vae.save_pretrained(tmp_path / "vae")
+    unet = UNet(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+                attention_levels=(), norm_num_groups=4, attention_head_dim=8)
+    unet.save_pretrained(tmp_path / "pipe" / "unet")
+    cache = tmp_path / "hub"
+    _cache_repo(cache, "someone/tiny-vae", tmp_path / "vae")
+    _cache_repo(cache, "someone/tiny-pipe", tmp_path / "pipe")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # no network: the cache alone must serve
+
+    loaded = load_frozen_vae("someone/tiny-vae")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), vae.state_dict().values()))
+    started = build_model(UNet, {}, "someone/tiny-pipe")  # a pipeline repo: its unet/
+    assert all(torch.equal(a, b) for a, b in zip(started.state_dict().values(), unet.state_dict().values()))
+    with pytest.raises(ConfigError, match="--vae_path 'someone/not-cached'.*HF_HUB_OFFLINE"):
+        load_frozen_vae("someone/not-cached")
+    with pytest.raises(ConfigError, match="--pretrained_model_path .* is not a folder"):
+        build_model(UNet, {}, os.path.join(str(tmp_path), "missing"))
