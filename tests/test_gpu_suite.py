@@ -58,7 +58,7 @@ def test_dry_run_prints_every_table_and_ships_a_loadable_pipeline(tmp_path):
 
 
 def test_pack_folder_splits_into_small_parts_and_leaves_out_training_state(tmp_path):
-    from gpu_suite import pack_folder
+    from gpu_train_stage import pack_folder
 
     run = tmp_path / "ddpm"
     (run / "unet").mkdir(parents=True)
