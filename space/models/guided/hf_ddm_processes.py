@@ -17,6 +17,7 @@ description: f = d log a / dt and g^2 = d s^2/dt - 2 f s^2.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -91,6 +92,30 @@ def convert(model_output, sample, a, s, from_type: str, to_type: str) -> torch.T
     return from_x0_eps(x0, eps, a, s, to_type)
 
 
+@dataclass(frozen=True)
+class Point:
+    """One point of a sampling grid as the update rules see it: the marginal (a, s) at process time
+    ``t``, and -- for the rules that integrate the SDE itself (Euler-Maruyama) -- the drift coefficient
+    ``f`` and squared diffusion ``g2`` there. ``t=None``, a = 1, s = 0 is the clean data."""
+
+    a: float
+    s: float
+    t: Optional[float] = None
+    f: float = 0.0
+    g2: float = 0.0
+
+    @property
+    def clean(self) -> bool:
+        return self.s == 0.0
+
+    @property
+    def log_snr(self) -> float:
+        return math.inf if self.s == 0.0 else math.log(self.a / self.s)
+
+
+CLEAN = Point(1.0, 0.0)
+
+
 class NoiseProcess:
     """Base class: subclasses define ``marginal`` (and ``prior_std``); the rest is derived."""
 
@@ -105,6 +130,13 @@ class NoiseProcess:
         raise NotImplementedError
 
     # --- derived ----------------------------------------------------------------------------------
+    def point(self, t) -> Point:
+        """The grid point at process time ``t`` (a Python number), with f and g^2 for SDE rules."""
+        tt = torch.as_tensor(t, dtype=torch.float64) if self.continuous else torch.as_tensor(t)
+        a, s = self.marginal(tt)
+        f, g2 = (self._derivatives(tt) if self.continuous else (self.drift_coef(tt), self.diffusion(tt) ** 2))
+        return Point(float(a), float(s), float(t), float(f), float(g2))
+
     def alpha(self, t):
         return self.marginal(t)[0]
 
@@ -283,6 +315,76 @@ class DiscreteVP(_Tabulated):
         return cls(make_betas(**kwargs))
 
 
+class DiscreteScheduleVP(NoiseProcess):
+    """The continuous-time view of a discrete VP schedule (any diffusers betas): what lets every SDE /
+    ODE solver and the ODE likelihood run on exactly the schedule a diffusers model was trained with.
+
+    Process time t in [0, 1] is the train timestep tau = t (N - 1) rescaled; the model is called at tau
+    (a float). At integer tau the marginal is exactly diffusers' (sqrt(alphas_cumprod), sqrt(1 -
+    alphas_cumprod)); between them the log-SNR lambda = log(a/s) is linear in tau -- k-diffusion's
+    choice (``DiscreteSchedule`` interpolates log-sigma, the same thing). lambda is the variable the
+    solvers step in, so a piecewise-linear lambda keeps every grid exact at the knots and monotone in
+    between; a ~ sigmoid(2 lambda)^1/2, s ~ sigmoid(-2 lambda)^1/2 keep a^2 + s^2 = 1 (VP) everywhere.
+
+    Zero terminal SNR (``rescale_betas_zero_snr``: alphas_cumprod[-1] = 0, lambda = -inf) is clamped
+    to alphas_cumprod = 2^-24 at the last timestep, as diffusers' DDIM / Euler schedulers do.
+    """
+
+    continuous = True
+
+    def __init__(self, alphas_cumprod: torch.Tensor):
+        ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64).flatten()
+        if ac.numel() < 2:
+            raise ValueError("a discrete schedule needs at least 2 train timesteps")
+        if not torch.isfinite(ac).all() or (ac > 1).any() or (ac < 0).any() or (ac[1:] > ac[:-1]).any():
+            raise ValueError("alphas_cumprod must be finite, in [0, 1] and non-increasing")
+        ac = ac.clamp(min=2.0**-24)
+        self.alphas_cumprod = ac
+        self.num_train_timesteps = ac.numel()
+        self._lam = 0.5 * (torch.log(ac) - torch.log1p(-ac))
+        self.prior_std = 1.0
+        self.t_min, self.t_max = 0.0, 1.0
+
+    @classmethod
+    def from_schedule(cls, **kwargs) -> "DiscreteScheduleVP":
+        """From diffusers' schedule keys (``make_betas``'s arguments)."""
+        # float32 cumprod, as diffusers computes alphas_cumprod: the very values the model was trained on.
+        return cls(torch.cumprod(1.0 - make_betas(**kwargs), 0))
+
+    def _segment(self, t, below: bool = False):
+        tau = _as_float(t).to(torch.float64) * (self.num_train_timesteps - 1)
+        # ``below``: at a knot take the segment under it (samplers move towards t = 0).
+        i = (torch.ceil(tau) - 1 if below else torch.floor(tau)).clamp(0, self.num_train_timesteps - 2).long()
+        return tau, i
+
+    def log_snr(self, t) -> torch.Tensor:
+        tau, i = self._segment(t)
+        lo, hi = self._lam[i], self._lam[i + 1]
+        return lo + (tau - i) * (hi - lo)
+
+    def marginal(self, t):
+        lam = self.log_snr(t)
+        return torch.sigmoid(2 * lam).sqrt(), torch.sigmoid(-2 * lam).sqrt()
+
+    def _derivatives(self, t):
+        # With lambda' = d lambda/dt (piecewise constant): f = d log a/dt = s^2 lambda',
+        # g^2 = d s^2/dt - 2 f s^2 = -2 s^2 lambda' (> 0, lambda decreases).
+        _, i = self._segment(t, below=True)
+        dlam = (self._lam[i + 1] - self._lam[i]) * (self.num_train_timesteps - 1)
+        s2 = torch.sigmoid(-2 * self.log_snr(t))
+        return s2 * dlam, -2.0 * s2 * dlam
+
+    def time_at_log_snr(self, log_snr: torch.Tensor, iters: int = 0) -> torch.Tensor:
+        """Exact inverse of the piecewise-linear lambda (``iters`` is ignored: no bisection needed)."""
+        target = torch.as_tensor(log_snr, dtype=torch.float64)
+        lam = self._lam
+        neg = -lam  # increasing in tau
+        j = torch.searchsorted(neg, -target).clamp(1, self.num_train_timesteps - 1)
+        lo, hi = lam[j - 1], lam[j]
+        w = ((target - lo) / (hi - lo)).clamp(0, 1)
+        return ((j - 1) + w) / (self.num_train_timesteps - 1)
+
+
 def geometric_sigmas(sigma_min: float, sigma_max: float, n: int) -> torch.Tensor:
     check_sigma_range(sigma_min, sigma_max)
     return torch.exp(torch.linspace(math.log(sigma_min), math.log(sigma_max), n, dtype=torch.float64)).float()
@@ -404,7 +506,10 @@ __all__ = [
     "from_x0_eps",
     "convert",
     "NoiseProcess",
+    "Point",
+    "CLEAN",
     "DiscreteVP",
+    "DiscreteScheduleVP",
     "DiscreteVE",
     "ContinuousVP",
     "SubVP",

@@ -5,8 +5,9 @@
 * classifier: eps_hat = eps - scale * s_t * grad_x log p(y | x_t), done in epsilon space and
   converted back to the model's prediction type.
 
-``scheduler_marginal`` finds (a_t, s_t) of the model input for hf_ddm's schedulers and for diffusers'
-VP-type ones (DDPM, DDIM, Euler, Heun, DPM-Solver, UniPC ...), whose model input is the VP sample.
+(a_t, s_t) of the model input come from the model adapter (``hf_ddm.adapter.noise_level``), for hf_ddm's
+schedulers and for diffusers' VP-type ones (DDPM, DDIM, Euler, Heun, DPM-Solver, UniPC ...), whose model
+input is the VP sample on its exact discrete schedule.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import math
 
 import torch
 
+from .hf_ddm_adapter import noise_level, prediction_type_of
 from .hf_ddm_processes import convert
 
 
@@ -30,30 +32,8 @@ def classifier_free(out_uncond: torch.Tensor, out_cond: torch.Tensor, guidance_s
     return out_uncond + guidance_scale * (out_cond - out_uncond)
 
 
-def scheduler_marginal(scheduler, timestep, like: torch.Tensor):
-    """(a, s) of the model input at ``timestep`` for hf_ddm and diffusers VP-type schedulers."""
-    t = torch.as_tensor(timestep)
-    if hasattr(scheduler, "marginal"):
-        a, s = scheduler.marginal(t)
-    elif hasattr(scheduler, "alphas_cumprod"):
-        table = scheduler.alphas_cumprod.to(torch.float64)
-        tf = t.to(torch.float64).clamp(0, len(table) - 1)
-        lo = tf.floor().long()
-        hi = (lo + 1).clamp(max=len(table) - 1)
-        # Linear interpolation in sigma = sqrt((1 - abar)/abar), as diffusers' Euler/Heun do.
-        sig = ((1 - table) / table).sqrt()
-        sigma = sig[lo] + (tf - lo) * (sig[hi] - sig[lo])
-        a = 1.0 / (1.0 + sigma * sigma).sqrt()
-        s = sigma * a
-    else:
-        raise ValueError(f"cannot find the noise level of scheduler {type(scheduler).__name__} at timestep {timestep}")
-    a = torch.as_tensor(a).to(like.device, like.dtype)
-    s = torch.as_tensor(s).to(like.device, like.dtype)
-    return a, s
-
-
-def prediction_type_of(scheduler) -> str:
-    return getattr(scheduler.config, "prediction_type", "epsilon")
+# The noise level of any scheduler's model input, and its prediction type: the model adapter's.
+scheduler_marginal = noise_level
 
 
 def classifier_guidance(
@@ -80,4 +60,12 @@ def classifier_guidance(
     return convert(eps, sample, a, s, "epsilon", kind)
 
 
-__all__ = ["check_guidance_scale", "classifier_free", "classifier_guidance", "scheduler_marginal"]
+__all__ = ["check_guidance_scale", "classifier_free", "classifier_guidance", "scheduler_marginal", "prediction_type_of"]
+
+# hf_ddm portable bundle: for a local folder diffusers copies only the modules a custom-code file
+# imports directly, so this file names every bundled module it needs. Never executed.
+if False:  # pragma: no cover
+    from .hf_ddm_base import __name__ as _bundled_hf_ddm_base  # noqa: F401
+    from .hf_ddm_diffusers_configs import __name__ as _bundled_hf_ddm_diffusers_configs  # noqa: F401
+    from .hf_ddm_sde import __name__ as _bundled_hf_ddm_sde  # noqa: F401
+    from .hf_ddm_solvers import __name__ as _bundled_hf_ddm_solvers  # noqa: F401

@@ -39,6 +39,27 @@ def integer_timesteps(timesteps) -> torch.Tensor:
     return t
 
 
+def threshold_sample(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
+    """Imagen's dynamic thresholding, with diffusers' ``_threshold_sample`` semantics: per sample,
+    s = clamp(quantile(|x0|, ratio), 1, max_value); x0 <- clamp(x0, -s, s) / s."""
+    dtype = x0.dtype
+    flat = x0.reshape(x0.shape[0], -1)
+    if dtype not in (torch.float32, torch.float64):
+        flat = flat.float()
+    s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1, max=max_value).unsqueeze(1)
+    return (torch.clamp(flat, -s, s) / s).reshape(x0.shape).to(dtype)
+
+
+def check_x0_processing(clip_sample, clip_sample_range, thresholding, dynamic_thresholding_ratio, sample_max_value):
+    """The config checks of diffusers' x0 clipping / dynamic thresholding keys."""
+    if clip_sample and not clip_sample_range > 0:
+        raise ValueError(f"clip_sample_range must be > 0, got {clip_sample_range}")
+    if thresholding and not 0 < dynamic_thresholding_ratio <= 1:
+        raise ValueError(f"dynamic_thresholding_ratio must be in (0, 1], got {dynamic_thresholding_ratio}")
+    if thresholding and not sample_max_value >= 1:
+        raise ValueError(f"sample_max_value must be >= 1, got {sample_max_value}")
+
+
 class ProcessSchedulerMixin:
     process: NoiseProcess
 
@@ -115,6 +136,36 @@ class ProcessSchedulerMixin:
     def _to_x0_eps(self, model_output, sample, a, s):
         return to_x0_eps(model_output, sample, a, s, self.config.prediction_type)
 
+    def denoised(self, model_output, sample, a, s, clipped_eps: bool = True):
+        """(x0_hat, eps_hat) from a model output, with the config's x0 clipping or dynamic thresholding
+        (diffusers' ``clip_sample`` / ``thresholding`` keys, where the scheduler has them). With
+        ``clipped_eps`` the returned eps is the one consistent with the processed x0 (what every
+        solver written in (x, x0) does); without it the model's own eps (diffusers' DDIM default)."""
+        x0, eps = to_x0_eps(model_output, sample, a, s, self.config.prediction_type)
+        cfg = self.config
+        if getattr(cfg, "thresholding", False):
+            x0 = threshold_sample(x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
+        elif getattr(cfg, "clip_sample", False):
+            x0 = x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
+        else:
+            return x0, eps
+        if clipped_eps:
+            eps = to_x0_eps(x0, sample, a, s, "sample")[1]
+        return x0, eps
+
+    def _check_initial_noise(self, sample: torch.Tensor):
+        """At the first step of a loop: was the starting noise scaled by ``init_noise_sigma``? Stock
+        ``DDPMPipeline`` ignores it, and a VE process started from N(0, 1) instead of N(0, sigma_max^2)
+        returns garbage without any error -- so refuse it here, where it can still be named."""
+        sigma = float(self.init_noise_sigma)
+        if sigma > 2.0 and float(sample.detach().float().std()) < 0.25 * sigma:
+            raise ValueError(
+                f"sample: the first step got a sample of std {float(sample.detach().float().std()):.3g}, but this "
+                f"scheduler starts from noise of std init_noise_sigma={sigma:.4g}. The pipeline's loop did not scale its "
+                "initial noise by scheduler.init_noise_sigma (stock diffusers.DDPMPipeline does not); use a pipeline "
+                "that does (hf_ddm's, DDIMPipeline, StableDiffusionPipeline) or a VP scheduler."
+            )
+
     @staticmethod
     def _check_step_inputs(model_output: torch.Tensor, sample: torch.Tensor):
         if model_output.shape != sample.shape:
@@ -130,4 +181,4 @@ class ProcessSchedulerMixin:
             raise ValueError(f"prediction_type must be one of {tuple(allowed)} here, got {prediction_type!r}")
 
 
-__all__ = ["SchedulerOutput", "ProcessSchedulerMixin", "integer_timesteps"]
+__all__ = ["SchedulerOutput", "ProcessSchedulerMixin", "integer_timesteps", "threshold_sample", "check_x0_processing"]

@@ -50,9 +50,9 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
 
-from .hf_ddm_processes import DiscreteVP, NoiseProcess, to_x0_eps
-from .hf_ddm_solvers import noise_like
-from .hf_ddm_base import ProcessSchedulerMixin, SchedulerOutput
+from .hf_ddm_processes import CLEAN, DiscreteVP, Point
+from .hf_ddm_solvers import ancestral, ddim, noise_like, posterior_variance, transition, with_noise
+from .hf_ddm_base import ProcessSchedulerMixin, SchedulerOutput, check_x0_processing, threshold_sample
 
 SAMPLERS = ("ddpm", "ddim")
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
@@ -124,17 +124,6 @@ def lookup_step_index(index: Optional[dict], timestep) -> int:
     return index[int(v)]
 
 
-def threshold_sample(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
-    """Imagen's dynamic thresholding, with diffusers' ``_threshold_sample`` semantics: per sample,
-    s = clamp(quantile(|x0|, ratio), 1, max_value); x0 <- clamp(x0, -s, s) / s."""
-    dtype = x0.dtype
-    flat = x0.reshape(x0.shape[0], -1)
-    if dtype not in (torch.float32, torch.float64):
-        flat = flat.float()
-    s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1, max=max_value).unsqueeze(1)
-    return (torch.clamp(flat, -s, s) / s).reshape(x0.shape).to(dtype)
-
-
 def _is_ddim_config(config: dict) -> bool:
     """A DDIMScheduler config: named so in ``_class_name`` (saved configs), or -- in-memory
     ``DDIMScheduler().config`` carries no class name -- exactly DDIMScheduler's init keys."""
@@ -189,12 +178,7 @@ class VPScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
         self._check_prediction_type(prediction_type, VP_PREDICTION_TYPES)
         if not eta >= 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
-        if clip_sample and not clip_sample_range > 0:
-            raise ValueError(f"clip_sample_range must be > 0, got {clip_sample_range}")
-        if thresholding and not 0 < dynamic_thresholding_ratio <= 1:
-            raise ValueError(f"dynamic_thresholding_ratio must be in (0, 1], got {dynamic_thresholding_ratio}")
-        if thresholding and not sample_max_value >= 1:
-            raise ValueError(f"sample_max_value must be >= 1, got {sample_max_value}")
+        check_x0_processing(clip_sample, clip_sample_range, thresholding, dynamic_thresholding_ratio, sample_max_value)
         if trained_betas is not None and len(trained_betas) != num_train_timesteps:
             raise ValueError(
                 f"trained_betas has {len(trained_betas)} entries but num_train_timesteps={num_train_timesteps}"
@@ -250,33 +234,20 @@ class VPScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
     def _prepare(self, t: torch.Tensor):
         final = -1 if self.config.set_alpha_to_one else 0
         t_prev = torch.cat([t[1:], torch.tensor([final])])
-        p = self.process
-        a_t, s_t = p.marginal(t)
-        a_p, s_p = p.marginal(t_prev)
-        coef_xt, coef_x0, post_var = p.posterior_coefficients(t, t_prev)
-        _, trans_var = p.transition(t_prev, t)  # beta of the (possibly skipped) step: "fixed_large"
+        a_t, s_t = self.process.marginal(t)
+        a_p, s_p = self.process.marginal(t_prev)
         self._index = {int(v): i for i, v in enumerate(t.tolist())}
         self._prev = t_prev.tolist()
-        self._coefs = list(
-            zip(
-                a_t.tolist(), s_t.tolist(), a_p.tolist(), s_p.tolist(), coef_xt.tolist(), coef_x0.tolist(),
-                post_var.tolist(), trans_var.tolist(),
-            )
-        )
+        self._points = [
+            (Point(a, s), CLEAN if tp == -1 else Point(ap, sp))
+            for a, s, ap, sp, tp in zip(a_t.tolist(), s_t.tolist(), a_p.tolist(), s_p.tolist(), self._prev)
+        ]
 
     def previous_timestep(self, timestep) -> torch.Tensor:
         """The timestep the step from ``timestep`` lands on (-1: clean data; 0 with set_alpha_to_one=False)."""
         return torch.tensor(self._prev[lookup_step_index(self._index, timestep)])
 
     # --- step -------------------------------------------------------------------------------------------
-    def _process_x0(self, x0: torch.Tensor) -> torch.Tensor:
-        cfg = self.config
-        if cfg.thresholding:
-            return threshold_sample(x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
-        if cfg.clip_sample:
-            return x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
-        return x0
-
     def step(
         self,
         model_output: torch.Tensor,
@@ -308,55 +279,47 @@ class VPScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
             if generator is not None:
                 raise ValueError("pass either generator or variance_noise to step, not both")
             self._check_step_inputs(variance_noise, sample)
-        a_t, s_t, a_p, s_p, coef_xt, coef_x0, post_var, trans_var = self._coefs[i]
-
-        x0, eps = to_x0_eps(model_output, sample, a_t, s_t, cfg.prediction_type)
-        x0 = self._process_x0(x0)
+        cur, nxt = self._points[i]
+        x0, eps = self.denoised(model_output, sample, cur.a, cur.s, clipped_eps=bool(use_clipped_model_output))
 
         if cfg.sampler == "ddim":
             eta = cfg.eta if eta is None else float(eta)
-            if not eta >= 0:
-                raise ValueError(f"eta must be >= 0, got {eta}")
-            std = eta * post_var**0.5
-            dir_var = s_p * s_p - std * std
-            if dir_var < 0:
-                if dir_var < -1e-6:
-                    raise ValueError(f"eta={eta} is too large at timestep {int(timestep)}: the DDIM variance exceeds 1 - alpha_bar_prev")
-                dir_var = 0.0
-            if use_clipped_model_output:
-                eps = to_x0_eps(x0, sample, a_t, s_t, "sample")[1]
-            prev = torch.add(x0 * a_p, eps, alpha=dir_var**0.5)
+            mean, std = ddim(sample, x0, eps, cur, nxt, eta=eta)
             if eta > 0:
                 noise = variance_noise if variance_noise is not None else noise_like(sample, generator)
-                if std > 0:
-                    prev = prev.add_(noise, alpha=std)
+                prev = with_noise(mean, std, noise)
+            else:
+                prev = mean
         else:
-            prev = torch.add(sample * coef_xt, x0, alpha=coef_x0)
+            if eta:  # DDIMPipeline passes eta=0.0 by default: that (and None) means "as configured"
+                raise ValueError(f"eta={eta} is DDIM's: VPScheduler(sampler='ddpm') draws DDPM's posterior noise; "
+                                 "use sampler='ddim' for eta > 0")
+            mean, std = ancestral(sample, x0, eps, cur, nxt, variance=self._ddpm_variance(predicted_variance, cur, nxt))
+            prev = mean
             if int(timestep) > 0 or variance_noise is not None:  # diffusers' draw rule: keeps generators aligned
                 noise = variance_noise if variance_noise is not None else noise_like(sample, generator)
-                if self._prev[i] != -1:  # the step to clean data is noise-free (DDPM Algorithm 2)
-                    std = self._ddpm_std(post_var, trans_var, predicted_variance)
-                    prev = prev.add_(noise, alpha=std) if isinstance(std, float) else prev + std * noise
+                if not nxt.clean:  # the step to clean data is noise-free (DDPM Algorithm 2)
+                    prev = with_noise(mean, std, noise)
         if not return_dict:
             return (prev, x0)
         return SchedulerOutput(prev_sample=prev, pred_original_sample=x0)
 
-    def _ddpm_std(self, post_var: float, trans_var: float, predicted_variance):
+    def _ddpm_variance(self, predicted_variance, cur: Point, nxt: Point):
+        """The ``variance`` argument of the ancestral rule for ``config.variance_type``."""
         vt = self.config.variance_type
         if vt in ("fixed_small", "fixed_small_log"):
-            return max(post_var, 1e-20) ** 0.5
+            return "small"
         if vt in ("fixed_large", "fixed_large_log"):
-            return trans_var**0.5
+            return "large"
         if predicted_variance is None:
             raise ValueError(
                 f"variance_type={vt!r} needs a model output with twice the sample's channels (mean and variance)"
             )
         if vt == "learned":
-            return predicted_variance**0.5
+            return predicted_variance
         # learned_range (improved DDPM): interpolate log-variance between beta~ and beta.
         frac = (predicted_variance + 1) / 2
-        log_var = frac * np.log(trans_var) + (1 - frac) * np.log(max(post_var, 1e-20))
-        return torch.exp(0.5 * log_var)
-
+        log_var = frac * np.log(transition(cur, nxt)[1]) + (1 - frac) * np.log(max(posterior_variance(cur, nxt), 1e-20))
+        return torch.exp(log_var)
 
 __all__ = ["VPScheduler", "spaced_timesteps", "check_custom_timesteps"]
