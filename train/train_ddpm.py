@@ -62,9 +62,10 @@ def build_parser():
     return p
 
 
-def main(argv=None):
-    args = parse_args(build_parser(), argv)
-    # Everything that can fail on bad input is checked here, before any training state exists.
+def prepare(args):
+    """(task, dataset, data info) for parsed ``args``: everything that can fail on bad input is checked here,
+    before any training state exists. ``main`` trains them; benchmarks drive ``hf_ddm.training.loop``'s
+    steps on them directly."""
     kwargs = unet_kwargs_from_args(args)
     channels = args.channels or kwargs.get("in_channels", 3)
     check_spatial(args.resolution, kwargs.get("block_out_channels", (64, 128, 256)))
@@ -75,6 +76,12 @@ def main(argv=None):
     unet = build_model(UNet, kwargs, args.pretrained_model_path)
     task = DDPMTask(unet, scheduler, args.random_flip, Objective.from_args(args))
     task.base_model = args.pretrained_model_path
+    return task, dataset, info
+
+
+def main(argv=None):
+    args = parse_args(build_parser(), argv)
+    task, dataset, info = prepare(args)
     return train(args, task, dataset, info)
 
 
