@@ -47,7 +47,10 @@ class Objective:
     def from_args(cls, args) -> "Objective":
         """From the flags of ``args.add_objective_args`` (absent flags: the defaults). ``--snr_gamma``
         alone selects min_snr, as in diffusers' scripts."""
-        get = lambda name, default: getattr(args, name, default) if getattr(args, name, None) is not None else default  # noqa: E731
+        def get(name, default):
+            value = getattr(args, name, None)
+            return default if value is None else value
+
         gamma = get("snr_gamma", None)
         weighting = get("loss_weighting", None) or ("min_snr" if gamma is not None else "scheduler")
         return cls(loss_weighting=weighting, snr_gamma=gamma, sigma_data=get("edm_sigma_data", EDM_SIGMA_DATA),
