@@ -37,7 +37,9 @@ import sys
 import time
 
 _MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**34), "MALLOC_TRIM_THRESHOLD_": str(2**34)}
-if "--_mem-child" not in sys.argv and any(os.environ.get(k) != v for k, v in _MALLOC_ENV.items()):
+# Only when run as a script: benchmarks/gpu_suite.py imports the builders and timers below.
+_NEEDS_MALLOC_ENV = any(os.environ.get(k) != v for k, v in _MALLOC_ENV.items())
+if __name__ == "__main__" and "--_mem-child" not in sys.argv and _NEEDS_MALLOC_ENV:
     os.environ.update(_MALLOC_ENV)
     os.execv(sys.executable, [sys.executable] + sys.argv)  # glibc reads these only at start-up
 
@@ -51,16 +53,18 @@ from hf_ddm.models import VAE, UNet  # noqa: E402
 WIDTHS = (64, 128, 256)
 
 
-def build(name: str):
+def build(name: str, widths=WIDTHS, norm_num_groups: int = 32):
+    """A matched model by name; ``widths``/``norm_num_groups`` shrink the U-Nets (gpu_suite --dry-run)."""
     torch.manual_seed(0)
     if name == "unet_ours":
-        return UNet(sample_size=32, block_out_channels=WIDTHS, layers_per_block=2, attention_levels=(1, 2),
-                    mid_block_attention=True, attention_head_dim=32, norm_num_groups=32)
+        return UNet(sample_size=32, block_out_channels=widths, layers_per_block=2, attention_levels=(1, 2),
+                    mid_block_attention=True, attention_head_dim=32, norm_num_groups=norm_num_groups)
     if name == "unet_theirs":
-        return UNet2DModel(sample_size=32, block_out_channels=WIDTHS, layers_per_block=2,
+        return UNet2DModel(sample_size=32, block_out_channels=widths, layers_per_block=2,
                            down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
                            up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-                           attention_head_dim=32, norm_num_groups=32, resnet_time_scale_shift="scale_shift")
+                           attention_head_dim=32, norm_num_groups=norm_num_groups,
+                           resnet_time_scale_shift="scale_shift")
     if name == "vae_ours":
         return VAE(block_out_channels=WIDTHS, layers_per_block=2, latent_channels=4, norm_num_groups=32)
     if name == "vae_theirs":
@@ -73,16 +77,16 @@ def n_params(m) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-def calls(kind: str, model, batch: int, device):
-    """The timed closure: U-Net forward, VAE encode (mode) or VAE decode."""
+def calls(kind: str, model, batch: int, device, dtype=torch.float32):
+    """The timed closure: U-Net forward, VAE encode (mode) or VAE decode; inputs in ``dtype``."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, 3, 32, 32, generator=g).to(device)
+    x = torch.randn(batch, 3, 32, 32, generator=g).to(device, dtype)
     if kind == "unet":
         t = torch.randint(0, 1000, (batch,), generator=g).to(device)
         return lambda: model(x, t).sample
     if kind == "encode":
         return lambda: model.encode(x).latent_dist.mode()
-    z = torch.randn(batch, 4, 8, 8, generator=g).to(device)
+    z = torch.randn(batch, 4, 8, 8, generator=g).to(device, dtype)
     return lambda: model.decode(z).sample
 
 

@@ -49,9 +49,33 @@ def _throughput(step_times, warmup, images_per_step):
     return (len(t) - 1) * images_per_step / (t[-1] - t[0])
 
 
+# gpu_suite.py passes a namespace with more fields (attention levels, norm groups, compile, workers); the
+# CPU command line of this file leaves them at these defaults.
+def _opt(a, name, default):
+    return getattr(a, name, None) if getattr(a, name, None) is not None else default
+
+
 def unet_flags(a):
-    return ["--block_out_channels", a.channels, "--layers_per_block", str(a.layers), "--attention_levels", "1",
-            "--norm_num_groups", "8", "--attention_head_dim", "32"]
+    return ["--block_out_channels", a.channels, "--layers_per_block", str(a.layers), "--attention_levels",
+            _opt(a, "attention", "1"), "--norm_num_groups", str(_opt(a, "norm_groups", 8)), "--attention_head_dim", "32"]
+
+
+def perf_flags(a):
+    """hf_ddm's GPU flags: torch.compile of the training step, DataLoader workers, TF32."""
+    flags = ["--dataloader_num_workers", str(_opt(a, "workers", 0))]
+    if _opt(a, "compile", False):
+        flags += ["--torch_compile", "--torch_compile_backend", _opt(a, "compile_backend", "inductor")]
+    if _opt(a, "allow_tf32", False):
+        flags.append("--allow_tf32")
+    return flags
+
+
+def unet_kwargs(a, resolution, channels):
+    """The U-Net of ``unet_flags`` as UNet kwargs (the diffusers-style loops build it themselves)."""
+    return dict(sample_size=resolution, in_channels=channels, out_channels=channels,
+                block_out_channels=tuple(int(c) for c in a.channels.split(",")), layers_per_block=a.layers,
+                attention_levels=tuple(int(v) for v in _opt(a, "attention", "1").split(",") if v),
+                norm_num_groups=_opt(a, "norm_groups", 8), attention_head_dim=32)
 
 
 def run_hf_ddm(a, data, out):
@@ -60,7 +84,7 @@ def run_hf_ddm(a, data, out):
             "--train_batch_size", str(a.batch_size), "--max_train_steps", str(a.steps + a.warmup),
             "--checkpointing_steps", "1000000", "--report_to", "none", "--lr_warmup_steps", "0", "--use_ema",
             "--output_dir", out, "--seed", "0", "--mixed_precision", a.mixed_precision, "--adam_beta1", "0.95",
-            "--adam_weight_decay", "1e-6"] + (["--cpu"] if a.cpu else [])
+            "--adam_weight_decay", "1e-6"] + perf_flags(a) + (["--cpu"] if a.cpu else [])
     _reset()
     args = mod.parse_args(mod.build_parser(), argv)
     from hf_ddm.training import build_scheduler, load_image_dataset
@@ -79,8 +103,18 @@ def run_hf_ddm(a, data, out):
     return _throughput(res.step_times, a.warmup + 1, a.batch_size)
 
 
-def run_diffusers_style(a, data):
-    """The loop of diffusers' train_unconditional.py, minus its argument parsing/saving."""
+def _data_args(data_dir, resolution):
+    from hf_ddm.training import add_data_args
+
+    p = argparse.ArgumentParser()
+    add_data_args(p)
+    return p.parse_args(["--data_dir", str(data_dir), "--resolution", str(resolution)])
+
+
+def run_diffusers_style(a, data, vae=None):
+    """The loop of diffusers' train_unconditional.py, minus its argument parsing/saving. With a frozen ``vae``
+    it trains in its latent space, encoding every batch as diffusers' train_text_to_image.py does.
+    ``a.compile`` compiles the U-Net the diffusers way, ``accelerate launch --dynamo_backend``."""
     from accelerate import Accelerator
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_scheduler
@@ -89,22 +123,28 @@ def run_diffusers_style(a, data):
 
     from hf_ddm.models.unet import UNet
     from hf_ddm.training.data import collate
-    from test_train_common import _args
 
     from hf_ddm.training import load_image_dataset
 
     _reset()
-    accelerator = Accelerator(mixed_precision=a.mixed_precision, cpu=a.cpu)
-    ds, _ = load_image_dataset(_args(data_dir=data, resolution=a.resolution), 1)
+    dynamo = _opt(a, "compile_backend", "inductor") if _opt(a, "compile", False) else "no"
+    accelerator = Accelerator(mixed_precision=a.mixed_precision, cpu=a.cpu, dynamo_backend=dynamo)
+    ds, _ = load_image_dataset(_data_args(data, a.resolution), 1)
     torch.manual_seed(0)
-    model = UNet(sample_size=a.resolution, in_channels=1, out_channels=1,
-                 block_out_channels=tuple(int(c) for c in a.channels.split(",")), layers_per_block=a.layers,
-                 attention_levels=(1,), norm_num_groups=8, attention_head_dim=32)
+    if vae is None:
+        model = UNet(**unet_kwargs(a, a.resolution, 1))
+    else:
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        model = UNet(**unet_kwargs(a, a.resolution // factor, vae.config.latent_channels))
+        # as train_text_to_image.py: the frozen VAE in the mixed-precision dtype, encoding outside autocast
+        vae_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(a.mixed_precision, torch.float32)
+        vae = vae.to(accelerator.device, vae_dtype).eval().requires_grad_(False)
     ema = EMAModel(model.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75,
                    model_cls=UNet, model_config=model.config)
     sched = DDPMScheduler(num_train_timesteps=1000)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
-    dl = DataLoader(ds, batch_size=a.batch_size, shuffle=True, collate_fn=collate)
+    dl = DataLoader(ds, batch_size=a.batch_size, shuffle=True, collate_fn=collate,
+                    num_workers=_opt(a, "workers", 0))
     lr_sched = get_scheduler("cosine", optimizer=opt, num_warmup_steps=0, num_training_steps=a.steps + a.warmup)
     model, opt, dl, lr_sched = accelerator.prepare(model, opt, dl, lr_sched)
     ema.to(accelerator.device)
@@ -112,6 +152,9 @@ def run_diffusers_style(a, data):
     while step < a.steps + a.warmup:
         for batch in dl:
             clean = batch["pixel_values"]
+            if vae is not None:
+                with torch.no_grad():
+                    clean = vae.encode(clean.to(vae.dtype)).latent_dist.sample() * vae.config.scaling_factor
             noise = torch.randn(clean.shape, dtype=clean.dtype, device=clean.device)
             t = torch.randint(0, sched.config.num_train_timesteps, (clean.shape[0],), device=clean.device).long()
             noisy = sched.add_noise(clean, noise, t)
@@ -140,7 +183,8 @@ def run_ldm(a, data, vae_dir, out, cached: bool):
     argv = ["--vae_path", vae_dir, "--data_dir", data, "--resolution", str(a.resolution), *unet_flags(a),
             "--train_batch_size", str(a.batch_size), "--max_train_steps", str(a.steps + a.warmup),
             "--checkpointing_steps", "1000000", "--report_to", "none", "--lr_warmup_steps", "0",
-            "--output_dir", out, "--mixed_precision", a.mixed_precision] + (["--cpu"] if a.cpu else [])
+            "--output_dir", out, "--mixed_precision", a.mixed_precision, "--use_ema"] + perf_flags(a)
+    argv += ["--cpu"] if a.cpu else []
     if not cached:
         argv.append("--no_latent_cache")
     _reset()

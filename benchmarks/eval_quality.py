@@ -239,8 +239,8 @@ def bits_per_dim(pipe, scheduler, cond, x, y, batch_size, seed, ode_steps, probe
             # Uniform dequantisation: E_u log p(x + u) + log(bin volume) <= log P(x) (Jensen), so a continuous
             # density at the grid points themselves (which can be arbitrarily large) is never reported.
             xq = xb + (torch.rand(xb.shape, generator=g, dtype=xb.dtype) - 0.5) * (2.0 / 255)
-            res = ode_log_likelihood(model, scheduler, xq, num_steps=ode_steps, num_probes=probes, generator=g,
-                                     t_start=t_start)
+            res = ode_log_likelihood(model, scheduler, xq, method="rk4", num_steps=ode_steps, num_probes=probes,
+                                     generator=g, t_start=t_start, convention="dequantized")
         else:
             res = ddpm_bound(model, scheduler, xb, generator=g)
         vals.append(res.bits_per_dim.double())
@@ -337,7 +337,16 @@ def main(argv=None):
         for mod in ("hf_ddm.models", "hf_ddm.schedulers.vp", "hf_ddm.schedulers.ve", "hf_ddm.schedulers.sde"):
             importlib.import_module(mod)
 
-        pipe = DiffusionPipeline.from_pretrained(args.pipeline, trust_remote_code=True).to(args.device)
+        # An hf_ddm folder loads as the installed class it names (as the Space does), so the evaluation runs
+        # this checkout's code, not the copy the portable folder carries; anything else through diffusers.
+        from hf_ddm import pipelines as hf_pipelines
+
+        name = DiffusionPipeline.load_config(args.pipeline).get("_class_name")
+        installed = getattr(hf_pipelines, name[1] if isinstance(name, (list, tuple)) else str(name), None)
+        if isinstance(installed, type) and issubclass(installed, DiffusionPipeline):
+            pipe = installed.from_pretrained(args.pipeline).to(args.device)
+        else:
+            pipe = DiffusionPipeline.from_pretrained(args.pipeline, trust_remote_code=True).to(args.device)
         pipe.set_progress_bar_config(disable=True)
         train_scheduler = pipe.scheduler
         new = make_scheduler(args.scheduler, pipe.scheduler.config, json.loads(args.scheduler_kwargs))

@@ -120,6 +120,7 @@ def add_training_args(parser: argparse.ArgumentParser, *, lr: float = 1e-4, batc
                    help="Default: the accelerate config's value.")
     g.add_argument("--allow_tf32", action="store_true")
     g.add_argument("--cpu", action="store_true", help="Force CPU (gloo when launched with several processes).")
+    add_performance_args(parser)
 
     c = parser.add_argument_group("checkpointing")
     c.add_argument("--checkpointing_steps", type=int, default=500)
@@ -153,6 +154,36 @@ def add_training_args(parser: argparse.ArgumentParser, *, lr: float = 1e-4, batc
                         "a memory-efficient kernel.")
     n.add_argument("--use_8bit_adam", action="store_true",
                    help="Refused: 8-bit Adam (bitsandbytes) needs CUDA and is not wired into hf_ddm's optimizer.")
+
+
+def add_performance_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """GPU speed flags (all off by default, so a CPU run is unchanged) and the wall-clock budget.
+    ``--mixed_precision``, ``--allow_tf32`` and ``--dataloader_num_workers`` live in their own groups."""
+    g = parser.add_argument_group("performance")
+    g.add_argument("--channels_last", action="store_true",
+                   help="Networks and 4-D batches in channels_last memory format (faster convolutions on GPUs).")
+    g.add_argument("--torch_compile", action="store_true",
+                   help="torch.compile the trained networks in place (nn.Module.compile): the forward and backward "
+                        "of the training step are compiled; weights, checkpoints and saved folders are unchanged.")
+    g.add_argument("--torch_compile_backend", type=str, default="inductor",
+                   help="torch.compile backend of --torch_compile (inductor; eager/aot_eager for debugging).")
+    g.add_argument("--torch_compile_mode", type=str, default=None,
+                   choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"])
+    g.add_argument("--dataloader_pin_memory", action=argparse.BooleanOptionalAction, default=None,
+                   help="Page-locked batches with non-blocking copies to the GPU (default: on when training on CUDA).")
+    g.add_argument("--max_train_seconds", type=float, default=None,
+                   help="Stop after this many seconds of training (checked after each optimizer step; set-up and "
+                        "the final save are not counted), then save as at the end of a run.")
+    return g
+
+
+def _check_performance_args(args, errors: list) -> None:
+    if getattr(args, "max_train_seconds", None) is not None and not args.max_train_seconds > 0:
+        errors.append("--max_train_seconds must be > 0")
+    if getattr(args, "dataloader_num_workers", 0) < 0:
+        errors.append("--dataloader_num_workers must be >= 0")
+    if getattr(args, "torch_compile_mode", None) and not getattr(args, "torch_compile", False):
+        errors.append("--torch_compile_mode needs --torch_compile")
 
 
 def add_unet_args(parser: argparse.ArgumentParser, *, prefix: str = "", channels=(64, 128, 256), layers: int = 2,
@@ -253,6 +284,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = 
         errors.append(f"--use_8bit_adam cannot apply: {why}; drop the flag (--optimizer_impl picks the AdamW kernel)")
     if getattr(args, "hub_upload_checkpoints", False) and not args.push_to_hub:
         errors.append("--hub_upload_checkpoints needs --push_to_hub and --hub_model_id")
+    _check_performance_args(args, errors)
     if errors:
         parser.error("; ".join(errors))
     if args.push_to_hub and int(os.environ.get("RANK", "0")) == 0:
@@ -264,5 +296,5 @@ def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = 
     return args
 
 
-__all__ = ["ConfigError", "add_data_args", "add_process_args", "add_objective_args", "add_training_args", "add_unet_args", "add_latent_args",
-           "script_parser", "parse_args"]
+__all__ = ["ConfigError", "add_data_args", "add_process_args", "add_objective_args", "add_training_args",
+           "add_unet_args", "add_latent_args", "add_performance_args", "script_parser", "parse_args"]

@@ -194,6 +194,52 @@ def _log_images(accelerator, images: torch.Tensor, step: int, tag: str = "valida
             tracker.log({tag: [wandb.Image(im.permute(1, 2, 0).numpy()) for im in images.cpu().float()]}, step=step)
 
 
+# ---- GPU speed flags and the time budget (see args.add_performance_args) ---------------------------------------
+def apply_performance_flags(args, accelerator, modules: Dict[str, torch.nn.Module],
+                            frozen: Dict[str, torch.nn.Module]) -> dict:
+    """Apply ``--channels_last`` and ``--torch_compile`` to the networks before Accelerate wraps them, and
+    return the DataLoader kwargs of ``--dataloader_num_workers`` / ``--dataloader_pin_memory``.
+
+    Compilation is in place (``nn.Module.compile``): parameter names, the optimizer, EMA, checkpoints and
+    ``save_pretrained`` all see the plain module, so a compiled run resumes an eager one and vice versa.
+    ``dynamic=False``: one static graph per batch shape (a short last batch costs one more compile)
+    instead of slower shape-generic kernels for the whole run. Frozen networks only change memory format."""
+    if getattr(args, "channels_last", False):
+        for m in (*modules.values(), *frozen.values()):
+            m.to(memory_format=torch.channels_last)
+    if getattr(args, "torch_compile", False):
+        kwargs = {"backend": getattr(args, "torch_compile_backend", "inductor"), "dynamic": False}
+        if getattr(args, "torch_compile_mode", None):
+            kwargs["mode"] = args.torch_compile_mode
+        for m in modules.values():
+            m.compile(**kwargs)
+    workers = getattr(args, "dataloader_num_workers", 0)
+    pin = getattr(args, "dataloader_pin_memory", None)
+    if pin is None:
+        pin = accelerator.device.type == "cuda"
+    if pin:  # page-locked batches only pay with asynchronous copies; Accelerate reads this at prepare()
+        accelerator.dataloader_config.non_blocking = True
+    # Persistent workers: respawning them every epoch costs seconds on small datasets.
+    return {"num_workers": workers, "pin_memory": bool(pin), "persistent_workers": workers > 0}
+
+
+def _channels_last_batch(batch):
+    return {k: v.contiguous(memory_format=torch.channels_last) if torch.is_tensor(v) and v.ndim == 4 else v
+            for k, v in batch.items()} if isinstance(batch, dict) else batch
+
+
+def _time_is_up(args, accelerator, t_start: float) -> bool:
+    budget = getattr(args, "max_train_seconds", None)
+    if not budget:
+        return False
+    up = time.perf_counter() - t_start >= budget
+    if accelerator.num_processes > 1:  # all processes must stop at the same step: rank 0's clock decides
+        from accelerate.utils import broadcast
+
+        up = bool(broadcast(torch.tensor([float(up)], device=accelerator.device), from_process=0).item())
+    return up
+
+
 @dataclass
 class Run:
     """A prepared training run: what ``setup`` builds and ``train_step`` / ``save_checkpoint`` / ``validate`` /
@@ -218,6 +264,7 @@ class Run:
     losses: List[float] = field(default_factory=list)
     step_times: List[float] = field(default_factory=list)
     grad_norm: Optional[float] = None
+    stopped_by_time: bool = False  # --max_train_seconds ended the run before max_steps
     _running: float = 0.0
     _running_n: int = 0
 
@@ -247,9 +294,10 @@ def setup(args, task: TrainingTask, dataset, accelerator=None, collate_fn=defaul
         logger.warning("%s already holds checkpoints and this run does not resume; they may be overwritten", out)
 
     # ---- data ---------------------------------------------------------------------------------------
+    loader_kwargs = apply_performance_flags(args, accelerator, task.modules, task.frozen)
     sampler = EpochSampler(len(dataset), args.seed)
     dataloader = DataLoader(dataset, batch_size=args.train_batch_size, sampler=sampler, collate_fn=collate_fn,
-                            num_workers=args.dataloader_num_workers, drop_last=False)
+                            drop_last=False, **loader_kwargs)
 
     # ---- optimisation ------------------------------------------------------------------------------
     names = list(task.modules)
@@ -410,6 +458,7 @@ def save_final(run: Run, args, data_info, num_examples: int, elapsed: float) -> 
         "final_loss": losses[-1] if losses else None,
         "mean_loss_last_10": float(np.mean(losses[-10:])) if losses else None,
         "train_seconds_this_run": elapsed,
+        "stopped_by_time_budget": run.stopped_by_time,
         "examples": num_examples,
         "data_source": getattr(data_info, "display", None),
     }
@@ -458,6 +507,8 @@ def train(args, task: TrainingTask, dataset, data_info=None, accelerator=None, c
         for batch_idx, batch in enumerate(loader):
             if batch_idx == 0:
                 _check_epoch(run.sampler, epoch)
+            if getattr(args, "channels_last", False):
+                batch = _channels_last_batch(batch)
             micro = (offset + batch_idx) % accum
             try:
                 logs = train_step(run, batch, step_seed(args.seed, run.global_step, micro, rank), args.max_grad_norm,
@@ -482,6 +533,11 @@ def train(args, task: TrainingTask, dataset, data_info=None, accelerator=None, c
                 accelerator.wait_for_everyone()
             if step >= run.max_steps:
                 done = True
+                break
+            if _time_is_up(args, accelerator, t_start):
+                logger.info("--max_train_seconds %s reached at step %d of %d", args.max_train_seconds, step,
+                            run.max_steps)
+                run.stopped_by_time = done = True
                 break
     progress.close()
     elapsed = time.perf_counter() - t_start
@@ -512,5 +568,5 @@ def run_main(main_fn, argv=None) -> int:
     return 0
 
 
-__all__ = ["TrainingTask", "TrainResult", "train", "Run", "setup", "train_step", "save_checkpoint", "validate",
+__all__ = ["TrainingTask", "TrainResult", "train", "apply_performance_flags", "Run", "setup", "train_step", "save_checkpoint", "validate",
            "save_final", "make_accelerator", "EpochSampler", "NonFiniteLossError", "run_main"]

@@ -56,7 +56,8 @@ def module_checksum(modules: Dict[str, torch.nn.Module]) -> str:
     for mname in sorted(modules):
         for name, t in sorted(modules[mname].state_dict().items()):
             h.update(f"{mname}.{name}".encode())
-            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            # reshape(-1): the bytes in logical order, whatever the memory format (channels_last included)
+            h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
