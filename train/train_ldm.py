@@ -27,7 +27,8 @@ from hf_ddm.training import (ConfigError, TrainingTask, add_latent_args, add_tra
                              run_main, script_parser, train, validation_images)
 from hf_ddm.training.components import build_model, latent_geometry, unet_kwargs_from_args
 from hf_ddm.training.latents import latent_training_data, latents_from_batch
-from hf_ddm.training.objectives import denoising_loss, drop_labels
+from hf_ddm.training.args import add_objective_args
+from hf_ddm.training.objectives import Objective, denoising_loss, drop_labels
 
 
 class LDMTask(TrainingTask):
@@ -63,7 +64,8 @@ class LDMTask(TrainingTask):
                                  generator)
             cond = self._condition(modules, labels)
         unet = modules["unet"]
-        return denoising_loss(self.scheduler, lambda x, t: unet(x, t, **cond).sample, z0, generator), {}
+        return denoising_loss(self.scheduler, lambda x, t: unet(x, t, **cond).sample, z0, generator,
+                              Objective.from_args(self.args)), {}
 
     def pipeline(self, modules):
         return LatentDiffusionPipeline(unet=modules["unet"], vae=self.vae, scheduler=copy_scheduler(self.scheduler),
@@ -106,6 +108,7 @@ class LDMTask(TrainingTask):
 
 def build_parser():
     p = script_parser(__doc__)
+    add_objective_args(p)
     g = p.add_argument_group("latent diffusion")
     add_latent_args(g, required=True)
     g.add_argument("--conditioning", type=str, default=None, choices=["none", "class", "text"],

@@ -68,6 +68,28 @@ def add_process_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup
     return g
 
 
+def add_objective_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """How the denoising network is trained (``hf_ddm.training.objectives``); defaults: the scheduler's own loss."""
+    from .objectives import EDM_P_MEAN, EDM_P_STD, EDM_SIGMA_DATA
+
+    g = parser.add_argument_group("training objective (time to quality)")
+    g.add_argument("--snr_gamma", type=float, default=None,
+                   help="Min-SNR-gamma loss weighting (Hang et al. 2023; diffusers' examples' flag, 5.0 recommended): "
+                        "weight min(SNR, gamma) in x0-space, converted to the prediction type.")
+    g.add_argument("--loss_weighting", type=str, default=None, choices=["scheduler", "min_snr", "edm"],
+                   help="scheduler: its own loss (default); min_snr: needs --snr_gamma (which alone selects it); "
+                        "edm: EDM's lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 in x0-space.")
+    g.add_argument("--edm_sigma_data", type=float, default=EDM_SIGMA_DATA, help="sigma_data of --loss_weighting edm.")
+    g.add_argument("--timestep_sampling", type=str, default="uniform", choices=["uniform", "lognormal"],
+                   help="uniform: the scheduler's own draw; lognormal: EDM's ln(s/a) ~ N(--lognormal_mean, "
+                        "--lognormal_std^2), at the nearest train timestep (discrete) or the exact time (continuous).")
+    g.add_argument("--lognormal_mean", type=float, default=EDM_P_MEAN, help="EDM's P_mean.")
+    g.add_argument("--lognormal_std", type=float, default=EDM_P_STD, help="EDM's P_std.")
+    g.add_argument("--noise_offset", type=float, default=0.0,
+                   help="Add offset * N(0, 1) per sample and channel to the noise (diffusers' examples; e.g. 0.05).")
+    return g
+
+
 def add_training_args(parser: argparse.ArgumentParser, *, lr: float = 1e-4, batch_size: int = 16,
                       output_dir: str = "output") -> None:
     g = parser.add_argument_group("training")
@@ -245,6 +267,10 @@ def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = 
     if getattr(args, "resolution", 1) < 1:
         errors.append("--resolution must be positive")
     errors += _training_value_errors(args)
+    if hasattr(args, "loss_weighting"):  # scripts with add_objective_args
+        from .objectives import Objective
+
+        errors += Objective.from_args(args).errors()
     if args.push_to_hub and not args.hub_model_id:
         errors.append("--push_to_hub needs --hub_model_id")
     if getattr(args, "enable_xformers_memory_efficient_attention", False):
@@ -270,5 +296,5 @@ def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = 
     return args
 
 
-__all__ = ["ConfigError", "add_data_args", "add_process_args", "add_training_args", "add_unet_args", "add_latent_args",
-           "add_performance_args", "script_parser", "parse_args"]
+__all__ = ["ConfigError", "add_data_args", "add_process_args", "add_objective_args", "add_training_args",
+           "add_unet_args", "add_latent_args", "add_performance_args", "script_parser", "parse_args"]

@@ -79,12 +79,14 @@ def read_idx(path: str) -> np.ndarray:
     return arr.reshape(shape)
 
 
-def _to_model_range(images: torch.Tensor, resolution: int, channels: int, fit: str = "resize") -> torch.Tensor:
-    """uint8/float (N, C, H, W) in [0, 255] -> float (N, channels, R, R) in [-1, 1], channels converted.
+def _to_model_range(images: torch.Tensor, resolution: int, channels: int, fit: str = "resize",
+                    max_value: float = 255.0) -> torch.Tensor:
+    """uint8/int/float (N, C, H, W) in [0, max_value] (255: 8-bit, 65535: 16-bit) -> float (N, channels, R, R)
+    in [-1, 1], channels converted.
     ``fit="resize"``: resize the shorter side to R, center-crop. ``fit="pad"``: keep the pixels, pad with
     the background value -1 (or center-crop) to R x R -- e.g. Fashion-MNIST 28 -> 32, which is what the
     reference feature network of benchmarks/ sees."""
-    x = images.float() / 127.5 - 1.0
+    x = images.float() / (max_value / 2) - 1.0
     c = x.shape[1]
     if c != channels:
         if c == 1:
@@ -107,6 +109,28 @@ def _to_model_range(images: torch.Tensor, resolution: int, channels: int, fit: s
         top, left = (nh - resolution) // 2, (nw - resolution) // 2
         x = x[..., top: top + resolution, left: left + resolution]
     return x.clamp(-1, 1).contiguous()
+
+
+# PIL modes of 16-bit greyscale (PNG 16-bit grey loads as "I;16", or as "I" with older Pillow).
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def image_array(img, channels: int, where=lambda: "an image") -> tuple:
+    """(C, H, W) tensor and its full-scale value for a PIL image: 8-bit modes through ``convert`` (255), 16-bit
+    greyscale at its real depth (65535; ``convert("L")`` would clip it: mid-grey would become white). Other
+    deep modes (32-bit int beyond 16 bits, float) are refused, naming the file (``where()``)."""
+    if img.mode in _SIXTEEN_BIT_MODES:
+        arr = np.asarray(img).astype(np.int32)
+        if arr.ndim != 2 or (arr.size and (arr.min() < 0 or arr.max() > 65535)):
+            raise ConfigError(f"{where()}: mode {img.mode} image with values outside 16 bits "
+                              f"([{arr.min()}, {arr.max()}]); convert it to 8- or 16-bit PNG")
+        t = torch.from_numpy(arr)[None]
+        return (t.expand(channels, -1, -1) if channels != 1 else t), 65535.0
+    if img.mode in ("F", "I;32", "I;32B", "I;32L"):
+        raise ConfigError(f"{where()}: mode {img.mode} images (32-bit) are not supported; save 8- or 16-bit PNGs")
+    img = img.convert("L" if channels == 1 else "RGB")
+    arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
+    return (arr[None] if arr.ndim == 2 else arr.permute(2, 0, 1)), 255.0
 
 
 class TensorImageDataset(Dataset):
@@ -137,13 +161,26 @@ class HFImageDataset(Dataset):
     def __len__(self):
         return len(self.ds)
 
+    def _file_of(self, i: int) -> str:
+        """Where example ``i``'s image comes from, read without decoding it."""
+        try:
+            from datasets import Image
+
+            raw = self.ds.cast_column(self.image_column, Image(decode=False))[int(i)][self.image_column]
+            path = raw.get("path") if isinstance(raw, dict) else None
+        except Exception:  # noqa: BLE001 - only used to name the file in an error message
+            path = None
+        return f"file {path}" if path else f"example {i} of column {self.image_column!r} (no file name recorded)"
+
     def __getitem__(self, i):
-        row = self.ds[int(i)]
-        img = row[self.image_column]
-        img = img.convert("L" if self.channels == 1 else "RGB")
-        arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
-        arr = arr[None] if arr.ndim == 2 else arr.permute(2, 0, 1)
-        out = {"pixel_values": _to_model_range(arr[None], self.resolution, self.channels, self.fit)[0]}
+        try:
+            row = self.ds[int(i)]  # datasets decodes (and fully loads) the image here
+            img = row[self.image_column]
+            img.load()
+        except Exception as e:  # noqa: BLE001 - truncated/corrupt files: say which one
+            raise ConfigError(f"cannot read the image of {self._file_of(i)}: {type(e).__name__}: {e}") from e
+        arr, max_value = image_array(img, self.channels, lambda: self._file_of(i))
+        out = {"pixel_values": _to_model_range(arr[None], self.resolution, self.channels, self.fit, max_value)[0]}
         if self.label_column is not None:
             out["class_labels"] = torch.tensor(int(row[self.label_column]), dtype=torch.long)
         return out
@@ -282,5 +319,5 @@ def dataset_fingerprint(dataset: Dataset, info: DataInfo, batch_size: int = 256)
     return h.hexdigest()
 
 
-__all__ = ["DataInfo", "load_image_dataset", "collate", "random_flip", "read_idx", "is_idx_dir", "dataset_fingerprint",
+__all__ = ["DataInfo", "load_image_dataset", "image_array", "collate", "random_flip", "read_idx", "is_idx_dir", "dataset_fingerprint",
            "FASHION_MNIST_CLASSES", "TensorImageDataset", "HFImageDataset"]

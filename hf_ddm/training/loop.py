@@ -22,7 +22,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -240,12 +240,46 @@ def _time_is_up(args, accelerator, t_start: float) -> bool:
     return up
 
 
-def train(args, task: TrainingTask, dataset, data_info=None, accelerator=None, collate_fn=default_collate) -> TrainResult:
-    """Train ``task`` on ``dataset`` as configured by the shared flags (see ``args.add_training_args``)."""
-    from diffusers.optimization import get_scheduler
+@dataclass
+class Run:
+    """A prepared training run: what ``setup`` builds and ``train_step`` / ``save_checkpoint`` / ``validate`` /
+    ``save_final`` read and advance. ``modules`` are the prepared (possibly DDP-wrapped) networks, the first
+    one the main one (EMA'd)."""
 
-    from ..pipeline_utils import strip_local_origins
-    from .hub import push_to_hub, upload_checkpoint, write_model_card
+    accelerator: object
+    task: TrainingTask
+    modules: Dict[str, torch.nn.Module]
+    params: List[torch.nn.Parameter]
+    optimizer: object
+    lr_scheduler: object
+    ema: object
+    train_dataloader: object
+    sampler: EpochSampler
+    steps_per_epoch: int
+    max_steps: int
+    num_epochs: int
+    global_step: int = 0
+    first_epoch: int = 0
+    skip_batches: int = 0
+    losses: List[float] = field(default_factory=list)
+    step_times: List[float] = field(default_factory=list)
+    grad_norm: Optional[float] = None
+    stopped_by_time: bool = False  # --max_train_seconds ended the run before max_steps
+    _running: float = 0.0
+    _running_n: int = 0
+
+    @property
+    def main_name(self) -> str:
+        return next(iter(self.modules))
+
+    def unwrapped(self) -> Dict[str, torch.nn.Module]:
+        return {k: self.accelerator.unwrap_model(v) for k, v in self.modules.items()}
+
+
+def setup(args, task: TrainingTask, dataset, accelerator=None, collate_fn=default_collate) -> Run:
+    """Accelerator, output folder, data loader, optimizer, LR schedule, EMA, trackers, and the resumed state
+    (``resume_from_checkpoint``): everything before the first step, from the shared flags."""
+    from diffusers.optimization import get_scheduler
 
     accelerator = accelerator or make_accelerator(args)
     logger.info(accelerator.state, main_process_only=False)
@@ -267,7 +301,6 @@ def train(args, task: TrainingTask, dataset, data_info=None, accelerator=None, c
 
     # ---- optimisation ------------------------------------------------------------------------------
     names = list(task.modules)
-    main_name = names[0]
     params = [p for m in task.modules.values() for p in m.parameters() if p.requires_grad]
     if args.gradient_checkpointing:
         for m in task.modules.values():
@@ -279,7 +312,7 @@ def train(args, task: TrainingTask, dataset, data_info=None, accelerator=None, c
     if args.scale_lr:
         lr *= args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
     optimizer = make_optimizer(params, args, lr)
-    ema = make_ema(task.modules[main_name], args)
+    ema = make_ema(task.modules[names[0]], args)
 
     prepared = accelerator.prepare(*task.modules.values(), optimizer, dataloader)
     modules = dict(zip(names, prepared[: len(names)]))
@@ -303,14 +336,16 @@ def train(args, task: TrainingTask, dataset, data_info=None, accelerator=None, c
     if accelerator.is_main_process and args.report_to:
         accelerator.init_trackers(args.tracker_project_name or f"hf_ddm-{task.name}", config=_trackable_config(args))
 
-    global_step, first_epoch, skip_batches = 0, 0, 0
+    run = Run(accelerator=accelerator, task=task, modules=modules, params=params, optimizer=optimizer,
+              lr_scheduler=lr_scheduler, ema=ema, train_dataloader=train_dataloader, sampler=sampler,
+              steps_per_epoch=steps_per_epoch, max_steps=max_steps, num_epochs=num_epochs)
     resumed = resume(accelerator, args.resume_from_checkpoint, out, lr_scheduler, ema,
-                     accelerator.unwrap_model(modules[main_name]))
+                     accelerator.unwrap_model(modules[names[0]]))
     if resumed is not None:
         accelerator.print(f"Resumed from {resumed[0]}")
-        global_step = int(resumed[1]["global_step"])
-        first_epoch = global_step // steps_per_epoch
-        skip_batches = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
+        run.global_step = int(resumed[1]["global_step"])
+        run.first_epoch = run.global_step // steps_per_epoch
+        run.skip_batches = (run.global_step % steps_per_epoch) * args.gradient_accumulation_steps
 
     total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     logger.info("***** Running training: %s *****", task.name)
@@ -318,124 +353,104 @@ def train(args, task: TrainingTask, dataset, data_info=None, accelerator=None, c
                 len(dataset), accelerator.num_processes, args.train_batch_size, args.gradient_accumulation_steps,
                 total_batch)
     logger.info("  optimizer steps = %d (%d epochs of %d), starting at step %d", max_steps, num_epochs, steps_per_epoch,
-                global_step)
+                run.global_step)
+    return run
 
-    from tqdm.auto import tqdm
 
-    progress = tqdm(total=max_steps, initial=global_step, disable=not accelerator.is_local_main_process,
-                    desc=f"train {task.name}")
-    rank = accelerator.process_index
-    losses: List[float] = []
-    running, running_n = 0.0, 0
-    last_ckpt = ckpt.latest_checkpoint(out)
-    grad_norm = None
-    stopped_by_time = False
-    t_start = time.perf_counter()
-    step_times: List[float] = [t_start]
+def train_step(run: Run, batch: dict, seed: int, max_grad_norm: Optional[float],
+               last_checkpoint: Callable[[], Optional[str]] = lambda: None) -> Optional[dict]:
+    """One micro-step of ``run.task.loss`` on ``batch``; every random draw from ``seed``. Returns None while
+    gradients accumulate; at an optimizer update, the step's logs (``loss`` = mean over its micro-steps, lr,
+    grad_norm, ema_decay, and the task's own) after stepping the LR schedule and the EMA.
+    Raises ``NonFiniteLossError`` (naming ``last_checkpoint()``) before the backward pass of a NaN/inf loss."""
+    accelerator = run.accelerator
+    torch.manual_seed(seed)  # dropout masks etc.: a function of (seed, step, micro-step, rank) only
+    gen = torch.Generator().manual_seed(seed)
+    with accelerator.accumulate(*run.modules.values()):
+        loss, logs = run.task.loss(run.modules, batch, gen)
+        gathered = accelerator.gather(loss.detach().float().reshape(1))
+        if not torch.isfinite(gathered).all():
+            bad = gathered[~torch.isfinite(gathered)][0].item()
+            raise NonFiniteLossError(run.global_step + 1, bad, last_checkpoint())
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and max_grad_norm and max_grad_norm > 0:
+            run.grad_norm = accelerator.clip_grad_norm_(run.params, max_grad_norm)
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+    run._running += gathered.mean().item()
+    run._running_n += 1
+    if not accelerator.sync_gradients:
+        return None
+    run.lr_scheduler.step()
+    if run.ema is not None:
+        run.ema.step(accelerator.unwrap_model(run.modules[run.main_name]).parameters())
+    run.global_step += 1
+    run.step_times.append(time.perf_counter())
+    step_loss = run._running / max(run._running_n, 1)
+    run._running, run._running_n = 0.0, 0
+    run.losses.append(step_loss)
+    logs = {"loss": step_loss, "lr": run.lr_scheduler.get_last_lr()[0], **(logs or {})}
+    if run.grad_norm is not None:
+        logs["grad_norm"] = float(run.grad_norm)
+    if run.ema is not None:
+        logs["ema_decay"] = run.ema.cur_decay_value
+    return logs
 
-    def run_validation(step: int):
-        unwrapped = {k: accelerator.unwrap_model(v) for k, v in modules.items()}
-        for m in unwrapped.values():
-            m.eval()
-        gen = torch.Generator().manual_seed(args.seed)
-        with ema_weights(ema, unwrapped[main_name]):
-            result = task.validate(unwrapped, gen, args) or {}
-        for m in unwrapped.values():
-            m.train()
-        images = result.get("images")
-        path = None
-        if images is not None:
-            path = save_grid(images, os.path.join(out, "samples", f"step_{step:07d}.png"))
-            _log_images(accelerator, images, step)
-        if result.get("scalars"):
-            accelerator.log({f"val/{k}": v for k, v in result["scalars"].items()}, step=step)
-        return path, result.get("scalars", {})
 
-    for m in modules.values():
+def save_checkpoint(run: Run, output_dir: str, epoch: int, seed: int, total_limit: Optional[int],
+                    hub_args=None) -> str:
+    """checkpoint-<step>/: Accelerate's state plus hf_ddm's (LR schedule, EMA, step), written atomically;
+    with ``hub_args`` (``--hub_upload_checkpoints``) also uploaded from the main process."""
+    from .hub import upload_checkpoint
+
+    accelerator = run.accelerator
+    own, tensor_files = export_state(run.lr_scheduler, run.ema, accelerator.unwrap_model(run.modules[run.main_name]))
+    state = {"global_step": run.global_step, "epoch": epoch, "seed": seed, "max_train_steps": run.max_steps,
+             "num_processes": accelerator.num_processes, **own}
+    path = ckpt.save_checkpoint(accelerator, output_dir, run.global_step, state, total_limit, tensor_files)
+    logger.info("saved %s", path)
+    if hub_args is not None and accelerator.is_main_process:
+        upload_checkpoint(hub_args, path)
+    return path
+
+
+def validate(run: Run, step: int, seed: int, output_dir: str, args):
+    """``task.validate`` on the unwrapped, EMA-weighted networks with a generator seeded by ``seed``; the
+    grid to <output_dir>/samples/step_<step>.png and the trackers. Main process only. (grid path, scalars)."""
+    unwrapped = run.unwrapped()
+    for m in unwrapped.values():
+        m.eval()
+    gen = torch.Generator().manual_seed(seed)
+    with ema_weights(run.ema, unwrapped[run.main_name]):
+        result = run.task.validate(unwrapped, gen, args) or {}
+    for m in unwrapped.values():
         m.train()
-    done = global_step >= max_steps
-    for epoch in range(first_epoch, num_epochs):
-        if done:
-            break
-        loader, offset = _epoch_loader(accelerator, train_dataloader, sampler, epoch,
-                                       skip_batches if epoch == first_epoch else 0)
-        for batch_idx, batch in enumerate(loader):
-            if batch_idx == 0:
-                _check_epoch(sampler, epoch)
-            if getattr(args, "channels_last", False):
-                batch = _channels_last_batch(batch)
-            micro = (offset + batch_idx) % args.gradient_accumulation_steps
-            seed = step_seed(args.seed, global_step, micro, rank)
-            torch.manual_seed(seed)  # dropout masks etc.: a function of (seed, step, micro-step, rank) only
-            gen = torch.Generator().manual_seed(seed)
-            with accelerator.accumulate(*modules.values()):
-                loss, logs = task.loss(modules, batch, gen)
-                gathered = accelerator.gather(loss.detach().float().reshape(1))
-                if not torch.isfinite(gathered).all():
-                    bad = gathered[~torch.isfinite(gathered)][0].item()
-                    progress.close()
-                    accelerator.end_training()
-                    raise NonFiniteLossError(global_step + 1, bad, ckpt.latest_checkpoint(out))
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm and args.max_grad_norm > 0:
-                    grad_norm = accelerator.clip_grad_norm_(params, args.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            running += gathered.mean().item()
-            running_n += 1
-            if not accelerator.sync_gradients:
-                continue
-            lr_scheduler.step()
-            if ema is not None:
-                ema.step(accelerator.unwrap_model(modules[main_name]).parameters())
-            global_step += 1
-            step_times.append(time.perf_counter())
-            step_loss = running / max(running_n, 1)
-            running, running_n = 0.0, 0
-            losses.append(step_loss)
-            progress.update(1)
-            logs = {"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0], "epoch": epoch, **(logs or {})}
-            if grad_norm is not None:
-                logs["grad_norm"] = float(grad_norm)
-            if ema is not None:
-                logs["ema_decay"] = ema.cur_decay_value
-            progress.set_postfix(loss=f"{step_loss:.4g}", lr=f"{logs['lr']:.3g}")
-            if global_step % args.logging_steps == 0 or global_step == max_steps:
-                accelerator.log(logs, step=global_step)
+    images = result.get("images")
+    path = None
+    if images is not None:
+        path = save_grid(images, os.path.join(output_dir, "samples", f"step_{step:07d}.png"))
+        _log_images(run.accelerator, images, step)
+    if result.get("scalars"):
+        run.accelerator.log({f"val/{k}": v for k, v in result["scalars"].items()}, step=step)
+    return path, result.get("scalars", {})
 
-            if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
-                own, tensor_files = export_state(lr_scheduler, ema, accelerator.unwrap_model(modules[main_name]))
-                state = {"global_step": global_step, "epoch": epoch, "seed": args.seed, "max_train_steps": max_steps,
-                         "num_processes": accelerator.num_processes, **own}
-                last_ckpt = ckpt.save_checkpoint(accelerator, out, global_step, state, args.checkpoints_total_limit,
-                                                 tensor_files)
-                logger.info("saved %s", last_ckpt)
-                if getattr(args, "hub_upload_checkpoints", False) and accelerator.is_main_process:
-                    upload_checkpoint(args, last_ckpt)
-            if args.validation_steps and global_step % args.validation_steps == 0 and global_step != max_steps:
-                if accelerator.is_main_process:
-                    run_validation(global_step)
-                accelerator.wait_for_everyone()
-            if global_step >= max_steps:
-                done = True
-                break
-            if _time_is_up(args, accelerator, t_start):
-                logger.info("--max_train_seconds %s reached at step %d of %d", args.max_train_seconds, global_step,
-                            max_steps)
-                stopped_by_time = done = True
-                break
-    progress.close()
-    elapsed = time.perf_counter() - t_start
 
-    # ---- final save ---------------------------------------------------------------------------------
-    accelerator.wait_for_everyone()
-    unwrapped = {k: accelerator.unwrap_model(v) for k, v in modules.items()}
+def save_final(run: Run, args, data_info, num_examples: int, elapsed: float) -> dict:
+    """The final validation, ``task.save`` with the EMA weights, the model card, train_summary.json and the
+    Hub upload (``--push_to_hub``). Returns the summary (on every process)."""
     from accelerate.utils import gather_object
 
+    from ..pipeline_utils import strip_local_origins
+    from .hub import push_to_hub, write_model_card
+
+    accelerator, out = run.accelerator, args.output_dir
+    accelerator.wait_for_everyone()
+    unwrapped = run.unwrapped()
     checksums = gather_object([module_checksum(unwrapped)])
+    losses = run.losses
     summary = {
-        "task": task.name,
-        "global_step": global_step,
+        "task": run.task.name,
+        "global_step": run.global_step,
         "num_processes": accelerator.num_processes,
         "distributed_type": str(accelerator.distributed_type),
         "mixed_precision": accelerator.mixed_precision,
@@ -443,29 +458,94 @@ def train(args, task: TrainingTask, dataset, data_info=None, accelerator=None, c
         "final_loss": losses[-1] if losses else None,
         "mean_loss_last_10": float(np.mean(losses[-10:])) if losses else None,
         "train_seconds_this_run": elapsed,
-        "stopped_by_time_budget": stopped_by_time,
-        "examples": len(dataset),
+        "stopped_by_time_budget": run.stopped_by_time,
+        "examples": num_examples,
         "data_source": getattr(data_info, "display", None),
     }
     if accelerator.is_main_process:
         sample_path, val_scalars = None, {}
         if args.validation_steps or args.push_to_hub:
-            sample_path, val_scalars = run_validation(global_step)
+            sample_path, val_scalars = validate(run, run.global_step, args.seed, out, args)
         summary["validation"] = val_scalars
-        with ema_weights(ema, unwrapped[main_name]):
-            task.save(unwrapped, out)
+        with ema_weights(run.ema, unwrapped[run.main_name]):
+            run.task.save(unwrapped, out)
         strip_local_origins(out)  # model-only saves (VAE, classifier) too: no local _name_or_path
         if sample_path:
             summary["sample_grid"] = os.path.relpath(sample_path, out)
-        write_model_card(out, args, task, data_info, summary)
+        write_model_card(out, args, run.task, data_info, summary)
         with open(os.path.join(out, "train_summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
         if args.push_to_hub:
             push_to_hub(out, args)
     accelerator.wait_for_everyone()
+    return summary
+
+
+def train(args, task: TrainingTask, dataset, data_info=None, accelerator=None, collate_fn=default_collate) -> TrainResult:
+    """Train ``task`` on ``dataset`` as configured by the shared flags (see ``args.add_training_args``):
+    ``setup``, then ``train_step`` per micro-batch with checkpoints and validations on their schedules, then
+    ``save_final``."""
+    from tqdm.auto import tqdm
+
+    run = setup(args, task, dataset, accelerator, collate_fn)
+    accelerator, out, accum = run.accelerator, args.output_dir, args.gradient_accumulation_steps
+    progress = tqdm(total=run.max_steps, initial=run.global_step, disable=not accelerator.is_local_main_process,
+                    desc=f"train {task.name}")
+    rank = accelerator.process_index
+    t_start = time.perf_counter()
+    run.step_times.append(t_start)
+    hub_args = args if getattr(args, "hub_upload_checkpoints", False) else None
+
+    for m in run.modules.values():
+        m.train()
+    done = run.global_step >= run.max_steps
+    for epoch in range(run.first_epoch, run.num_epochs):
+        if done:
+            break
+        loader, offset = _epoch_loader(accelerator, run.train_dataloader, run.sampler, epoch,
+                                       run.skip_batches if epoch == run.first_epoch else 0)
+        for batch_idx, batch in enumerate(loader):
+            if batch_idx == 0:
+                _check_epoch(run.sampler, epoch)
+            if getattr(args, "channels_last", False):
+                batch = _channels_last_batch(batch)
+            micro = (offset + batch_idx) % accum
+            try:
+                logs = train_step(run, batch, step_seed(args.seed, run.global_step, micro, rank), args.max_grad_norm,
+                                  lambda: ckpt.latest_checkpoint(out))
+            except NonFiniteLossError:
+                progress.close()
+                accelerator.end_training()
+                raise
+            if logs is None:
+                continue
+            step = run.global_step
+            logs["epoch"] = epoch
+            progress.update(1)
+            progress.set_postfix(loss=f"{logs['loss']:.4g}", lr=f"{logs['lr']:.3g}")
+            if step % args.logging_steps == 0 or step == run.max_steps:
+                accelerator.log(logs, step=step)
+            if args.checkpointing_steps and step % args.checkpointing_steps == 0:
+                save_checkpoint(run, out, epoch, args.seed, args.checkpoints_total_limit, hub_args)
+            if args.validation_steps and step % args.validation_steps == 0 and step != run.max_steps:
+                if accelerator.is_main_process:
+                    validate(run, step, args.seed, out, args)
+                accelerator.wait_for_everyone()
+            if step >= run.max_steps:
+                done = True
+                break
+            if _time_is_up(args, accelerator, t_start):
+                logger.info("--max_train_seconds %s reached at step %d of %d", args.max_train_seconds, step,
+                            run.max_steps)
+                run.stopped_by_time = done = True
+                break
+    progress.close()
+    elapsed = time.perf_counter() - t_start
+
+    summary = save_final(run, args, data_info, len(dataset), elapsed)
     accelerator.end_training()
-    return TrainResult(global_step=global_step, num_processes=accelerator.num_processes, output_dir=out, losses=losses,
-                       summary=summary, step_times=step_times)
+    return TrainResult(global_step=run.global_step, num_processes=accelerator.num_processes, output_dir=out,
+                       losses=run.losses, summary=summary, step_times=run.step_times)
 
 
 def run_main(main_fn, argv=None) -> int:
@@ -488,5 +568,5 @@ def run_main(main_fn, argv=None) -> int:
     return 0
 
 
-__all__ = ["TrainingTask", "TrainResult", "train", "make_accelerator", "apply_performance_flags", "EpochSampler",
-           "NonFiniteLossError", "run_main"]
+__all__ = ["TrainingTask", "TrainResult", "train", "apply_performance_flags", "Run", "setup", "train_step", "save_checkpoint", "validate",
+           "save_final", "make_accelerator", "EpochSampler", "NonFiniteLossError", "run_main"]

@@ -1,0 +1,45 @@
+"""benchmarks/bench_convergence.py: its smoke mode runs end to end (every objective, tiny budget), its
+time-to-FD arithmetic, and its recipe is the shipped ddpm recipe's."""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import bench_convergence as bc  # noqa: E402
+import reference_classifier as rc  # noqa: E402
+
+
+def test_time_to_fd_interpolates_log_fd_in_time():
+    pts = [{"cpu_s": 60, "fd": 8.0}, {"cpu_s": 120, "fd": 2.0}]
+    assert bc.time_to_fd(pts, 8.0) == 60
+    assert bc.time_to_fd(pts, 4.0) == pytest.approx(90)  # halfway in log FD
+    assert bc.time_to_fd(pts, 1.0) == math.inf
+
+
+def test_recipe_is_the_shipped_ddpm_stage():
+    text = (REPO / "train" / "fashion_mnist_recipe.sh").read_text()
+    stage = text[text.index("    ddpm)"):text.index(";;", text.index("    ddpm)"))]
+    flags = dict(re.findall(r"(--\w+) (?!\")([^\s\\]+)", stage))
+    recipe = dict(zip(bc.RECIPE[::2], bc.RECIPE[1::2]))
+    for flag in ("--block_out_channels", "--layers_per_block", "--attention_levels", "--norm_num_groups",
+                 "--scheduler", "--train_batch_size", "--learning_rate", "--lr_warmup_steps"):
+        assert recipe[flag] == flags[flag], flag
+    assert "--use_ema" in bc.RECIPE and "--use_ema" in stage
+
+
+@pytest.mark.skipif(not rc.dataset_available(), reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+def test_smoke_mode_runs_every_objective(tmp_path, capsys):
+    out = tmp_path / "convergence.md"
+    bc.main(["--smoke", "--out", str(out)])
+    table = out.read_text()
+    for name in bc.VARIANTS:
+        assert f"| {name} |" in table
+    assert "ratio" in table and "| current | `(shipped)` |" in table
+    assert table in capsys.readouterr().out
