@@ -119,6 +119,10 @@ class TrainingTask:
     def __init__(self):
         self.modules, self.frozen = {}, {}
 
+    def begin_step(self, global_step: int, epoch: int) -> None:
+        """Called before each micro-batch's ``loss`` with the optimizer steps done so far and the epoch, for
+        losses that depend on training progress (a warm-up, per-epoch captions); both are restored on resume."""
+
     def loss(self, modules: Dict[str, torch.nn.Module], batch: dict, generator: torch.Generator):
         """(scalar loss, dict of float logs). ``modules`` are the prepared (possibly DDP-wrapped) ones."""
         raise NotImplementedError
@@ -318,6 +322,7 @@ def train(args, task: TrainingTask, dataset, data_info=None, accelerator=None, c
             seed = step_seed(args.seed, global_step, micro, rank)
             torch.manual_seed(seed)  # dropout masks etc.: a function of (seed, step, micro-step, rank) only
             gen = torch.Generator().manual_seed(seed)
+            task.begin_step(global_step, epoch)
             with accelerator.accumulate(*modules.values()):
                 loss, logs = task.loss(modules, batch, gen)
                 gathered = accelerator.gather(loss.detach().float().reshape(1))
