@@ -46,8 +46,11 @@ class VAEWithLoss(nn.Module):
         self.vae, self.kl_weight, self.reconstruction, self.decoder_std = vae, kl_weight, reconstruction, decoder_std
 
     def forward(self, x, generator=None):
-        return self.vae.loss(x, kl_weight=self.kl_weight, generator=generator, reconstruction=self.reconstruction,
-                             decoder_std=self.decoder_std)
+        out = self.vae.loss(x, kl_weight=self.kl_weight, generator=generator, reconstruction=self.reconstruction,
+                            decoder_std=self.decoder_std)
+        # a plain dict: under mixed precision Accelerate rebuilds the output as type(out)({...}), which a
+        # dataclass with several required fields (VAELossOutput) cannot take
+        return {k: out[k] for k in ("loss", "reconstruction_loss", "kl_loss", "reconstruction")}
 
 
 class VAETask(TrainingTask):
@@ -69,8 +72,8 @@ class VAETask(TrainingTask):
         if self.flip:
             x = random_flip(x, generator)
         out = modules["vae"](x, generator)
-        logs = {"reconstruction": out.reconstruction_loss.item(), "kl": out.kl_loss.item()}
-        loss = out.loss
+        logs = {"reconstruction": out["reconstruction_loss"].item(), "kl": out["kl_loss"].item()}
+        loss = out["loss"]
         if self.disc is not None and self.global_step >= self.args.disc_start:
             g_loss, d_logs = self._adversarial(modules, x, out)
             loss = loss + g_loss
@@ -79,7 +82,7 @@ class VAETask(TrainingTask):
 
     def _adversarial(self, modules, x, out):
         """One discriminator step, then the generator's adversarial term through the updated discriminator."""
-        recon, n = out.reconstruction, x.shape[0]
+        recon, n = out["reconstruction"], x.shape[0]
         # (1) the discriminator: real and (detached) reconstructed in one forward, one DDP reduction
         logits = self.disc(torch.cat([x, recon.detach()]))
         d_loss = hinge_d_loss(logits[:n], logits[n:])
@@ -97,7 +100,7 @@ class VAETask(TrainingTask):
         weight = torch.tensor(1.0)
         if self.args.adaptive_disc_weight:
             last = self.accelerator.unwrap_model(modules["vae"]).vae.decoder_out.conv.weight
-            weight = adaptive_weight(out.reconstruction_loss, g_loss, last)
+            weight = adaptive_weight(out["reconstruction_loss"], g_loss, last)
         weight = self.args.disc_weight * weight.to(g_loss.device)
         return weight * g_loss, {"d_loss": d_loss.item(), "g_loss": g_loss.item(), "d_weight": weight.item(),
                                  "logits_real": logits[:n].float().mean().item(),
