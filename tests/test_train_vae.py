@@ -21,3 +21,40 @@ def test_vae_end_to_end(idx_data, tmp_path):
     assert vae.config.latent_channels == 2 and vae.config.in_channels == 1
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["scaling_factor"] != 0.18215  # set to 1/std(z) at the end
+
+
+def test_vae_with_discriminator_resumes_exactly(idx_data, tmp_path):
+    """The adversarial term starts at --disc_start; the discriminator and its optimizer are in every
+    checkpoint (Accelerate's safetensors + optimizer tensors, nothing pickled), and a run resumed before
+    or after the start ends with the same bits as the uninterrupted one."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from test_train_resume import COMMON, assert_same_run
+
+    args = ["--data_dir", idx_data, "--channels", "1", "--resolution", "8", "--block_out_channels", "8,16",
+            "--norm_num_groups", "4", "--latent_channels", "2", "--train_batch_size", "2",
+            "--gradient_accumulation_steps", "2", "--random_flip", "--use_ema", "--disc_weight", "0.5",
+            "--disc_start", "3", "--disc_channels", "8", *COMMON]
+    ref = tmp_path / "ref"
+    _, ref_summary = run_script("train_vae", [*args, "--output_dir", ref])
+    ck = {s: ref / f"checkpoint-{s}" for s in (1, 3, 5)}
+    assert all((c / "model_1.safetensors").exists() and (c / "optimizer_1.bin").exists() for c in ck.values())
+    assert not list(ref.glob("checkpoint-*/custom_checkpoint_*"))  # nothing registered for pickling
+    disc = {s: load_file(c / "model.safetensors") for s, c in ck.items()}
+    assert any("running_mean" in k for k in disc[1])  # the discriminator's (BatchNorm) state is checkpointed
+    assert all(torch.equal(disc[1][k], disc[3][k]) for k in disc[1])  # untouched before --disc_start
+    assert not all(torch.equal(disc[3][k], disc[5][k]) for k in disc[3])  # trained after it
+    log = (ref / "README.md").read_text()
+    assert "PatchGAN hinge loss" in log
+    for step in (1, 5):
+        out = tmp_path / f"from{step}"
+        out.mkdir()
+        shutil.copytree(ck[step], out / f"checkpoint-{step}")
+        _, summary = run_script("train_vae", [*args, "--output_dir", out, "--resume_from_checkpoint", "latest"])
+        assert_same_run(ref, ref_summary, out, summary)
+        assert load_file(out / "checkpoint-7" / "model.safetensors").keys() == disc[1].keys()
+    for k, v in load_file(ref / "checkpoint-7" / "model.safetensors").items():
+        assert torch.equal(v, load_file(tmp_path / "from1" / "checkpoint-7" / "model.safetensors")[k])

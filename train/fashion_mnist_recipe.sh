@@ -1,44 +1,76 @@
 #!/usr/bin/env bash
 # The shipped Fashion-MNIST checkpoints (issue 6), trained with the project's own scripts.
 #
-#   bash train/fashion_mnist_recipe.sh [stage ...]      stages: vae ldm_class classifier guided ddpm sde
+#   bash train/fashion_mnist_recipe.sh [stage ...]   stages: vae ldm_class classifier guided ldm_text ddpm sde
 #
 # Environment: DATA (IDX folder, default /usr/share/datasets/fashion-mnist), WORK (run folders, default
-# ./runs/fmnist), STEPS_SCALE (multiplies every step count; 1 = the shipped run), LAUNCH (default
-# "python"; e.g. "accelerate launch --mixed_precision bf16" on a GPU). Images are 28x28 padded with the
-# background to 32x32 (--image_fit pad), which is also what benchmarks/eval_quality.py's reference
-# network sees. Every run resumes from its last complete checkpoint when restarted.
+# ./runs/fmnist), STEPS_SCALE (multiplies every step count, warm-up, discriminator start and validation
+# interval; 1 = the shipped run), BATCH_SCALE (multiplies every batch size; default 1), LR_SCALE (multiplies
+# every learning rate; default 1 -- e.g. sqrt(BATCH_SCALE) with large batches), LAUNCH (default "python";
+# e.g. "accelerate launch --mixed_precision bf16" on a GPU), WORKERS (data loader workers, default 0),
+# CKPT_STEPS (checkpoint interval, default 500), EXTRA_ARGS (flags added to every training run, e.g.
+# "--allow_tf32"). Images are 28x28 padded with the background to 32x32 (--image_fit pad), which is also
+# what benchmarks/eval_quality.py's reference network sees. Every run resumes from its last complete
+# checkpoint when restarted (with the same STEPS_SCALE / BATCH_SCALE: they set the LR schedule).
+#
+# On one GPU, e.g. (about 8 minutes a stage on an H200; bigger batches, fewer steps):
+#   LAUNCH="accelerate launch --num_processes 1 --mixed_precision bf16" BATCH_SCALE=8 STEPS_SCALE=2 \
+#     WORKERS=4 WORK=/data/fmnist bash train/fashion_mnist_recipe.sh vae ldm_class classifier guided ldm_text
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-/usr/share/datasets/fashion-mnist}
 WORK=${WORK:-runs/fmnist}
 SCALE=${STEPS_SCALE:-1}
+BSCALE=${BATCH_SCALE:-1}
+LRSCALE=${LR_SCALE:-1}
 LAUNCH=${LAUNCH:-python}
-steps() { python -c "print(max(1, int($1 * $SCALE)))"; }
+read -r -a EXTRA <<< "${EXTRA_ARGS:-}"
+steps() { awk -v a="$1" -v s="$SCALE" 'BEGIN { v = int(a * s); print (v < 1 ? 1 : v) }'; }  # step counts
+start() { awk -v a="$1" -v s="$SCALE" 'BEGIN { print int(a * s) }'; }  # step indices that may be 0
+batch() { awk -v a="$1" -v s="$BSCALE" 'BEGIN { v = int(a * s); print (v < 1 ? 1 : v) }'; }
+lr() { awk -v a="$1" -v s="$LRSCALE" 'BEGIN { printf "%.6g\n", a * s }'; }
 COMMON=(--data_dir "$DATA" --channels 1 --resolution 32 --image_fit pad --seed 0
-        --checkpointing_steps 500 --checkpoints_total_limit 2 --resume_from_checkpoint latest)
+        --checkpointing_steps "${CKPT_STEPS:-500}" --checkpoints_total_limit 2 --resume_from_checkpoint latest
+        --dataloader_num_workers "${WORKERS:-0}" "${EXTRA[@]}")
+# one latent cache for the latent stages: its file name is a hash of the VAE's weights and the data
+LATENT=(--vae_path "$WORK/vae" --latent_cache_dir "$WORK/latent_cache")
 mkdir -p "$WORK"
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(vae ldm_class classifier guided)
+[ ${#stages[@]} -gt 0 ] || stages=(vae ldm_class classifier guided ldm_text)
 
 for stage in "${stages[@]}"; do
   case "$stage" in
-    vae)  # 32x32x1 -> 4x8x8 latents; beta-ELBO with a Gaussian decoder of std 0.1
+    vae)  # 32x32x1 -> 4x8x8 latents. The LDM first stage: reconstruction NLL (Gaussian, std 0.1) + 1e-6 KL, and
+          # from 1/3 of the run a PatchGAN hinge discriminator with taming's adaptive weight (sharp, not blurry)
       $LAUNCH train/train_vae.py "${COMMON[@]}" --block_out_channels 32,64,64 --layers_per_block 1 \
-        --latent_channels 4 --no_mid_block_attention --norm_num_groups 16 --train_batch_size 64 \
-        --max_train_steps "$(steps 3000)" --learning_rate 2e-4 --lr_warmup_steps 100 --lr_scheduler cosine \
-        --validation_steps 1000 --output_dir "$WORK/vae" ;;
+        --latent_channels 4 --no_mid_block_attention --norm_num_groups 16 --train_batch_size "$(batch 64)" \
+        --kl_weight 1e-6 --disc_weight 0.5 --disc_start "$(start 2000)" --disc_channels 64 \
+        --max_train_steps "$(steps 6000)" --learning_rate "$(lr 2e-4)" --lr_warmup_steps "$(start 100)" \
+        --lr_scheduler cosine --validation_steps "$(steps 2000)" --output_dir "$WORK/vae" ;;
     ldm_class)  # class-conditional latent U-Net, classifier-free guidance (10% null class)
-      $LAUNCH train/train_ldm.py "${COMMON[@]}" --vae_path "$WORK/vae" --conditioning class \
+      $LAUNCH train/train_ldm.py "${COMMON[@]}" "${LATENT[@]}" --conditioning class \
         --block_out_channels 64,128 --layers_per_block 2 --attention_levels 1 --attention_head_dim 32 \
-        --scheduler vp --prediction_type epsilon --cond_drop_prob 0.1 --train_batch_size 128 \
-        --max_train_steps "$(steps 6000)" --learning_rate 3e-4 --lr_warmup_steps 200 --lr_scheduler cosine \
-        --use_ema --validation_steps 2000 --num_inference_steps 25 --guidance_scale 3 --output_dir "$WORK/ldm_class" ;;
+        --scheduler vp --prediction_type epsilon --cond_drop_prob 0.1 --train_batch_size "$(batch 128)" \
+        --max_train_steps "$(steps 6000)" --learning_rate "$(lr 3e-4)" --lr_warmup_steps "$(start 200)" \
+        --lr_scheduler cosine --use_ema --validation_steps "$(steps 2000)" --num_inference_steps 25 \
+        --guidance_scale 3 --output_dir "$WORK/ldm_class" ;;
+    ldm_text)  # text-conditional latent U-Net: a small CLIP text encoder trained jointly, captions that name the
+               # class in several phrasings (one per example per epoch), classifier-free guidance (10% empty)
+      $LAUNCH train/train_ldm.py "${COMMON[@]}" "${LATENT[@]}" --conditioning text --caption_style varied \
+        --block_out_channels 64,128 --layers_per_block 2 --attention_levels 0,1 --attention_head_dim 32 \
+        --text_hidden_size 128 --text_layers 2 --text_heads 4 --text_max_length 16 \
+        --scheduler vp --prediction_type epsilon --cond_drop_prob 0.1 --train_batch_size "$(batch 128)" \
+        --max_train_steps "$(steps 8000)" --learning_rate "$(lr 3e-4)" --lr_warmup_steps "$(start 200)" \
+        --lr_scheduler cosine --use_ema --validation_steps "$(steps 2000)" --num_inference_steps 25 \
+        --guidance_scale 3 --validation_prompts "a photo of a sneaker" "an ankle boot" "a picture of a handbag" \
+        "a pair of trousers" "an image of a dress" "a coat" "a photo of a T-shirt/top" "a sandal" \
+        --output_dir "$WORK/ldm_text" ;;
     classifier)  # noise-aware classifier on the same VP process, in the same latent space
-      $LAUNCH train/train_classifier.py "${COMMON[@]}" --vae_path "$WORK/vae" --scheduler vp \
+      $LAUNCH train/train_classifier.py "${COMMON[@]}" "${LATENT[@]}" --scheduler vp \
         --block_out_channels 64,128 --layers_per_block 1 --attention_levels 1 --attention_head_dim 32 \
-        --train_batch_size 128 --max_train_steps "$(steps 3000)" --learning_rate 3e-4 --lr_warmup_steps 100 \
-        --lr_scheduler cosine --validation_steps 1000 --output_dir "$WORK/classifier" ;;
+        --train_batch_size "$(batch 128)" --max_train_steps "$(steps 3000)" --learning_rate "$(lr 3e-4)" \
+        --lr_warmup_steps "$(start 100)" --lr_scheduler cosine --validation_steps "$(steps 1000)" \
+        --output_dir "$WORK/classifier" ;;
     guided)  # the class model's unconditional branch (null class) steered by the noise-aware classifier
       python - "$WORK" <<'EOF'
 import sys
@@ -55,14 +87,14 @@ EOF
       ;;
     ddpm)  # pixel-space unconditional DDPM
       $LAUNCH train/train_ddpm.py "${COMMON[@]}" --block_out_channels 32,64,64 --layers_per_block 1 \
-        --attention_levels 2 --norm_num_groups 16 --scheduler vp --train_batch_size 64 \
-        --max_train_steps "$(steps 20000)" --learning_rate 2e-4 --lr_warmup_steps 500 --use_ema \
-        --validation_steps 5000 --output_dir "$WORK/ddpm" ;;
+        --attention_levels 2 --norm_num_groups 16 --scheduler vp --train_batch_size "$(batch 64)" \
+        --max_train_steps "$(steps 20000)" --learning_rate "$(lr 2e-4)" --lr_warmup_steps "$(start 500)" --use_ema \
+        --validation_steps "$(steps 5000)" --output_dir "$WORK/ddpm" ;;
     sde)  # pixel-space continuous sub-VP SDE model (SDE samplers, exact ODE likelihood)
       $LAUNCH train/train_ddpm.py "${COMMON[@]}" --block_out_channels 32,64,64 --layers_per_block 1 \
         --attention_levels 2 --norm_num_groups 16 --scheduler sde --sde subvp --prediction_type epsilon \
-        --train_batch_size 64 --max_train_steps "$(steps 20000)" --learning_rate 2e-4 --lr_warmup_steps 500 \
-        --use_ema --validation_steps 5000 --output_dir "$WORK/sde" ;;
-    *) echo "unknown stage $stage (vae ldm_class classifier guided ddpm sde)" >&2; exit 2 ;;
+        --train_batch_size "$(batch 64)" --max_train_steps "$(steps 20000)" --learning_rate "$(lr 2e-4)" \
+        --lr_warmup_steps "$(start 500)" --use_ema --validation_steps "$(steps 5000)" --output_dir "$WORK/sde" ;;
+    *) echo "unknown stage $stage (vae ldm_class classifier guided ldm_text ddpm sde)" >&2; exit 2 ;;
   esac
 done

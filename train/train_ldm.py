@@ -21,10 +21,11 @@ from accelerate.utils import set_seed
 
 from hf_ddm.models.unet import UNet
 from hf_ddm.pipelines import LatentDiffusionPipeline
-from hf_ddm.text import build_text_encoder, build_tokenizer, tokenize
+from hf_ddm.text import build_text_encoder, build_tokenizer
 from hf_ddm.training import (ConfigError, TrainingTask, add_latent_args, add_training_args, build_scheduler,
                              copy_scheduler, load_frozen_vae, load_image_dataset, make_accelerator, parse_args,
                              run_main, script_parser, train, validation_images)
+from hf_ddm.training.captions import CaptionBank, dataset_captions, with_index
 from hf_ddm.training.components import build_model, latent_geometry, unet_kwargs_from_args
 from hf_ddm.training.latents import latent_training_data, latents_from_batch
 from hf_ddm.training.args import add_objective_args
@@ -34,20 +35,23 @@ from hf_ddm.training.objectives import Objective, denoising_loss, drop_labels
 class LDMTask(TrainingTask):
     name = "ldm"
 
-    def __init__(self, unet, vae, scheduler, args, class_names, text_encoder=None, tokenizer=None):
+    def __init__(self, unet, vae, scheduler, args, class_names, text_encoder=None, tokenizer=None, captions=None):
         super().__init__()
         self.modules = {"unet": unet}
         if text_encoder is not None:
             self.modules["text_encoder"] = text_encoder
         self.frozen = {"vae": vae}
         self.vae, self.scheduler, self.args, self.class_names = vae, scheduler, args, class_names
-        self.tokenizer, self.mode = tokenizer, args.conditioning
-        if tokenizer is not None:  # token ids of every class prompt; row num_classes = the empty (null) prompt
-            prompts = [args.prompt_template.format(c) for c in class_names] + [""]
-            self.ids, self.mask = tokenize(tokenizer, prompts)
+        self.tokenizer, self.mode, self.captions = tokenizer, args.conditioning, captions
+        if tokenizer is not None:  # token ids of every caption; the last row is the empty (null) caption
+            self.ids, self.mask = captions.tokenized(tokenizer)
+        self.epoch = 0
+
+    def begin_step(self, global_step, epoch):
+        self.epoch = epoch  # captions are drawn per example per epoch
 
     def _condition(self, modules, labels):
-        """UNet kwargs for (possibly null) class labels."""
+        """UNet kwargs for (possibly null) class labels, or for text mode (possibly null) caption indices."""
         if self.mode == "class":
             return {"class_labels": labels}
         if self.mode == "text":
@@ -59,10 +63,14 @@ class LDMTask(TrainingTask):
     def loss(self, modules, batch, generator):
         z0 = latents_from_batch(batch, self.vae, generator, self.args.random_flip, self.args.sample_posterior)
         cond = {}
-        if self.mode != "none":
+        if self.mode == "class":
             labels = drop_labels(batch["class_labels"].to(z0.device), self.args.cond_drop_prob, len(self.class_names),
                                  generator)
             cond = self._condition(modules, labels)
+        elif self.mode == "text":
+            caps = self.captions.draw(batch["index"], batch.get("class_labels"), self.args.seed, self.epoch)
+            caps = drop_labels(caps.to(z0.device), self.args.cond_drop_prob, self.captions.null_index, generator)
+            cond = self._condition(modules, caps)
         unet = modules["unet"]
         return denoising_loss(self.scheduler, lambda x, t: unet(x, t, **cond).sample, z0, generator,
                               Objective.from_args(self.args)), {}
@@ -77,23 +85,34 @@ class LDMTask(TrainingTask):
         if self.mode == "none":
             cond = {"batch_size": n}
         else:  # the classes in turn, with classifier-free guidance
-            labels = torch.arange(n) % len(self.class_names)
             cond = {"guidance_scale": args.guidance_scale}
             if self.mode == "class":
-                cond["class_labels"] = labels
+                cond["class_labels"] = torch.arange(n) % len(self.class_names)
             else:
-                cond["prompt"] = [args.prompt_template.format(self.class_names[i]) for i in labels.tolist()]
+                prompts = self.validation_prompts()
+                cond["prompt"] = [prompts[i % len(prompts)] for i in range(n)]
         return {"images": validation_images(self.pipeline(modules), generator, args, **cond)}
+
+    def validation_prompts(self):
+        """--validation_prompts; by default the canonical prompt of each class, or the dataset's first captions."""
+        if self.args.validation_prompts:
+            return list(self.args.validation_prompts)
+        if self.class_names and not self.captions.per_example:
+            return [self.args.prompt_template.format(c) for c in self.class_names]
+        return self.captions.texts[: max(1, min(self.args.num_validation_images, len(self.captions) - 1))]
 
     def card_info(self):
         details = {"conditioning": self.mode, "vae": self.args.vae_path,
                    "classifier-free guidance drop": self.args.cond_drop_prob}
-        if self.mode != "none":
+        if self.mode != "none" and self.class_names:
             details["class names (`pipe.config.class_names`)"] = ", ".join(self.class_names)
         if self.mode == "text":
             details["prompt template"] = f"`{self.args.prompt_template}`"
+            examples = "; ".join(f"`{c}`" for c in self.captions.texts[:4])
+            details["training captions"] = (f"{self.captions.source}: {len(self.captions) - 1} distinct, one drawn "
+                                            f"per example per epoch (e.g. {examples})")
         if self.mode == "text":  # the Hub's task names; a class-conditional generator has none of its own
-            tag, call = "text-to-image", f'prompt="{self.args.prompt_template.format(self.class_names[0])}", ' \
+            tag, call = "text-to-image", f'prompt="{self.validation_prompts()[0]}", ' \
                                          f"guidance_scale={self.args.guidance_scale}, "
         elif self.mode == "class":
             tag, call = "unconditional-image-generation", \
@@ -116,7 +135,16 @@ def build_parser():
     g.add_argument("--num_classes", type=int, default=None, help="Default: the dataset's number of classes.")
     g.add_argument("--cond_drop_prob", type=float, default=0.1, help="P(condition -> null) for classifier-free guidance.")
     g.add_argument("--guidance_scale", type=float, default=3.0, help="CFG scale of the validation samples.")
-    g.add_argument("--prompt_template", type=str, default="a photo of a {}")
+    g.add_argument("--prompt_template", type=str, default="a photo of a {}",
+                   help="The canonical prompt of a class (validation, model card; first of its captions).")
+    g.add_argument("--caption_style", type=str, default="varied", choices=["varied", "template"],
+                   help="Text captions from class names: several phrasings (templates x synonyms) or --prompt_template.")
+    g.add_argument("--caption_column", type=str, default=None,
+                   help="Text column of the dataset (a string or a list of strings per example) to condition on "
+                        "instead of the class names; implies --conditioning text.")
+    g.add_argument("--validation_prompts", type=str, nargs="+", default=None,
+                   help="Prompts of the validation grid (cycled); default: each class's canonical prompt, or the "
+                        "dataset's first captions.")
     g.add_argument("--text_hidden_size", type=int, default=64)
     g.add_argument("--text_layers", type=int, default=2)
     g.add_argument("--text_heads", type=int, default=4)
@@ -130,7 +158,9 @@ def build_parser():
 def main(argv=None):
     args = parse_args(build_parser(), argv)
     if args.conditioning is None:
-        args.conditioning = "class" if args.num_classes else "none"
+        args.conditioning = "text" if args.caption_column else "class" if args.num_classes else "none"
+    if args.conditioning != "text" and (args.caption_column or args.validation_prompts):
+        raise ConfigError("--caption_column and --validation_prompts need --conditioning text")
     if not 0.0 <= args.cond_drop_prob < 1.0:
         raise ConfigError("--cond_drop_prob must be in [0, 1)")
     vae = load_frozen_vae(args.vae_path)
@@ -141,15 +171,28 @@ def main(argv=None):
     scheduler = build_scheduler(args, latent=True)
     dataset, info = load_image_dataset(args, channels)
     class_names = None
-    if args.conditioning != "none":
+    if args.conditioning == "text" and args.caption_column:
+        class_names = info.class_names  # kept in the pipeline's config when the data has them; not conditioned on
+    elif args.conditioning != "none":
         if info.class_names is None:
             raise ConfigError(f"--conditioning {args.conditioning} needs class labels, and the dataset has none")
         class_names = info.class_names[: args.num_classes] if args.num_classes else info.class_names
         if args.num_classes and args.num_classes > len(info.class_names):
             class_names = info.class_names + [str(i) for i in range(len(info.class_names), args.num_classes)]
 
+    captions = None
+    if args.conditioning == "text":
+        try:
+            captions = (CaptionBank.from_texts(dataset_captions(dataset, args.caption_column), args.caption_column)
+                        if args.caption_column else
+                        CaptionBank.from_class_names(class_names, args.prompt_template, args.caption_style == "varied"))
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+
     accelerator = make_accelerator(args)
     dataset_for_training, collate_fn = latent_training_data(args, vae, dataset, info, accelerator)
+    if captions is not None:  # batches carry example indices: captions are drawn per (example, epoch)
+        dataset_for_training, collate_fn = with_index(dataset_for_training, collate_fn)
 
     set_seed(args.seed)
     text_encoder = tokenizer = None
@@ -158,11 +201,11 @@ def main(argv=None):
     if args.conditioning == "class":
         kwargs["num_class_embeds"] = len(class_names)
     elif args.conditioning == "text":
-        tokenizer = build_tokenizer([args.prompt_template.format(c) for c in class_names] + [""], args.text_max_length)
+        tokenizer = build_tokenizer(captions.texts, args.text_max_length)
         text_encoder = build_text_encoder(tokenizer, args.text_hidden_size, args.text_layers, args.text_heads)
         kwargs["cross_attention_dim"] = args.text_hidden_size
     unet = build_model(UNet, kwargs, args.pretrained_model_path)
-    task = LDMTask(unet, vae, scheduler, args, class_names, text_encoder, tokenizer)
+    task = LDMTask(unet, vae, scheduler, args, class_names, text_encoder, tokenizer, captions)
     return train(args, task, dataset_for_training, info, accelerator=accelerator, collate_fn=collate_fn)
 
 

@@ -103,8 +103,10 @@ def write_model_card(output_dir: str, args, task, data_info, summary: dict) -> s
     dataset_name = getattr(args, "dataset_name", None)
     dataset = (getattr(data_info, "display", None) or public_path(dataset_name)
                or public_path(getattr(args, "data_dir", None)) or "unknown")
-    details = "".join(f"- {k}: {public_path(v) if isinstance(v, str) else v}\n"
-                      for k, v in info.get("details", {}).items())
+    def detail(v):  # only what names a file here is shortened: "T-shirt/top, Trouser, ..." is text, not a path
+        return public_path(v) if isinstance(v, str) and (os.path.isabs(v) or os.path.exists(v)) else v
+
+    details = "".join(f"- {k}: {detail(v)}\n" for k, v in info.get("details", {}).items())
     training = (
         f"- script: `train/train_{task.name}.py` (hf_ddm {hf_ddm.__version__})\n"
         f"- dataset: {dataset}\n"

@@ -119,6 +119,10 @@ class TrainingTask:
     def __init__(self):
         self.modules, self.frozen = {}, {}
 
+    def begin_step(self, global_step: int, epoch: int) -> None:
+        """Called before each micro-batch's ``loss`` with the optimizer steps done so far and the epoch, for
+        losses that depend on training progress (a warm-up, per-epoch captions); both are restored on resume."""
+
     def loss(self, modules: Dict[str, torch.nn.Module], batch: dict, generator: torch.Generator):
         """(scalar loss, dict of float logs). ``modules`` are the prepared (possibly DDP-wrapped) ones."""
         raise NotImplementedError
@@ -510,6 +514,7 @@ def train(args, task: TrainingTask, dataset, data_info=None, accelerator=None, c
             if getattr(args, "channels_last", False):
                 batch = _channels_last_batch(batch)
             micro = (offset + batch_idx) % accum
+            run.task.begin_step(run.global_step, epoch)
             try:
                 logs = train_step(run, batch, step_seed(args.seed, run.global_step, micro, rank), args.max_grad_norm,
                                   lambda: ckpt.latest_checkpoint(out))

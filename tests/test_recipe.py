@@ -1,0 +1,45 @@
+"""train/fashion_mnist_recipe.sh: every training stage's command parses, and STEPS_SCALE / BATCH_SCALE /
+LR_SCALE reach every stage (LAUNCH=echo prints the commands instead of running them)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+
+from test_train_common import REPO, load_script
+
+STAGES = {"vae": "train_vae", "ldm_class": "train_ldm", "classifier": "train_classifier", "ldm_text": "train_ldm",
+          "ddpm": "train_ddpm", "sde": "train_ddpm"}
+
+
+def _commands(tmp_path, **env):
+    full = dict(os.environ, LAUNCH="echo", WORK=str(tmp_path / "work"), **env)
+    out = subprocess.run(["bash", "train/fashion_mnist_recipe.sh", *STAGES], cwd=REPO, env=full, capture_output=True,
+                         text=True, check=True).stdout.strip().splitlines()
+    assert len(out) == len(STAGES)
+    return {stage: shlex.split(line) for stage, line in zip(STAGES, out)}
+
+
+def _parsed(stage, argv):
+    script = argv[0]
+    assert script == f"train/{STAGES[stage]}.py"
+    return load_script(STAGES[stage]).build_parser().parse_args(argv[1:])
+
+
+def test_recipe_stages_parse_and_scale(tmp_path):
+    base = {s: _parsed(s, a) for s, a in _commands(tmp_path).items()}
+    scaled = {s: _parsed(s, a) for s, a in _commands(tmp_path, STEPS_SCALE="0.5", BATCH_SCALE="4", LR_SCALE="2",
+                                                      EXTRA_ARGS="--max_train_samples 100").items()}
+    for s in STAGES:
+        b, x = base[s], scaled[s]
+        assert x.max_train_steps == b.max_train_steps // 2 and x.train_batch_size == 4 * b.train_batch_size, s
+        assert abs(x.learning_rate - 2 * b.learning_rate) < 1e-12 and x.max_train_samples == 100, s
+        assert x.validation_steps == b.validation_steps // 2 and b.resume_from_checkpoint == "latest", s
+    vae = base["vae"]
+    assert vae.kl_weight == 1e-6 and vae.disc_weight > 0 and 0 < vae.disc_start < vae.max_train_steps
+    assert scaled["vae"].disc_start == vae.disc_start // 2
+    text = base["ldm_text"]
+    assert text.conditioning == "text" and text.caption_style == "varied" and text.validation_prompts
+    assert text.vae_path == base["ldm_class"].vae_path == base["classifier"].vae_path
+    assert text.latent_cache_dir == base["ldm_class"].latent_cache_dir  # one cache (keyed by VAE + data)
