@@ -27,7 +27,7 @@ mkdir -p "$OUT" "$WORK"
 # stage -> "budget seconds, STEPS_SCALE": steps sized so that each stage ends near its budget on an H200
 # (about 5,000 img/s for the latent U-Nets and the VAE at these batches, bf16, no compile).
 declare -A PLAN=(
-  [vae]="90 0.35" [ldm_class]="75 0.12" [classifier]="35 0.11" [ldm_text]="75 0.10" [sde]="80 0.155"
+  [vae]="75 0.3" [ldm_class]="60 0.1" [classifier]="30 0.09" [ldm_text]="60 0.08" [sde]="60 0.12"
 )
 if [ "${DRY:-0}" = 1 ]; then
   PLAN=([vae]="20 0.002" [ldm_class]="20 0.002" [classifier]="20 0.002" [ldm_text]="20 0.002" [sde]="20 0.0005")
@@ -42,7 +42,7 @@ for stage in "${stages[@]}"; do
   budget=$(awk -v b="$budget" -v s="$SSCALE" 'BEGIN { print int(b * s) }')
   t0=$(date +%s)
   echo "== $stage: budget ${budget}s, STEPS_SCALE $scale, BATCH_SCALE $BATCH"
-  if DATA="$DATA" WORK="$WORK" STEPS_SCALE="$scale" BATCH_SCALE="$BATCH" CKPT_STEPS=100000 WORKERS=4 \
+  if LAUNCH="${LAUNCH:-python3}" DATA="$DATA" WORK="$WORK" STEPS_SCALE="$scale" BATCH_SCALE="$BATCH" CKPT_STEPS=100000 WORKERS=4 \
       EXTRA_ARGS="$EXTRA --max_train_seconds $budget" bash train/fashion_mnist_recipe.sh "$stage" \
       > "$WORK/$stage.log" 2>&1; then
     echo "   done in $(( $(date +%s) - t0 ))s"
