@@ -38,12 +38,8 @@ lane_grids() {  # 100 samples each; column j is class j for the conditional mode
   E $M/guided --scheduler vp-ddim --steps 25 --guidance_scale 10 --num_samples 100 --grid $G/guided.png \
     --json $R/grid_guided.json
 }
-lane_ddpm() {
-  E $M/ddpm --scheduler vp-ddim --steps 10 --num_samples 1000 --json $R/ddpm_ddim10.json
-  E $M/ddpm --scheduler vp-ddim --steps 50 --num_samples 1000 --nll_samples 50 --grid $G/ddpm.png \
-    --json $R/ddpm_ddim50.json
-  E $M/ddpm --scheduler vp-ddpm --steps 100 --num_samples 1000 --json $R/ddpm_ancestral100.json
-  E $M/ddpm --scheduler vp-ddpm --steps 250 --num_samples 500 --json $R/ddpm_ancestral250.json
+lane_ddpm() {  # the shipped ddpm (H200); ddpm_cpu_*.json are the replaced 0.1 CPU checkpoint's rows
+  E $M/ddpm --scheduler sde-multistep --steps 20 --num_samples 1000 --json $R/ddpm_gpu_multistep20.json
 }
 lane_sde() {
   E $M/sde --scheduler sde-multistep --steps 10 --num_samples 1000 --json $R/sde_multistep10.json
