@@ -233,7 +233,7 @@ def test_diffusers_loop_contract():
     sched = SDEScheduler(sde="ve")
     assert sched.init_noise_sigma == sched.process.prior_std == 50.0
     sched.set_timesteps(4)
-    x = torch.randn(2, 2)
+    x = torch.randn(2, 2) * sched.init_noise_sigma  # the contract: the loop scales its start
     assert sched.scale_model_input(x, sched.timesteps[0]) is x
     t = sched.timestep_to_t(sched.timesteps)
     torch.testing.assert_close(sched.t_to_timestep(t).float(), sched.timesteps)
