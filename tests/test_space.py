@@ -555,3 +555,180 @@ def test_cancelled_request_stops_its_work_between_steps(served, app, monkeypatch
     monkeypatch.undo()
     gallery, _, _ = client.predict("ddpm", AS_SAVED, 2, 1.0, None, "", 0, 1, "off", 0, api_name="/generate")
     assert len(gallery) == 1  # the app serves the next request
+
+
+# ------------------------------------------------------------------------------------------------
+# Compare mode: one request, 2-4 samplers, one grid each
+# ------------------------------------------------------------------------------------------------
+
+DDIM0 = "DDIM, eta=0 (VPScheduler)"
+HEUN = "ODE: probability-flow Heun (2 NFE/step)"
+ANCESTRAL = "DDPM ancestral (VPScheduler)"
+
+
+def compare(app, model="ddpm", samplers=(DDIM0, HEUN), steps=3, guidance=2.0, class_name=None, prompt=None, seed=0,
+            n=2, progress=None):
+    return app.compare(model, list(samplers) if isinstance(samplers, tuple) else samplers, steps, guidance,
+                       class_name, prompt, seed, n, progress=progress or NoProgress())
+
+
+@pytest.mark.parametrize("samplers", [(DDIM0, HEUN), (DDIM0, HEUN, ANCESTRAL, "UniPC (diffusers)")])
+def test_compare_gives_one_captioned_grid_per_sampler(app, samplers):
+    progress = NoProgress()
+    gallery, info = compare(app, samplers=samplers, n=3, progress=progress)
+    assert [c.split(" · ")[0] for _, c in gallery] == list(samplers)  # one grid per sampler, in the order chosen
+    nfe = {DDIM0: 3, HEUN: 5, ANCESTRAL: 3, "UniPC (diffusers)": 3}  # 3 steps; Heun: 2 per step, the last Euler
+    for (grid, caption), label in zip(gallery, samplers):
+        assert caption.startswith(f"{label} · {nfe[label]} NFE · ") and caption.endswith(" s")
+        assert grid.size == (2 * 130 + 2, 2 * 130 + 2)  # 3 images of 128 px on a 2x2 grid, 2 px apart
+        assert f"| {label} | " in info and f"| {nfe[label]} | " in info
+    assert info.count("\n| ") == len(samplers) + 1  # table header + one row per sampler
+    assert "seed 0…2" in info and "untrained demo weights" in info
+    fractions = [v for v, _ in progress.calls]
+    assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions)
+    assert any(d and d.startswith(f"sampler {len(samplers)}/{len(samplers)} ") for _, d in progress.calls)
+
+
+def tile(grid, k, cols=2, size=128, pad=2):
+    x, y = pad + (k % cols) * (size + pad), pad + (k // cols) * (size + pad)
+    return torch.from_numpy(np.asarray(grid.crop((x, y, x + size, y + size))).copy())
+
+
+def test_compare_runs_the_same_request_as_generate(app):
+    """Each grid's tile k is what /generate shows as image k for that sampler, seed, class and guidance."""
+    gallery, info = compare(app, "ldm_class", samplers=(DDIM0, ANCESTRAL), class_name="trouser", seed=5, n=2)
+    assert "classes: trouser" in info and "guidance scale 2" in info
+    for (grid, _), sampler in zip(gallery, (DDIM0, ANCESTRAL)):
+        alone, _, _ = run(app, "ldm_class", sampler=sampler, steps=3, class_name="trouser", seed=5, n=2)
+        for k, (img, _) in enumerate(alone):
+            assert torch.equal(tile(grid, k), torch.from_numpy(np.asarray(img.convert("RGB")).copy()))
+    # Different samplers from the same noise: different images.
+    assert not torch.equal(tile(gallery[0][0], 0), tile(gallery[1][0], 0))
+
+
+def test_compare_is_reproducible_for_a_deterministic_sampler(app):
+    first, _ = compare(app, samplers=(DDIM0, HEUN), seed=11)
+    again, _ = compare(app, samplers=(HEUN, DDIM0), seed=11)
+    other, _ = compare(app, samplers=(DDIM0, HEUN), seed=12)
+    as_tensor = lambda g: torch.from_numpy(np.asarray(g).copy())  # noqa: E731
+    assert torch.equal(as_tensor(first[0][0]), as_tensor(again[1][0]))  # DDIM, eta=0 twice: identical
+    assert torch.equal(as_tensor(first[1][0]), as_tensor(again[0][0]))
+    assert not torch.equal(as_tensor(first[0][0]), as_tensor(other[0][0]))
+
+
+def test_compare_text_model_uses_the_prompt(app):
+    gallery, info = compare(app, "ldm_text", samplers=app.default_compare(app.registry.get("ldm_text")),
+                            prompt="a photo of a bag", steps=2, n=1)
+    assert len(gallery) == 2 and "prompt: a photo of a bag" in info
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"samplers": []}, "Samplers to compare: choose 2 to 4 samplers, got none"),
+        ({"samplers": None}, "Samplers to compare: choose 2 to 4 samplers, got none"),
+        ({"samplers": [DDIM0]}, "Samplers to compare: choose 2 to 4 samplers, got 1"),
+        ({"samplers": DDIM0}, "Samplers to compare: choose 2 to 4 samplers, got 1"),
+        ({"samplers": [DDIM0, HEUN, ANCESTRAL, "UniPC (diffusers)", AS_SAVED]},
+         "Samplers to compare: choose 2 to 4 samplers, got 5"),
+        ({"samplers": [DDIM0, "warp drive"]}, "Samplers to compare: unknown sampler 'warp drive' for Pixel DDPM"),
+        ({"samplers": [DDIM0, "UniPC (diffusers)"], "model": "sde"},
+         "Samplers to compare: unknown sampler 'DDIM, eta=0 \\(VPScheduler\\)' for Score SDE"),
+        ({"samplers": [DDIM0, DDIM0]}, "Samplers to compare: 'DDIM, eta=0 \\(VPScheduler\\)' is chosen twice"),
+        ({"samplers": 3}, "Samplers to compare must be a list"),
+        ({"steps": 13}, "Number of steps must be between 1 and 12"),
+        ({"n": 5}, "Number of images must be between 1 and 4"),
+        ({"model": "ldm_class", "class_name": "spaceship"}, "Unknown class 'spaceship'"),
+        ({"model": "ldm_text", "prompt": ""}, "enter a prompt"),
+    ],
+)
+def test_compare_bad_inputs_raise_gr_error(app, kwargs, message):
+    with pytest.raises(gr.Error, match=message):
+        compare(app, **kwargs)
+    assert app.working == 0
+
+
+def test_compare_limit_is_configurable(app):
+    two = SpaceApp(registry=app.registry, limits=Limits(max_compare=2))
+    with pytest.raises(gr.Error, match="choose 2 to 2 samplers, got 3"):
+        compare(two, samplers=(DDIM0, HEUN, ANCESTRAL))
+    assert Limits().max_compare == 4
+
+
+def test_compare_choices_follow_the_model(app):
+    for name in SPECS:
+        update = app.compare_choices(name)
+        model = app.registry.get(name)
+        assert update["choices"] == list(model.samplers)
+        assert len(update["value"]) == 2 and set(update["value"]) <= set(model.samplers)
+        assert update["value"][0] == app.default_sampler(model)
+
+
+def test_a_failing_sampler_fails_the_comparison_cleanly(app, monkeypatch):
+    model = app.registry.get("ddpm")
+    real = model.samplers[HEUN]
+
+    def explode():
+        raise RuntimeError("scheduler exploded")
+
+    monkeypatch.setitem(model.samplers, HEUN, type(real)(HEUN, explode))
+    with pytest.raises(gr.Error, match="Generation failed \\(RuntimeError: scheduler exploded\\)"):
+        compare(app, samplers=(DDIM0, HEUN))
+    assert app.working == 0
+    monkeypatch.undo()
+    assert len(compare(app)[0]) == 2
+
+
+def test_http_compare(served):
+    _, client = served
+    gallery, info = client.predict("guided", [DDIM0, HEUN], 2, 2.0, "sneaker", "", 3, 2, api_name="/compare")
+    assert len(gallery) == 2 and all(os.path.exists(item["image"]) for item in gallery)
+    assert gallery[0]["caption"].startswith(f"{DDIM0} · 2 NFE · ")
+    assert gallery[1]["caption"].startswith(f"{HEUN} · 3 NFE · ")
+    assert "classes: sneaker" in info and "| model evaluations (NFE) |" in info
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="Samplers to compare: choose 2 to 4 samplers, got 1"):
+        client.predict("ddpm", [DDIM0], 2, 1.0, None, "", 0, 1, api_name="/compare")
+
+
+def test_compare_shares_the_concurrency_group_of_generate(served):
+    demo, _ = served
+    fns = {fn.api_name: fn for fn in demo.fns.values() if fn.api_name in ("generate", "compare")}
+    assert fns["generate"].concurrency_id == fns["compare"].concurrency_id
+
+
+def test_cancelled_compare_stops_its_work_between_steps(served, app, monkeypatch):
+    """Cancelling a comparison stops it inside the first sampler's first step: the later samplers never run."""
+    import threading
+    import time
+
+    _, client = served
+    unet = app.registry.get("ddpm").pipe.unet
+    real_forward, calls = unet.forward, []
+    started, release = threading.Event(), threading.Event()
+
+    def held_forward(*a, **kw):
+        calls.append(1)
+        started.set()
+        release.wait(60)
+        return real_forward(*a, **kw)
+
+    monkeypatch.setattr(unet, "forward", held_forward)
+
+    def wait_for(condition, what):
+        deadline = time.monotonic() + 60
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.02)
+
+    job = client.submit("ddpm", [DDIM0, HEUN, ANCESTRAL], 12, 1.0, None, "", 0, 1, api_name="/compare")
+    assert started.wait(60)
+    job.cancel()
+    wait_for(lambda: app.working_cancelled == 1, "the cancellation to reach the comparison")
+    release.set()
+    wait_for(lambda: app.working == 0, "the cancelled comparison to stop")
+    assert len(calls) == 1, f"{len(calls)} model evaluations ran after the cancellation (of 12 + 23 + 12)"
+    monkeypatch.undo()
+    gallery, _ = client.predict("ddpm", [DDIM0, HEUN], 2, 1.0, None, "", 0, 1, api_name="/compare")
+    assert len(gallery) == 2

@@ -3,7 +3,9 @@ and the Gradio Blocks UI around it.
 
 ``SpaceApp.generate`` does a request's work; it is a plain method, so tests call it directly. Over HTTP
 (``api_name="/generate"``) it runs through ``generate_cancellable``, which stops it between denoising steps
-when the client cancels or goes away. Anything that goes wrong inside a request becomes a
+when the client cancels or goes away. ``SpaceApp.compare`` (``api_name="/compare"``, through
+``compare_cancellable``) runs one request's seed / class / prompt / steps / guidance with 2-4 samplers in turn
+and returns one image grid per sampler, captioned with its model evaluations and wall time. Anything that goes wrong inside a request becomes a
 ``gr.Error`` for that request only: the process, the loaded models and other users' requests carry on.
 """
 
@@ -37,6 +39,8 @@ logger = logging.getLogger("hf_ddm_space")
 CYCLE = "(one of each class, in turn)"
 ANIMATIONS = ("off", "x0-prediction", "noisy sample x_t")
 MAX_SEED = 2**31 - 1
+MIN_COMPARE = 2  # a comparison needs two samplers
+COMPARE_INPUT = "Samplers to compare"  # the multiselect's label: errors about the selection name it
 # Preferred default sampler per process family (falls back to "as saved").
 DEFAULT_SAMPLER = {
     # DPM-Solver++(2M) on the model's own discrete schedule: the shipped ddpm's best FD at 20 steps.
@@ -82,6 +86,7 @@ class Limits:
     max_queue: int = 16  # requests waiting; more are turned away with a "queue full" message
     default_steps: int = 20
     default_images: int = 4
+    max_compare: int = 4  # samplers in one comparison (each runs the full request: the work multiplies)
 
     @classmethod
     def from_env(cls) -> "Limits":
@@ -94,6 +99,7 @@ class Limits:
             max_frames=_env_int("HF_DDM_SPACE_MAX_FRAMES", d.max_frames),
             concurrency=_env_int("HF_DDM_SPACE_CONCURRENCY", d.concurrency),
             max_queue=_env_int("HF_DDM_SPACE_MAX_QUEUE", d.max_queue),
+            max_compare=max(MIN_COMPARE, _env_int("HF_DDM_SPACE_MAX_COMPARE", d.max_compare)),
             default_steps=min(d.default_steps, _env_int("HF_DDM_SPACE_MAX_STEPS", d.max_steps)),
             default_images=min(d.default_images, _env_int("HF_DDM_SPACE_MAX_IMAGES", d.max_images)),
         )
@@ -155,6 +161,19 @@ def frame_strip(batch: np.ndarray, cell: int = 96, pad: int = 2) -> Image.Image:
     for k, tile in enumerate(tiles):
         strip.paste(tile, (pad + k * (w + pad), pad))
     return strip
+
+
+def image_grid(batch: np.ndarray, cols: Optional[int] = None, pad: int = 2) -> Image.Image:
+    """The batch's images (B, H, W, C uint8) as one grid, ``cols`` wide (default: about square), each tile
+    upscaled like a gallery image (``to_pil``), so tile k is exactly what ``generate`` shows as image k."""
+    tiles = [to_pil(a).convert("RGB") for a in batch]
+    cols = max(1, min(len(tiles), cols or math.ceil(math.sqrt(len(tiles)))))
+    rows = math.ceil(len(tiles) / cols)
+    w, h = tiles[0].size
+    grid = Image.new("RGB", (cols * (w + pad) + pad, rows * (h + pad) + pad), (255, 255, 255))
+    for k, tile in enumerate(tiles):
+        grid.paste(tile, (pad + (k % cols) * (w + pad), pad + (k // cols) * (h + pad)))
+    return grid
 
 
 def save_gif(frames: List[Image.Image], captions: List[str]) -> str:
@@ -318,10 +337,7 @@ class SpaceApp:
         """Sample images; returns (gallery items, trajectory GIF path or None, markdown summary).
         Once ``cancel`` is set, the sampling stops after the current step (raises ``RequestCancelled``)."""
         lim = self.limits
-        steps = _as_int(steps, "Number of steps", 1, lim.max_steps)
-        n = _as_int(num_images, "Number of images", 1, lim.max_images)
-        seed = _as_int(seed, "Seed", 0, MAX_SEED)
-        guidance_scale = _as_float(guidance_scale, "Guidance scale", 0.0, lim.max_guidance)
+        steps, n, seed, guidance_scale = self._settings(steps, num_images, seed, guidance_scale)
         frame_every = _as_int(frame_every or 0, "Animation: frame every k steps", 0, lim.max_steps)
         if animation not in ANIMATIONS:
             raise gr.Error(f"Animation must be one of {', '.join(ANIMATIONS)}, got {animation!r}.")
@@ -331,13 +347,24 @@ class SpaceApp:
                            f"Choose one of: {'; '.join(model.samplers)}.")
         labels = self._labels(model, class_name, n)
         prompt = self._prompt(model, prompt)
+        return self._guarded(cancel, self._run, model, sampler, steps, guidance_scale, labels, prompt, seed, n,
+                             animation, frame_every, progress)
 
+    def _settings(self, steps, num_images, seed, guidance_scale):
+        lim = self.limits
+        return (_as_int(steps, "Number of steps", 1, lim.max_steps),
+                _as_int(num_images, "Number of images", 1, lim.max_images),
+                _as_int(seed, "Seed", 0, MAX_SEED),
+                _as_float(guidance_scale, "Guidance scale", 0.0, lim.max_guidance))
+
+    def _guarded(self, cancel: Optional[threading.Event], work, *args):
+        """``work(*args, cancel)`` as one request: counted in ``working`` while it runs, stopped between steps
+        once ``cancel`` is set, and any failure turned into a ``gr.Error`` for this request only."""
         cancel = cancel or threading.Event()
         with self._lock:
             self._working.append(cancel)
         try:
-            return self._run(model, sampler, steps, guidance_scale, labels, prompt, seed, n, animation,
-                             frame_every, progress, cancel)
+            return work(*args, cancel)
         except (gr.Error, RequestCancelled):
             raise
         except ValueError as e:  # the library's own input checks
@@ -351,26 +378,182 @@ class SpaceApp:
             with self._lock:
                 self._working.remove(cancel)
 
-    async def generate_cancellable(self, model_name, sampler, steps, guidance_scale, class_name, prompt, seed,
-                                   num_images, animation="off", frame_every=0, progress=gr.Progress()):
-        """The HTTP handler: ``generate`` in a worker thread. Gradio cancels this coroutine when the client
-        cancels or disconnects and frees the request's concurrency slot; a thread cannot be stopped from
-        outside, so the cancellation is handed to it as an event that the step callback checks. Without
-        this, a cancelled request kept sampling to the end while its slot served the next one, and the
-        concurrency limit no longer bounded the work."""
+    # --- compare mode ------------------------------------------------------------------------------------
+    def default_compare(self, model: LoadedModel) -> List[str]:
+        """The comparison preselected for a model: its default sampler and the one it was saved with, or
+        the catalogue's next entry when those are the same."""
+        picks = [self.default_sampler(model)]
+        for label in [AS_SAVED, *model.samplers]:
+            if len(picks) == MIN_COMPARE:
+                break
+            if label in model.samplers and label not in picks:
+                picks.append(label)
+        return picks
+
+    def compare_choices(self, model_name):
+        """UI callback: the compare multiselect follows the model's catalogue."""
+        model = self._model(model_name)
+        return gr.update(choices=list(model.samplers), value=self.default_compare(model))
+
+    def _compare_selection(self, model: LoadedModel, samplers) -> List[str]:
+        hi = self.limits.max_compare
+        if samplers is None or samplers == "":
+            samplers = []
+        elif isinstance(samplers, str):
+            samplers = [samplers]
+        elif not isinstance(samplers, (list, tuple)):
+            raise gr.Error(f"{COMPARE_INPUT} must be a list of sampler names, got {samplers!r}.")
+        chosen = []
+        for label in samplers:
+            if not isinstance(label, str) or label not in model.samplers:
+                raise gr.Error(f"{COMPARE_INPUT}: unknown sampler {label!r} for {model.spec.label}. "
+                               f"Choose from: {'; '.join(model.samplers)}.")
+            if label in chosen:
+                raise gr.Error(f"{COMPARE_INPUT}: {label!r} is chosen twice.")
+            chosen.append(label)
+        if not MIN_COMPARE <= len(chosen) <= hi:
+            got = "none" if not chosen else str(len(chosen))
+            raise gr.Error(f"{COMPARE_INPUT}: choose {MIN_COMPARE} to {hi} samplers, got {got}.")
+        return chosen
+
+    def compare(
+        self,
+        model_name: str,
+        samplers: List[str],
+        steps: float,
+        guidance_scale: float,
+        class_name: Optional[str],
+        prompt: Optional[str],
+        seed: float,
+        num_images: float,
+        progress=gr.Progress(),
+        cancel: Optional[threading.Event] = None,
+    ):
+        """The same request (model, seed, class / prompt, steps, guidance, number of images) with each of 2-4
+        samplers, one after the other in this request's slot. Returns (gallery items: one image grid per
+        sampler, captioned "<sampler> · <NFE> NFE · <wall> s", markdown table). The per-request limits hold
+        for each sampler's run; ``Limits.max_compare`` bounds the number of samplers."""
+        steps, n, seed, guidance_scale = self._settings(steps, num_images, seed, guidance_scale)
+        model = self._model(model_name)
+        chosen = self._compare_selection(model, samplers)
+        labels = self._labels(model, class_name, n)
+        prompt = self._prompt(model, prompt)
+        return self._guarded(cancel, self._compare_run, model, chosen, steps, guidance_scale, labels, prompt, seed,
+                             n, progress)
+
+    async def compare_cancellable(self, model_name, samplers, steps, guidance_scale, class_name, prompt, seed,
+                                  num_images, progress=gr.Progress()):
+        """The HTTP handler of ``compare``: cancelled like ``generate_cancellable``."""
+        call = functools.partial(self.compare, model_name, samplers, steps, guidance_scale, class_name, prompt, seed,
+                                 num_images, progress=progress)
+        return await self._in_worker_thread(call)
+
+    def _compare_run(self, model, chosen, steps, guidance_scale, labels, prompt, seed, n, progress,
+                     cancel: threading.Event):
+        progress(0.0, desc="preparing")
+        k = len(chosen)
+        gallery, rows = [], []
+        for j, label in enumerate(chosen):
+            def part(value, desc=None, j=j, label=label, **_):  # sampler j's progress as a share of the whole
+                progress((j + value) / k, desc=f"sampler {j + 1}/{k} ({label}): {desc or ''}")
+
+            arrays, nfe, wall, scheduler, _ = self._sample(model, label, steps, guidance_scale, labels, prompt, seed,
+                                                           n, "off", 0, part, cancel)
+            gallery.append((image_grid(arrays), f"{label} · {nfe} NFE · {wall:.2f} s"))
+            rows.append(f"| {label} | `{type(scheduler).__name__}` | {nfe} | {wall:.2f} |")
+        progress(1.0, desc="done")
+        what = ""
+        if labels is not None:
+            names = model.class_names or []
+            what = " · classes: " + ", ".join(dict.fromkeys(names[c] if names else f"class {c}" for c in labels))
+        elif prompt is not None:
+            what = f" · prompt: {prompt}"
+        lines = [
+            f"**{k} samplers**, each from the same {n} starting noise{'s' if n > 1 else ''} · {steps} steps requested · "
+            f"NFE: model evaluations{self._per_call(model, guidance_scale)}",
+            f"model: {model.spec.label} · " + self._request_line(model, guidance_scale, seed, n) + what,
+            "",
+            "| sampler | scheduler | model evaluations (NFE) | wall time (s) |",
+            "|---|---|---|---|",
+            *rows,
+        ]
+        if not model.trained:
+            lines += ["", "⚠️ untrained demo weights: noise-like images are expected."]
+        return gallery, "\n".join(lines)
+
+    async def _in_worker_thread(self, call):
+        """Run ``call(cancel=...)`` in a worker thread. Gradio cancels this coroutine when the client cancels or
+        disconnects and frees the request's concurrency slot; a thread cannot be stopped from outside, so the
+        cancellation is handed to it as an event that the step callback checks. Without this, a cancelled
+        request kept sampling to the end while its slot served the next one, and the concurrency limit no
+        longer bounded the work."""
         import anyio
 
         cancel = threading.Event()
-        call = functools.partial(self.generate, model_name, sampler, steps, guidance_scale, class_name, prompt, seed,
-                                 num_images, animation, frame_every, progress=progress, cancel=cancel)
         try:
-            return await anyio.to_thread.run_sync(call, abandon_on_cancel=True)
+            return await anyio.to_thread.run_sync(functools.partial(call, cancel=cancel), abandon_on_cancel=True)
         finally:
             cancel.set()  # cancelled (or done, when it changes nothing)
+
+    async def generate_cancellable(self, model_name, sampler, steps, guidance_scale, class_name, prompt, seed,
+                                   num_images, animation="off", frame_every=0, progress=gr.Progress()):
+        """The HTTP handler: ``generate`` in a worker thread, stopped between steps once cancelled
+        (``_in_worker_thread``)."""
+        call = functools.partial(self.generate, model_name, sampler, steps, guidance_scale, class_name, prompt, seed,
+                                 num_images, animation, frame_every, progress=progress)
+        return await self._in_worker_thread(call)
 
     def _run(self, model, sampler_label, steps, guidance_scale, labels, prompt, seed, n, animation, frame_every,
              progress, cancel: threading.Event):
         progress(0.0, desc="preparing")
+        arrays, nfe, wall, scheduler, state = self._sample(model, sampler_label, steps, guidance_scale, labels, prompt,
+                                                           seed, n, animation, frame_every, progress, cancel)
+        gallery = []
+        for k, a in enumerate(arrays):
+            what = ""
+            if labels is not None:
+                what = (model.class_names or [])[labels[k]] if model.class_names else f"class {labels[k]}"
+            elif prompt is not None:
+                what = prompt
+            caption = f"{what} · seed {seed + k}" if what else f"seed {seed + k}"
+            gallery.append((to_pil(a), caption))
+
+        gif = None
+        if animation != "off" and state["frames"]:
+            gif = save_gif(state["frames"], state["captions"])
+        progress(1.0, desc="done")
+
+        lines = [
+            f"**{n} image{'s' if n > 1 else ''} in {wall:.2f} s** (wall time) · "
+            f"**{nfe} model evaluations**{self._per_call(model, guidance_scale)} · {steps} steps requested",
+            f"model: {model.spec.label} · sampler: {sampler_label} (`{type(scheduler).__name__}`) · "
+            + self._request_line(model, guidance_scale, seed, n),
+        ]
+        if state["x0_failed"]:
+            lines.append("(the x0-prediction could not be formed for this sampler; the animation shows x_t)")
+        if not model.trained:
+            lines.append("⚠️ untrained demo weights: noise-like images are expected.")
+        return gallery, gif, "  \n".join(lines)
+
+    @staticmethod
+    def _per_call(model, guidance_scale) -> str:
+        if model.kind in ("class", "text") and guidance_scale not in (0.0, 1.0):
+            return " (each a batched call over the conditional and unconditional branch)"
+        if model.kind == "guided" and guidance_scale != 0.0:
+            return " (each plus one classifier gradient)"
+        return ""
+
+    @staticmethod
+    def _request_line(model, guidance_scale, seed, n) -> str:
+        line = f"seed {seed}" + (f"…{seed + n - 1}" if n > 1 else "")
+        if model.kind != "unconditional":
+            line += f" · guidance scale {guidance_scale:g}"
+        return line
+
+    def _sample(self, model, sampler_label, steps, guidance_scale, labels, prompt, seed, n, animation, frame_every,
+                progress, cancel: threading.Event):
+        """One sampling run: (uint8 images (n, H, W, C), model evaluations, wall seconds, scheduler, animation
+        state). Image k starts from the noise of seed + k, whatever the sampler."""
         scheduler = model.samplers[sampler_label].make()
         pipe = model.pipeline_with(scheduler)
         unet = pipe.unet
@@ -421,39 +604,7 @@ class SpaceApp:
         nfe = pipe.num_model_evaluations
 
         arrays = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        gallery = []
-        for k, a in enumerate(arrays):
-            what = ""
-            if labels is not None:
-                what = (model.class_names or [])[labels[k]] if model.class_names else f"class {labels[k]}"
-            elif prompt is not None:
-                what = prompt
-            caption = f"{what} · seed {seed + k}" if what else f"seed {seed + k}"
-            gallery.append((to_pil(a), caption))
-
-        gif = None
-        if animation != "off" and state["frames"]:
-            gif = save_gif(state["frames"], state["captions"])
-        progress(1.0, desc="done")
-
-        per_call = ""
-        if model.kind in ("class", "text") and guidance_scale not in (0.0, 1.0):
-            per_call = " (each a batched call over the conditional and unconditional branch)"
-        elif model.kind == "guided" and guidance_scale != 0.0:
-            per_call = " (each plus one classifier gradient)"
-        lines = [
-            f"**{n} image{'s' if n > 1 else ''} in {wall:.2f} s** (wall time) · "
-            f"**{nfe} model evaluations**{per_call} · {steps} steps requested",
-            f"model: {model.spec.label} · sampler: {sampler_label} (`{type(scheduler).__name__}`) · "
-            f"seed {seed}" + (f"…{seed + n - 1}" if n > 1 else ""),
-        ]
-        if model.kind != "unconditional":
-            lines[-1] += f" · guidance scale {guidance_scale:g}"
-        if state["x0_failed"]:
-            lines.append("(the x0-prediction could not be formed for this sampler; the animation shows x_t)")
-        if not model.trained:
-            lines.append("⚠️ untrained demo weights: noise-like images are expected.")
-        return gallery, gif, "  \n".join(lines)
+        return arrays, nfe, wall, scheduler, state
 
     @staticmethod
     def _capture(pipe, i, t, tensors, state, animation, decode, total):
@@ -513,7 +664,7 @@ def build_demo(app: Optional[SpaceApp] = None, default_model: str = "ddpm", prel
     with gr.Blocks(title="hf_ddm diffusion demo", delete_cache=(3600, 7200)) as demo:
         gr.Markdown(
             "# hf_ddm: diffusion samplers side by side\n"
-            "Pick a model and a sampler, and watch the denoising. Models, schedulers and pipelines come from "
+            "Pick a model and a sampler, and watch the denoising, or compare 2-4 samplers on the same seed. Models, schedulers and pipelines come from "
             "**hf_ddm**, a plug-in package for 🤗 diffusers: DDPM/DDIM, SMLD, "
             "continuous VP/sub-VP/VE SDEs with reverse-SDE, probability-flow ODE and predictor-corrector "
             "samplers, diffusers' DPM-Solver++ and UniPC; latent diffusion, classifier-free and classifier "
@@ -546,12 +697,22 @@ def build_demo(app: Optional[SpaceApp] = None, default_model: str = "ddpm", prel
                     frame_every = gr.Slider(0, lim.max_steps, value=0, step=1, label="Frame every k steps",
                                             info=f"0 = automatic; at most {lim.max_frames} frames")
                 run = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+                with gr.Accordion("Compare samplers", open=False, elem_id="compare-accordion"):
+                    compare_dd = gr.Dropdown(list(model.samplers), value=app.default_compare(model), multiselect=True,
+                                             max_choices=lim.max_compare, label=COMPARE_INPUT, elem_id="compare-samplers",
+                                             info=f"{MIN_COMPARE}-{lim.max_compare}: each runs the settings above "
+                                                  "(seed, class / prompt, steps, guidance, number of images)")
+                    compare_btn = gr.Button("Compare", variant="secondary", elem_id="compare-btn")
             with gr.Column(scale=3):
                 # Height follows the rows: a fixed height hid every row after the first.
                 gallery = gr.Gallery(label="Samples", columns=5, height="auto", elem_id="gallery", format="png")
                 info = gr.Markdown(elem_id="run-info")
                 trajectory = gr.Image(label="Denoising trajectory (GIF)", type="filepath", format="gif",
                                       elem_id="trajectory", interactive=False)
+                compare_gallery = gr.Gallery(label="Sampler comparison (one grid per sampler)", columns=4,
+                                             height="auto", elem_id="compare-gallery", format="png",
+                                             object_fit="contain")
+                compare_info = gr.Markdown(elem_id="compare-info")
 
         model_dd.change(app.on_model_change, inputs=model_dd,
                         outputs=[sampler_dd, steps, class_dd, prompt, guidance, status],
@@ -559,9 +720,18 @@ def build_demo(app: Optional[SpaceApp] = None, default_model: str = "ddpm", prel
         run.click(app.generate_cancellable,
                   inputs=[model_dd, sampler_dd, steps, guidance, class_dd, prompt, seed, num_images, animation,
                           frame_every],
-                  outputs=[gallery, trajectory, info], api_name="generate", concurrency_limit="default")
+                  outputs=[gallery, trajectory, info], api_name="generate", concurrency_limit="default",
+                  concurrency_id="sampling")
+        model_dd.change(app.compare_choices, inputs=model_dd, outputs=compare_dd, api_name=False,
+                        concurrency_limit=None, show_progress="hidden")
+        # One concurrency group with /generate: lim.concurrency bounds the sampling requests of both kinds.
+        compare_btn.click(app.compare_cancellable,
+                          inputs=[model_dd, compare_dd, steps, guidance, class_dd, prompt, seed, num_images],
+                          outputs=[compare_gallery, compare_info], api_name="compare", concurrency_limit="default",
+                          concurrency_id="sampling")
         gr.Markdown(
-            f"Limits per request: {lim.max_images} images, {lim.max_steps} steps, guidance ≤ {lim.max_guidance:g}; "
+            f"Limits per request: {lim.max_images} images, {lim.max_steps} steps, guidance ≤ {lim.max_guidance:g}, "
+            f"{lim.max_compare} samplers in a comparison; "
             f"{lim.concurrency} requests run at once, {lim.max_queue} may wait. "
             "Model evaluations count U-Net calls per image batch (a classifier-free-guided call evaluates both "
             "branches in one batch)."
@@ -570,4 +740,5 @@ def build_demo(app: Optional[SpaceApp] = None, default_model: str = "ddpm", prel
     return demo
 
 
-__all__ = ["SpaceApp", "RequestCancelled", "Limits", "build_demo", "CYCLE", "ANIMATIONS", "CSS"]
+__all__ = ["SpaceApp", "RequestCancelled", "Limits", "build_demo", "image_grid", "CYCLE", "ANIMATIONS", "CSS",
+           "COMPARE_INPUT", "MIN_COMPARE"]
