@@ -189,3 +189,20 @@ def test_third_order_multistep_does_not_get_worse_with_more_steps_on_a_uniform_g
     assert errs[1] <= errs[0] + 0.25 and errs[2] <= errs[1] + 0.25
     assert errs[2] < 0.5
     assert math.isfinite(sum(errs))
+
+
+def test_cosine_grid_starts_where_the_sample_stops_being_pure_noise(narrow):
+    """log_snr_min: a cosine schedule reaches log-SNR -9 at its last timestep; a grid from there spends a third of
+    its steps on pure noise (3M at 10 steps: within-mode std error 1.27). Linear-beta schedules are unchanged."""
+    mix, ref, floor_sw, floor_std = narrow
+    cosine = DDPMScheduler(beta_schedule="squaredcos_cap_v2", clip_sample=False).config
+    sched = SDEScheduler.from_config(cosine, solver="multistep", solver_order=3)
+    sched.set_timesteps(10)
+    assert float(sched.process.log_snr(sched.timestep_to_t(sched.timesteps[0]))) == pytest.approx(-5.1, abs=1e-4)  # float32 timesteps
+    x, _ = run(sched, mix, 10)
+    assert std_err(mix, x, ref) < 0.3
+    unclipped = SDEScheduler.from_config(cosine, solver="multistep", solver_order=3, log_snr_min=None)
+    assert std_err(mix, run(unclipped, mix, 10)[0], ref) > 2 * std_err(mix, x, ref)
+    linear = SDEScheduler.from_config(DDPMScheduler().config, solver="multistep")
+    linear.set_timesteps(10)
+    assert float(linear.timesteps[0]) == pytest.approx(999.0)
