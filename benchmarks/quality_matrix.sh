@@ -5,7 +5,7 @@
 # sample grids (the measured samples) in benchmarks/results/grids/.
 #
 #   bash benchmarks/quality_matrix.sh            # about 80 min on 2 CPU cores
-#   bash benchmarks/quality_matrix.sh ddpm ldm   # some lanes (floor ldm guided grids ddpm sde); the table
+#   bash benchmarks/quality_matrix.sh ddpm ldm   # some lanes (floor ldm ldm_text guided grids ddpm sde); the table
 #                                                # is rebuilt from every JSON present
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +38,10 @@ lane_grids() {  # 100 samples each; column j is class j for the conditional mode
   E $M/guided --scheduler vp-ddim --steps 25 --guidance_scale 10 --num_samples 100 --grid $G/guided.png \
     --json $R/grid_guided.json
 }
+lane_ldm_text() {
+  E $M/ldm_text --scheduler vp-ddim --steps 25 --guidance_scale 3 --num_samples 500 --grid $G/ldm_text.png \
+    --json $R/ldm_text_ddim25_w3.json
+}
 lane_ddpm() {  # the shipped ddpm (H200); ddpm_cpu_*.json are the replaced 0.1 CPU checkpoint's rows
   E $M/ddpm --scheduler sde-multistep --steps 20 --num_samples 1000 --json $R/ddpm_gpu_multistep20.json
 }
@@ -51,12 +55,12 @@ lane_sde() {
 }
 
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(floor ldm guided grids ddpm sde)
+[ ${#stages[@]} -gt 0 ] || stages=(floor ldm ldm_text guided grids ddpm sde)
 pids=()
 for s in "${stages[@]}"; do "lane_$s" > "$R/lane_$s.log" 2>&1 & pids+=($!); done
 for p in "${pids[@]}"; do wait "$p"; done
 shopt -s nullglob
 files=()
-for g in floor_n ldm_class_ guided_ ddpm_ sde_; do m=("$R/$g"*.json); [ ${#m[@]} -gt 0 ] && files+=($(ls -v "${m[@]}")); done
+for g in floor_n ldm_class_ ldm_text_ guided_ ddpm_ sde_; do m=("$R/$g"*.json); [ ${#m[@]} -gt 0 ] && files+=($(ls -v "${m[@]}")); done
 python benchmarks/quality_table.py "${files[@]}" > benchmarks/results/quality.md
 cat benchmarks/results/quality.md

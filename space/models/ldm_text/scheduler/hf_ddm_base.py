@@ -1,0 +1,186 @@
+"""What every hf_ddm scheduler shares: the process it wraps, the mapping between the model's timestep
+input and process time, the training helpers, and the input checks.
+
+A scheduler class = ``SchedulerMixin`` + ``ConfigMixin`` + this mixin + a solver. Subclasses set
+``self.process`` and implement ``timestep_to_t`` / ``t_to_timestep``; everything here is written in
+terms of those, so one training loop serves every process:
+
+    t = scheduler.sample_training_timesteps(batch_size)
+    noisy = scheduler.add_noise(x0, noise, t)
+    loss = scheduler.training_loss(model(noisy, t).sample, x0, noise, t)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from diffusers.utils import BaseOutput
+
+from .hf_ddm_processes import NoiseProcess, append_dims, check_prediction_type, from_x0_eps, to_x0_eps
+
+
+@dataclass
+class SchedulerOutput(BaseOutput):
+    """Output of ``step``: the next sample, and the model's current estimate of the clean sample."""
+
+    prev_sample: torch.Tensor
+    pred_original_sample: Optional[torch.Tensor] = None
+
+
+def integer_timesteps(timesteps) -> torch.Tensor:
+    """Model timesteps of a discrete scheduler are grid indices: int64, integer-valued floats accepted."""
+    t = torch.as_tensor(timesteps)
+    if t.is_floating_point():
+        if not torch.equal(t, t.round()):
+            raise ValueError(f"timesteps of a discrete scheduler must be integers, got {t}")
+        t = t.long()
+    return t
+
+
+def threshold_sample(x0: torch.Tensor, ratio: float, max_value: float) -> torch.Tensor:
+    """Imagen's dynamic thresholding, with diffusers' ``_threshold_sample`` semantics: per sample,
+    s = clamp(quantile(|x0|, ratio), 1, max_value); x0 <- clamp(x0, -s, s) / s."""
+    dtype = x0.dtype
+    flat = x0.reshape(x0.shape[0], -1)
+    if dtype not in (torch.float32, torch.float64):
+        flat = flat.float()
+    s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1, max=max_value).unsqueeze(1)
+    return (torch.clamp(flat, -s, s) / s).reshape(x0.shape).to(dtype)
+
+
+def check_x0_processing(clip_sample, clip_sample_range, thresholding, dynamic_thresholding_ratio, sample_max_value):
+    """The config checks of diffusers' x0 clipping / dynamic thresholding keys."""
+    if clip_sample and not clip_sample_range > 0:
+        raise ValueError(f"clip_sample_range must be > 0, got {clip_sample_range}")
+    if thresholding and not 0 < dynamic_thresholding_ratio <= 1:
+        raise ValueError(f"dynamic_thresholding_ratio must be in (0, 1], got {dynamic_thresholding_ratio}")
+    if thresholding and not sample_max_value >= 1:
+        raise ValueError(f"sample_max_value must be >= 1, got {sample_max_value}")
+
+
+class ProcessSchedulerMixin:
+    process: NoiseProcess
+
+    # --- the model-timestep <-> process-time map (the same function in training and sampling) -------
+    # Discrete processes: the model sees the grid index itself. Continuous schedulers override both.
+    def timestep_to_t(self, timesteps) -> torch.Tensor:
+        return integer_timesteps(timesteps)
+
+    def t_to_timestep(self, t) -> torch.Tensor:
+        return integer_timesteps(t)
+
+    def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
+        """Identity: hf_ddm models see x_t itself (diffusers' Euler-style input scaling is not used)."""
+        return sample
+
+    def marginal(self, timesteps):
+        """(a, s) of x_t = a x0 + s eps at the model's timestep input(s)."""
+        return self.process.marginal(self.timestep_to_t(torch.as_tensor(timesteps)))
+
+    @property
+    def training_t_min(self) -> float:
+        """Smallest process time drawn in training (continuous processes avoid t = 0)."""
+        return float(getattr(self.config, "sampling_eps", 0.0) or 0.0)
+
+    # --- training helpers -------------------------------------------------------------------------
+    def sample_training_timesteps(self, batch_size: int, generator: Optional[torch.Generator] = None, device=None):
+        """Model timesteps for a training batch: uniform over the train grid (discrete) or over
+        [training_t_min, 1] (continuous). ``generator`` must live on the CPU."""
+        if self.process.continuous:
+            lo = self.training_t_min
+            u = torch.rand(batch_size, generator=generator, dtype=torch.float64)
+            timesteps = self.t_to_timestep(lo + (self.process.t_max - lo) * u).float()
+        else:
+            timesteps = torch.randint(0, self.process.num_steps, (batch_size,), generator=generator)
+        return timesteps.to(device) if device is not None else timesteps
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
+        """x_t = a x0 + s eps (diffusers' name and signature)."""
+        a, s = self._marginal_on(original_samples, timesteps)
+        return append_dims(a, original_samples) * original_samples + append_dims(s, original_samples) * noise
+
+    def training_target(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
+        """What the network regresses onto for this scheduler's ``prediction_type``."""
+        a, s = self._marginal_on(original_samples, timesteps)
+        return from_x0_eps(original_samples, noise, a, s, self.config.prediction_type)
+
+    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
+        """v = a eps - s x0 (diffusers' name)."""
+        a, s = self._marginal_on(sample, timesteps)
+        return from_x0_eps(sample, noise, a, s, "v_prediction")
+
+    def training_loss_weight(self, timesteps) -> torch.Tensor:
+        """Per-sample weight that makes every parameterisation's MSE the epsilon loss of DDPM's
+        L_simple, except x0 and v which keep their own (diffusers' convention). For score
+        prediction this is s^2 (score_sde's weighting), since |s score + eps|^2 = s^2 |score - target|^2."""
+        timesteps = torch.as_tensor(timesteps)
+        if self.config.prediction_type == "score":
+            return self.marginal(timesteps)[1] ** 2
+        return torch.ones(timesteps.shape or (1,), dtype=torch.float32, device=timesteps.device)
+
+    def training_loss(self, model_output, original_samples, noise, timesteps) -> torch.Tensor:
+        """Weighted MSE between the model output and ``training_target``, averaged over the batch."""
+        target = self.training_target(original_samples, noise, timesteps)
+        per_sample = (model_output.float() - target.float()).pow(2).flatten(1).mean(1)
+        weight = self.training_loss_weight(timesteps).to(per_sample.device, per_sample.dtype)
+        return (weight * per_sample).mean()
+
+    # --- helpers for step() -------------------------------------------------------------------------
+    def _marginal_on(self, like: torch.Tensor, timesteps):
+        timesteps = torch.as_tensor(timesteps, device=like.device)
+        a, s = self.marginal(timesteps)
+        return a.to(like.device, like.dtype), s.to(like.device, like.dtype)
+
+    def _to_x0_eps(self, model_output, sample, a, s):
+        return to_x0_eps(model_output, sample, a, s, self.config.prediction_type)
+
+    def denoised(self, model_output, sample, a, s, clipped_eps: bool = True):
+        """(x0_hat, eps_hat) from a model output, with the config's x0 clipping or dynamic thresholding
+        (diffusers' ``clip_sample`` / ``thresholding`` keys, where the scheduler has them). With
+        ``clipped_eps`` the returned eps is the one consistent with the processed x0 (what every
+        solver written in (x, x0) does); without it the model's own eps (diffusers' DDIM default)."""
+        x0, eps = to_x0_eps(model_output, sample, a, s, self.config.prediction_type)
+        cfg = self.config
+        if getattr(cfg, "thresholding", False):
+            x0 = threshold_sample(x0, cfg.dynamic_thresholding_ratio, cfg.sample_max_value)
+        elif getattr(cfg, "clip_sample", False):
+            x0 = x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
+        else:
+            return x0, eps
+        if clipped_eps:
+            eps = to_x0_eps(x0, sample, a, s, "sample")[1]
+        return x0, eps
+
+    def _check_initial_noise(self, sample: torch.Tensor):
+        """At the first step of a loop: was the starting noise scaled by ``init_noise_sigma``? Stock
+        ``DDPMPipeline`` ignores it, and a VE process started from N(0, 1) instead of N(0, sigma_max^2)
+        returns garbage without any error -- so refuse it here, where it can still be named."""
+        sigma = float(self.init_noise_sigma)
+        spread = float(sample.detach().float().std()) if sample.numel() > 1 else 0.0
+        # A sample without spread is no pipeline's noise (a hand-built start): only unscaled noise is refused.
+        if sigma > 2.0 and 0.0 < spread < 0.25 * sigma:
+            raise ValueError(
+                f"sample: the first step got a sample of std {spread:.3g}, but this "
+                f"scheduler starts from noise of std init_noise_sigma={sigma:.4g}. The pipeline's loop did not scale its "
+                "initial noise by scheduler.init_noise_sigma (stock diffusers.DDPMPipeline does not); use a pipeline "
+                "that does (hf_ddm's, DDIMPipeline, StableDiffusionPipeline) or a VP scheduler."
+            )
+
+    @staticmethod
+    def _check_step_inputs(model_output: torch.Tensor, sample: torch.Tensor):
+        if model_output.shape != sample.shape:
+            raise ValueError(
+                f"model_output has shape {tuple(model_output.shape)} but sample has shape {tuple(sample.shape)}; "
+                "they must match"
+            )
+
+    @staticmethod
+    def _check_prediction_type(prediction_type: str, allowed=None):
+        check_prediction_type(prediction_type)
+        if allowed is not None and prediction_type not in allowed:
+            raise ValueError(f"prediction_type must be one of {tuple(allowed)} here, got {prediction_type!r}")
+
+
+__all__ = ["SchedulerOutput", "ProcessSchedulerMixin", "integer_timesteps", "threshold_sample", "check_x0_processing"]
