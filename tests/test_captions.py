@@ -69,8 +69,8 @@ def captioned_dataset(tmp_path_factory):
     rng = np.random.default_rng(0)
     images = [Image.fromarray((rng.random((16, 16)) * 255).astype("uint8")) for _ in WORDS]
     texts = [f"a photo of a {w}" for w in WORDS]
-    ds = datasets.Dataset.from_dict({"image": images, "text": texts},
-                                    features=datasets.Features({"image": datasets.Image(), "text": datasets.Value("string")}))
+    features = datasets.Features({"image": datasets.Image(), "text": datasets.Value("string")})
+    ds = datasets.Dataset.from_dict({"image": images, "text": texts}, features=features)
     path = tmp_path_factory.mktemp("captioned") / "ds"
     ds.save_to_disk(str(path))
     return path, texts

@@ -138,7 +138,8 @@ def build_parser():
     g.add_argument("--prompt_template", type=str, default="a photo of a {}",
                    help="The canonical prompt of a class (validation, model card; first of its captions).")
     g.add_argument("--caption_style", type=str, default="varied", choices=["varied", "template"],
-                   help="Text captions from class names: several phrasings (templates x synonyms) or --prompt_template.")
+                   help="Text captions from class names: several phrasings (templates x synonyms) or "
+                        "--prompt_template only.")
     g.add_argument("--caption_column", type=str, default=None,
                    help="Text column of the dataset (a string or a list of strings per example) to condition on "
                         "instead of the class names; implies --conditioning text.")

@@ -164,7 +164,8 @@ def build_parser():
     g.add_argument("--decoder_std", type=float, default=0.1, help="Scale of the Gaussian/Laplace decoder p(x|z).")
     d = p.add_argument_group("adversarial term (PatchGAN, hinge loss)")
     d.add_argument("--disc_weight", type=float, default=0.0,
-                   help="Weight of the adversarial term (0 = no discriminator; CompVis use 0.5 with the adaptive weight).")
+                   help="Weight of the adversarial term (0 = no discriminator; CompVis use 0.5 with the adaptive "
+                        "weight).")
     d.add_argument("--disc_start", type=int, default=0,
                    help="Optimizer step at which the discriminator and the adversarial term start (warm-up on "
                         "reconstruction + KL alone before it).")
