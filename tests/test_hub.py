@@ -58,7 +58,8 @@ def test_shipped_folders_name_no_machine_path(folder):
 def test_shipped_cards_carry_hub_metadata_and_true_usage(folder):
     data = ModelCard.load(folder / "README.md").data
     assert data.library_name == "diffusers" and data.license == "apache-2.0"
-    assert data.pipeline_tag == "unconditional-image-generation"
+    text_model = (folder / "text_encoder").is_dir()
+    assert data.pipeline_tag == ("text-to-image" if text_model else "unconditional-image-generation")
     assert data.datasets == ["zalando-datasets/fashion_mnist"]
     assert {"hf_ddm", "diffusers", "fashion-mnist"} <= set(data.tags)
     text = (folder / "README.md").read_text()
