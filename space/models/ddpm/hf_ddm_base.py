@@ -158,9 +158,11 @@ class ProcessSchedulerMixin:
         ``DDPMPipeline`` ignores it, and a VE process started from N(0, 1) instead of N(0, sigma_max^2)
         returns garbage without any error -- so refuse it here, where it can still be named."""
         sigma = float(self.init_noise_sigma)
-        if sigma > 2.0 and float(sample.detach().float().std()) < 0.25 * sigma:
+        spread = float(sample.detach().float().std()) if sample.numel() > 1 else 0.0
+        # A sample without spread is no pipeline's noise (a hand-built start): only unscaled noise is refused.
+        if sigma > 2.0 and 0.0 < spread < 0.25 * sigma:
             raise ValueError(
-                f"sample: the first step got a sample of std {float(sample.detach().float().std()):.3g}, but this "
+                f"sample: the first step got a sample of std {spread:.3g}, but this "
                 f"scheduler starts from noise of std init_noise_sigma={sigma:.4g}. The pipeline's loop did not scale its "
                 "initial noise by scheduler.init_noise_sigma (stock diffusers.DDPMPipeline does not); use a pipeline "
                 "that does (hf_ddm's, DDIMPipeline, StableDiffusionPipeline) or a VP scheduler."

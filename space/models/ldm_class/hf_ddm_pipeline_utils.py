@@ -185,6 +185,16 @@ class HfDdmPipeline(DiffusionPipeline):
         """Model evaluations (per image batch, per guidance branch) made by the last call."""
         return getattr(self, "_num_model_evaluations", 0)
 
+    def compile_unet(self, **compile_kwargs):
+        """Opt in to ``torch.compile`` for the denoiser, the network called at every step; returns the pipeline.
+
+        In place (``nn.Module.compile``): ``self.unet`` stays the same module, so ``save_pretrained``,
+        ``.to(...)`` and offload hooks are unchanged. The first call compiles (tens of seconds on a GPU), and
+        so does each new batch size or dtype. ``compile_kwargs`` go to ``torch.compile`` (``mode``,
+        ``backend``, ``dynamic``, ``fullgraph``)."""
+        self.unet.compile(**compile_kwargs)
+        return self
+
     @staticmethod
     def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
         """Latents the U-Net works on, (z - shift) * scale, back to images through the VAE."""

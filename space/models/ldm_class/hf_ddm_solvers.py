@@ -129,11 +129,12 @@ def langevin(x, x0, eps, cur: Point, nxt: Point = None, snr: float = 0.16, scale
     processes (1 for VE). ``noise`` is the z that will be added (its norm sets the step). A zero score
     leaves x unchanged instead of dividing by zero."""
     score = eps / -cur.s
-    grad_norm = score.flatten(1).norm(dim=-1).mean()
-    noise_norm = noise.flatten(1).norm(dim=-1).mean()
+    # Norms in float32: in float16 a VE score (~1/sigma^2) underflows and its squared sum overflows.
+    grad_norm = score.float().flatten(1).norm(dim=-1).mean()
+    noise_norm = noise.float().flatten(1).norm(dim=-1).mean()
     step = torch.where(grad_norm > 0, 2.0 * (snr * noise_norm / grad_norm.clamp_min(1e-30)) ** 2, torch.zeros_like(grad_norm))
-    step = step * append_dims(scale, x)
-    return x + step * score, (2.0 * step).sqrt()
+    step = step * scale
+    return x + (step * score.float()).to(x.dtype), (2.0 * step).sqrt().to(x.dtype)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -265,14 +266,6 @@ def dpmpp_multistep_coefficients(s_ratio: float, a_next: float, h: float, h_prev
     return c_x, [a_next * big_a + w10 / r0, -w10 / r0 + w11 / r1, -w11 / r1]
 
 
-# The single-evaluation rules by the name schedulers configure them with.
-RULES = {
-    "ancestral": ancestral,
-    "ddim": ddim,
-    "reverse_diffusion": reverse_diffusion,
-    "euler_maruyama": euler_maruyama,
-}
-
 __all__ = [
     "noise_like",
     "with_noise",
@@ -286,6 +279,5 @@ __all__ = [
     "Heun",
     "DPMSolverPP",
     "dpmpp_multistep_coefficients",
-    "RULES",
     "CLEAN",
 ]

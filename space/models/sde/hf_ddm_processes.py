@@ -64,7 +64,7 @@ def to_x0_eps(model_output, sample, a, s, prediction_type: str) -> Tuple[torch.T
         eps = (s * sample + a * model_output) / norm
     elif prediction_type == "score":
         eps = -s * model_output
-        x0 = (sample + s * s * model_output) / a
+        x0 = (sample - s * eps) / a  # s * (s * score): s^2 alone overflows float16 for VE (sigma_max 1348)
     else:
         check_prediction_type(prediction_type)
     return x0, eps

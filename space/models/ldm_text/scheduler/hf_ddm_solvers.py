@@ -266,14 +266,6 @@ def dpmpp_multistep_coefficients(s_ratio: float, a_next: float, h: float, h_prev
     return c_x, [a_next * big_a + w10 / r0, -w10 / r0 + w11 / r1, -w11 / r1]
 
 
-# The single-evaluation rules by the name schedulers configure them with.
-RULES = {
-    "ancestral": ancestral,
-    "ddim": ddim,
-    "reverse_diffusion": reverse_diffusion,
-    "euler_maruyama": euler_maruyama,
-}
-
 __all__ = [
     "noise_like",
     "with_noise",
@@ -287,6 +279,5 @@ __all__ = [
     "Heun",
     "DPMSolverPP",
     "dpmpp_multistep_coefficients",
-    "RULES",
     "CLEAN",
 ]
