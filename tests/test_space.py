@@ -433,6 +433,27 @@ def test_shipped_checkpoints_load_and_sample():
         assert out.shape[0] == 1
 
 
+def test_default_vp_sampler_holds_up_at_few_steps_on_the_shipped_ldm():
+    """The Space's default for discrete-VP models (DPM-Solver++(2M), steps uniform in train time) at 6 steps
+    lands near the 100-step solution on the shipped class LDM with CFG 3; the log-SNR grid lands 6x further."""
+    from hf_ddm.catalogue import UNIFORM_2M, catalogue
+
+    assert DEFAULT_SAMPLER["vp"] == UNIFORM_2M
+    pipe = load_pipeline(os.path.join(registry_mod.DEFAULT_MODELS_DIR, "ldm_class")).to(dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    entries = catalogue(pipe.scheduler)
+
+    def sample(label, steps):
+        pipe.scheduler = entries[label].make()
+        return pipe(class_labels=[0, 1, 2, 3], guidance_scale=3.0, num_inference_steps=steps, output_type="pt",
+                    generator=torch.Generator().manual_seed(0)).images
+
+    ref = sample(UNIFORM_2M, 100)
+    uniform = (sample(UNIFORM_2M, 6) - ref).abs().mean()
+    log_snr = (sample("ODE: multistep DPM-Solver++(2M) (hf_ddm)", 6) - ref).abs().mean()
+    assert uniform < 0.05 and log_snr > 3 * uniform, (uniform, log_snr)
+
+
 # ------------------------------------------------------------------------------------------------
 # The launched app over HTTP
 # ------------------------------------------------------------------------------------------------

@@ -166,3 +166,36 @@ def test_bad_request_shows_an_error_and_the_app_keeps_working(server, driver, tm
     assert "text-conditional" in info
     WebDriverWait(driver, 30).until(lambda d: len(gallery_images(d)) >= 1)
     driver.save_screenshot(str(tmp_path / "space-text.png"))
+
+
+def test_compare_samplers_side_by_side_in_the_browser(server, driver, tmp_path):
+    """Compare mode: the default pair of samplers on one seed, one grid per sampler, each captioned with its
+    model evaluations and wall time; the screenshot (``HF_DDM_SPACE_COMPARE_SCREENSHOT``) is the README's."""
+    driver.get(server)
+    wait = WebDriverWait(driver, 60)
+    wait.until(EC.element_to_be_clickable((By.ID, "generate-btn")))
+    set_number(driver, "steps", 6)
+    set_number(driver, "num-images", 4)
+    driver.find_element(By.CSS_SELECTOR, "#compare-accordion button").click()
+    button = wait.until(EC.element_to_be_clickable((By.ID, "compare-btn")))
+    chosen = [t.text for t in driver.find_elements(By.CSS_SELECTOR, "#compare-samplers .token")]
+    assert len(chosen) >= 2, chosen  # the model's default comparison is preselected
+    button.click()
+    WebDriverWait(driver, 240).until(lambda d: "samplers" in d.find_element(By.ID, "compare-info").text)
+    info = driver.find_element(By.ID, "compare-info").text
+    assert f"{len(chosen)} samplers" in info and "6 steps requested" in info
+    grids = lambda d: [i for i in d.find_elements(By.CSS_SELECTOR, "#compare-gallery img") if i.get_attribute("src")]  # noqa
+    WebDriverWait(driver, 30).until(lambda d: len(grids(d)) >= len(chosen))
+    for img in grids(driver):
+        assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img)
+    captions = driver.find_element(By.ID, "compare-gallery").text
+    assert captions.count("NFE") >= len(chosen) and " s" in captions
+    # Nothing shown carries a path of the machine that serves it.
+    assert ROOT not in driver.find_element(By.TAG_NAME, "body").text
+    driver.execute_script("document.getElementById('compare-gallery').scrollIntoView({block: 'center'})")
+    time.sleep(0.5)
+    driver.save_screenshot(str(tmp_path / "compare.png"))
+    assert (tmp_path / "compare.png").stat().st_size > 10_000
+    target = os.environ.get("HF_DDM_SPACE_COMPARE_SCREENSHOT")
+    if target:
+        shutil.copyfile(tmp_path / "compare.png", target)
