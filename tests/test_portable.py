@@ -291,3 +291,24 @@ def test_flat_names_disambiguate_shared_stems():
     # The real package: one bundle name per module.
     real = flat_names()
     assert len(set(real.values())) == len(real) and real["hf_ddm.models.unet"] == "hf_ddm_unet"
+
+
+SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "space", "models")
+
+
+@pytest.mark.parametrize("name", sorted(n for n in os.listdir(SHIPPED) if os.path.isdir(os.path.join(SHIPPED, n))))
+def test_shipped_code_copies_match_the_installed_package(name, tmp_path):
+    """A shipped folder's bundled code is what a portable save by this hf_ddm writes: a fix to the package
+    reaches users who load the folder without it (``python train/ship_checkpoint.py --refresh`` re-bundles)."""
+    folder = os.path.join(SHIPPED, name)
+    cls = getattr(__import__("hf_ddm.pipelines", fromlist=["x"]), DiffusionPipeline.load_config(folder)["_class_name"][1])
+    cls.from_pretrained(folder).save_pretrained(tmp_path / "out")
+
+    def code(root):
+        return {os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f)).read()
+                for d, _, files in os.walk(root) for f in files if f.endswith(".py")}
+
+    shipped, fresh = code(folder), code(tmp_path / "out")
+    assert sorted(shipped) == sorted(fresh)
+    stale = [f for f in fresh if shipped[f] != fresh[f]]
+    assert not stale, f"{name}: stale bundled code {stale}; run python train/ship_checkpoint.py --refresh {folder}"

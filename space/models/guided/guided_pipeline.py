@@ -52,7 +52,7 @@ class ClassifierGuidedPipeline(HfDdmPipeline):
     ):
         """``guidance_scale`` s: 0 leaves the unconditional model as it is, 1 samples p(x | y) exactly
         for an exact classifier, s > 1 sharpens toward the class."""
-        batch_size = batch_size or self.class_ids(class_labels).numel()
+        batch_size = self.class_ids(class_labels).numel() if batch_size is None else batch_size
         self.check_common(batch_size, num_inference_steps, output_type, generator)
         guidance_scale = check_guidance_scale(guidance_scale)
         labels = self.check_class_labels(class_labels, batch_size, self.classifier.config.num_classes)
@@ -78,6 +78,7 @@ class ClassifierGuidedPipeline(HfDdmPipeline):
 # imports directly, so this file names every bundled module it needs. Never executed.
 if False:  # pragma: no cover
     from .hf_ddm_adapter import __name__ as _bundled_hf_ddm_adapter  # noqa: F401
+    from .hf_ddm_limits import __name__ as _bundled_hf_ddm_limits  # noqa: F401
     from .hf_ddm_processes import __name__ as _bundled_hf_ddm_processes  # noqa: F401
     from .hf_ddm_base import __name__ as _bundled_hf_ddm_base  # noqa: F401
     from .hf_ddm_diffusers_configs import __name__ as _bundled_hf_ddm_diffusers_configs  # noqa: F401

@@ -65,6 +65,7 @@ __all__ = ["check_guidance_scale", "classifier_free", "classifier_guidance", "sc
 # hf_ddm portable bundle: for a local folder diffusers copies only the modules a custom-code file
 # imports directly, so this file names every bundled module it needs. Never executed.
 if False:  # pragma: no cover
+    from .hf_ddm_limits import __name__ as _bundled_hf_ddm_limits  # noqa: F401
     from .hf_ddm_base import __name__ as _bundled_hf_ddm_base  # noqa: F401
     from .hf_ddm_diffusers_configs import __name__ as _bundled_hf_ddm_diffusers_configs  # noqa: F401
     from .hf_ddm_sde import __name__ as _bundled_hf_ddm_sde  # noqa: F401

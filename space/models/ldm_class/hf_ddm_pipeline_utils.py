@@ -20,6 +20,8 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
+from .hf_ddm_limits import as_class_ids, check_batch_size, check_step_count
+
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 # hf_ddm is not on PyPI (the name `hf-ddm` is still free there, so installing by that name finds nothing):
@@ -108,10 +110,8 @@ class HfDdmPipeline(DiffusionPipeline):
     # --- checks -----------------------------------------------------------------------------------
     @staticmethod
     def check_common(batch_size, num_inference_steps, output_type, generator):
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+        check_batch_size(batch_size)
+        check_step_count(num_inference_steps)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if isinstance(generator, list) and len(generator) != batch_size:
@@ -135,6 +135,8 @@ class HfDdmPipeline(DiffusionPipeline):
             latents = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=dtype)
         elif tuple(latents.shape) != tuple(shape):
             raise ValueError(f"latents must have shape {tuple(shape)}, got {tuple(latents.shape)}")
+        elif not torch.isfinite(latents).all():
+            raise ValueError("latents must be finite (they contain NaN or inf): the loop would return black images")
         else:
             latents = latents.to(self._execution_device, dtype)
         return latents * self.scheduler.init_noise_sigma
@@ -222,7 +224,7 @@ class HfDdmPipeline(DiffusionPipeline):
             if unknown:
                 raise ValueError(f"class_labels {unknown} are not among this pipeline's class_names {names}")
             return torch.tensor([names.index(n) for n in wanted], dtype=torch.long)
-        return torch.as_tensor(class_labels, dtype=torch.long).reshape(-1)
+        return as_class_ids(class_labels).reshape(-1)
 
     def check_class_labels(self, class_labels, batch_size: int, num_classes: Optional[int] = None):
         """Class ids as a (batch_size,) long tensor on the execution device, validated against

@@ -129,6 +129,7 @@ class LatentDiffusionPipeline(HfDdmPipeline):
 # imports directly, so this file names every bundled module it needs. Never executed.
 if False:  # pragma: no cover
     from .hf_ddm_adapter import __name__ as _bundled_hf_ddm_adapter  # noqa: F401
+    from .hf_ddm_limits import __name__ as _bundled_hf_ddm_limits  # noqa: F401
     from .hf_ddm_processes import __name__ as _bundled_hf_ddm_processes  # noqa: F401
     from .hf_ddm_base import __name__ as _bundled_hf_ddm_base  # noqa: F401
     from .hf_ddm_diffusers_configs import __name__ as _bundled_hf_ddm_diffusers_configs  # noqa: F401

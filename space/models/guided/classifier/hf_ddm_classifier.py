@@ -20,6 +20,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
+from .hf_ddm_limits import as_class_ids, check_int
 from .hf_ddm_layers import EncoderTrunk, SafetensorsOnlyMixin, TimestepEmbedding, check_sample_size, validate_trunk_config
 
 
@@ -61,11 +62,11 @@ class NoisyClassifier(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         freq_shift: float = 0.0,
     ):
         super().__init__()
-        if num_classes < 2:
-            raise ValueError(f"`num_classes` must be >= 2, got {num_classes}.")
+        check_int("num_classes", num_classes, 2, 1_000_000)
         attention_levels = tuple(attention_levels)
         validate_trunk_config(block_out_channels, layers_per_block, norm_num_groups, attention_levels,
-                              attention_head_dim, mid_block_attention)
+                              attention_head_dim, mid_block_attention, sample_size=sample_size,
+                              in_channels=in_channels, time_embedding_dim=time_embedding_dim)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1), got {dropout}.")
         emb_dim = time_embedding_dim or 4 * block_out_channels[0]
@@ -97,7 +98,7 @@ class NoisyClassifier(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
             x = sample.detach().requires_grad_(True)
             logits = self(x, timestep).logits
             log_probs = F.log_softmax(logits.float(), dim=-1)
-            labels = torch.as_tensor(class_labels, device=x.device).long().reshape(-1).expand(x.shape[0])
+            labels = as_class_ids(class_labels, self.config.num_classes).to(x.device).reshape(-1).expand(x.shape[0])
             picked = log_probs.gather(1, labels[:, None]).sum()
             (grad,) = torch.autograd.grad(picked, x)
         return grad

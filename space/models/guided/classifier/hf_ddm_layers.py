@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .hf_ddm_limits import check_channels, check_int, check_sample_size_config
+
 
 # ---------------------------------------------------------------------------------------------------
 # Timesteps
@@ -408,12 +410,23 @@ def _raise_if_bad_safetensors(folder, subfolder, err) -> None:
 
 
 def validate_trunk_config(block_out_channels, layers_per_block, norm_num_groups, attention_levels=(),
-                          attention_head_dim=None, mid_attention=False):
-    """Raise a ValueError naming the offending argument; called from every model's ``__init__``."""
-    if len(block_out_channels) == 0 or any(int(c) <= 0 for c in block_out_channels):
-        raise ValueError(f"`block_out_channels` must be a non-empty list of positive ints, got {block_out_channels}.")
-    if layers_per_block < 1:
-        raise ValueError(f"`layers_per_block` must be >= 1, got {layers_per_block}.")
+                          attention_head_dim=None, mid_attention=False, sample_size=None, **channels):
+    """Raise a ValueError naming the offending argument; called from every model's ``__init__`` before
+    any layer is built. ``channels``: further widths by config name (``in_channels=3``, ...); None = unused.
+    Sizes are bounded by ``hf_ddm.limits``."""
+    if isinstance(block_out_channels, (str, bytes)) or len(block_out_channels) == 0:
+        raise ValueError(f"`block_out_channels` must be a non-empty list of positive ints, got {block_out_channels!r}.")
+    for c in block_out_channels:
+        check_channels("block_out_channels", c)
+    for name, value in channels.items():
+        if value is not None:
+            check_channels(name, value)
+    if sample_size is not None:
+        check_sample_size_config(sample_size)
+    check_int("layers_per_block", layers_per_block, 1, 64)
+    check_int("norm_num_groups", norm_num_groups, 1)
+    if attention_levels or mid_attention:
+        check_int("attention_head_dim", attention_head_dim, 1)
     for c in block_out_channels:
         if c % norm_num_groups:
             raise ValueError(

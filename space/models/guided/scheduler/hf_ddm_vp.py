@@ -43,6 +43,8 @@ any other diffusers beta-schedule scheduler's) gives the ``"ddpm"`` default. An 
 
 from __future__ import annotations
 
+import math
+
 from typing import List, Optional, Sequence, Union
 
 import numpy as np
@@ -176,8 +178,10 @@ class VPScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
                 f"{VP_PREDICTION_TYPES}; use the SDE scheduler for score models"
             )
         self._check_prediction_type(prediction_type, VP_PREDICTION_TYPES)
-        if not eta >= 0:
-            raise ValueError(f"eta must be >= 0, got {eta}")
+        if not (eta >= 0 and math.isfinite(eta)):
+            raise ValueError(f"eta must be a finite number >= 0, got {eta}")
+        if eta > 0 and sampler != "ddim":
+            raise ValueError(f"eta={eta} is DDIM's and would be ignored by sampler={sampler!r}; use sampler='ddim'")
         check_x0_processing(clip_sample, clip_sample_range, thresholding, dynamic_thresholding_ratio, sample_max_value)
         if trained_betas is not None and len(trained_betas) != num_train_timesteps:
             raise ValueError(

@@ -20,6 +20,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
+from .hf_ddm_limits import as_class_ids, check_int
 from .hf_ddm_layers import DecoderTrunk, EncoderTrunk, OutputHead, SafetensorsOnlyMixin, TimestepEmbedding, check_sample_size, validate_trunk_config
 
 
@@ -82,11 +83,13 @@ class UNet(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         super().__init__()
         attention_levels = tuple(attention_levels)
         validate_trunk_config(block_out_channels, layers_per_block, norm_num_groups, attention_levels,
-                              attention_head_dim, mid_block_attention)
+                              attention_head_dim, mid_block_attention, sample_size=sample_size,
+                              in_channels=in_channels, out_channels=out_channels,
+                              cross_attention_dim=cross_attention_dim, time_embedding_dim=time_embedding_dim)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1), got {dropout}.")
-        if num_class_embeds is not None and num_class_embeds < 1:
-            raise ValueError(f"`num_class_embeds` must be a positive int or None, got {num_class_embeds}.")
+        if num_class_embeds is not None:
+            check_int("num_class_embeds", num_class_embeds, 1, 1_000_000)
         if cross_attention_dim is not None and not (attention_levels or mid_block_attention):
             raise ValueError("`cross_attention_dim` is set but no level has attention: set `attention_levels` "
                              "or `mid_block_attention=True`.")
@@ -111,8 +114,9 @@ class UNet(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         if self.class_embedding is not None:
             if class_labels is None:
                 class_labels = torch.full((batch_size,), self.config.num_class_embeds, device=device)
-            emb = emb + self.class_embedding(class_labels.to(device=device, dtype=torch.long).reshape(-1)
-                                             .expand(batch_size))
+            n = self.config.num_class_embeds
+            ids = as_class_ids(class_labels, n + 1, null_id=n)
+            emb = emb + self.class_embedding(ids.to(device=device).reshape(-1).expand(batch_size))
         elif class_labels is not None:
             raise ValueError("`class_labels` were given but this UNet has no class embedding "
                              "(`num_class_embeds` is None).")

@@ -158,6 +158,13 @@ class ProcessSchedulerMixin:
         ``DDPMPipeline`` ignores it, and a VE process started from N(0, 1) instead of N(0, sigma_max^2)
         returns garbage without any error -- so refuse it here, where it can still be named."""
         sigma = float(self.init_noise_sigma)
+        if sample.is_floating_point() and 8.0 * sigma > torch.finfo(sample.dtype).max:
+            # N(0, sigma^2) noise reaches ~5 sigma: past the dtype's largest number it is inf from step 0.
+            raise ValueError(
+                f"sample: this scheduler starts from noise of std init_noise_sigma={sigma:.4g}, which {sample.dtype} "
+                f"cannot hold (largest number {torch.finfo(sample.dtype).max:.4g}); sample in float32, or use a "
+                f"sigma_max below {torch.finfo(sample.dtype).max / 8:.4g}."
+            )
         spread = float(sample.detach().float().std()) if sample.numel() > 1 else 0.0
         # A sample without spread is no pipeline's noise (a hand-built start): only unscaled noise is refused.
         if sigma > 2.0 and 0.0 < spread < 0.25 * sigma:

@@ -295,8 +295,18 @@ def make_betas(
             )
     if rescale_betas_zero_snr:
         betas = rescale_zero_terminal_snr(betas)
-    if betas.ndim != 1 or len(betas) == 0 or (betas <= 0).any() or (betas > 1).any():
-        raise ValueError("betas must be a non-empty 1-D sequence with every value in (0, 1]")
+    if betas.ndim != 1 or len(betas) == 0 or not ((betas > 0) & (betas <= 1)).all():
+        raise ValueError("betas (trained_betas or the schedule's) must be a non-empty 1-D sequence with every "
+                         "value in (0, 1] (NaN is not)")
+    # Only the last step may destroy the signal (zero terminal SNR); earlier, alphas_cumprod = 0 (beta = 1
+    # or a float32 underflow) makes every later step a division by zero.
+    alphas_cumprod = torch.cumprod(1.0 - betas, 0)
+    if len(betas) > 1 and not (alphas_cumprod[:-1] > 0).all():
+        k = int((alphas_cumprod[:-1] <= 0).nonzero()[0])
+        raise ValueError(
+            f"betas: alphas_cumprod = prod(1 - beta) reaches 0 at train timestep {k} of {len(betas)} (float32); "
+            "only the last may be 0 (zero terminal SNR). Lower beta_end / the trained betas, or use fewer steps."
+        )
     return betas
 
 
@@ -390,9 +400,32 @@ def geometric_sigmas(sigma_min: float, sigma_max: float, n: int) -> torch.Tensor
     return torch.exp(torch.linspace(math.log(sigma_min), math.log(sigma_max), n, dtype=torch.float64)).float()
 
 
+# Noise levels whose squares are float32 normals (the variances the solvers form): beyond them VE
+# sampling overflows to inf / NaN in float32, or underflows to a zero variance.
+SIGMA_RANGE = (1e-18, 1e18)
+# alpha(1)^2 = exp(-(beta_min + beta_max) / 2) must stay a float32 normal (> 1.2e-38 = exp(-87.3)).
+MAX_BETA_SUM = 174.0
+
+
 def check_sigma_range(sigma_min: float, sigma_max: float):
     if not 0 < sigma_min < sigma_max:
         raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    low, high = SIGMA_RANGE
+    if not (low <= sigma_min and sigma_max <= high):
+        raise ValueError(
+            f"sigma_min and sigma_max must lie in [{low:g}, {high:g}] (their squares must be float32 numbers), "
+            f"got sigma_min={sigma_min}, sigma_max={sigma_max}"
+        )
+
+
+def check_beta_range(beta_min: float, beta_max: float):
+    if not 0 < beta_min <= beta_max:
+        raise ValueError(f"need 0 < beta_min <= beta_max, got beta_min={beta_min}, beta_max={beta_max}")
+    if not beta_min + beta_max <= MAX_BETA_SUM:
+        raise ValueError(
+            f"need beta_min + beta_max <= {MAX_BETA_SUM:g}: the VP marginal alpha(1)^2 = exp(-(beta_min + beta_max)/2) "
+            f"underflows float32 beyond it; got beta_min={beta_min}, beta_max={beta_max}"
+        )
 
 
 class DiscreteVE(_Tabulated):
@@ -425,8 +458,7 @@ class ContinuousVP(NoiseProcess):
     """dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw, beta(t) = beta_min + t (beta_max - beta_min)."""
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0):
-        if not 0 < beta_min <= beta_max:
-            raise ValueError(f"need 0 < beta_min <= beta_max, got beta_min={beta_min}, beta_max={beta_max}")
+        check_beta_range(beta_min, beta_max)
         self.beta_min, self.beta_max = float(beta_min), float(beta_max)
         self.prior_std = 1.0
 
@@ -516,5 +548,7 @@ __all__ = [
     "ContinuousVE",
     "make_betas",
     "geometric_sigmas",
+    "check_sigma_range",
+    "check_beta_range",
     "make_continuous_process",
 ]

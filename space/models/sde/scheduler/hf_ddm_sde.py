@@ -99,14 +99,14 @@ loop, also reported as ``num_model_evaluations``.
 from __future__ import annotations
 
 import math
-import operator
 from typing import List, Optional, Tuple, Union
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
 
-from .hf_ddm_processes import CLEAN, ContinuousVP, DiscreteScheduleVP, Point, check_prediction_type, make_continuous_process
+from .hf_ddm_limits import check_step_count
+from .hf_ddm_processes import CLEAN, ContinuousVP, DiscreteScheduleVP, Point, check_beta_range, check_prediction_type, check_sigma_range, make_continuous_process
 from .hf_ddm_solvers import DPMSolverPP, Heun, ancestral, ddim, euler_maruyama, langevin, noise_like, reverse_diffusion, with_noise
 from .hf_ddm_base import ProcessSchedulerMixin, SchedulerOutput, check_x0_processing
 from .hf_ddm_diffusers_configs import is_vp_schedule_config, load_config_dict, vp_schedule_kwargs
@@ -121,9 +121,6 @@ _SINGLE_STEP_RULES = {
     "pc": reverse_diffusion,
     "ancestral": ancestral,
 }
-# Beyond this many steps a grid is surely a mistake (minutes and gigabytes of plan).
-MAX_INFERENCE_STEPS = 100_000
-
 # A plan entry: (kind, i) -- what step() does at that position of ``timesteps``; i indexes the grid.
 #   "step"    single-stage solver update from grid point i to i + 1 (model evaluated at t_i)
 #   "heun1"   Heun's predictor from i to i + 1 (model at t_i)
@@ -132,16 +129,8 @@ MAX_INFERENCE_STEPS = 100_000
 
 
 def as_step_count(value, name: str = "num_inference_steps") -> int:
-    """An integer count: Python and numpy integers (and 0-d integer tensors) pass, bools and floats not."""
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    try:
-        n = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}") from None
-    if not 1 <= n <= MAX_INFERENCE_STEPS:
-        raise ValueError(f"{name} must be between 1 and {MAX_INFERENCE_STEPS}, got {n}")
-    return n
+    """An integer step count in [1, hf_ddm.limits.MAX_INFERENCE_STEPS] (bools and floats refused)."""
+    return check_step_count(value, name)
 
 
 class SDEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
@@ -217,10 +206,9 @@ class SDEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
         check_x0_processing(clip_sample, clip_sample_range, thresholding, dynamic_thresholding_ratio, sample_max_value)
         discrete = beta_schedule is not None or trained_betas is not None
         if sde == "ve":
-            if not 0 < sigma_min < sigma_max:
-                raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
-        elif not discrete and not 0 < beta_min <= beta_max:
-            raise ValueError(f"need 0 < beta_min <= beta_max, got beta_min={beta_min}, beta_max={beta_max}")
+            check_sigma_range(sigma_min, sigma_max)
+        elif not discrete:
+            check_beta_range(beta_min, beta_max)
         if discrete and sde != "vp":
             raise ValueError(f"beta_schedule / trained_betas describe a discrete VP schedule: they need sde='vp', got sde={sde!r}")
         if not (isinstance(solver_order, int) and 1 <= solver_order <= 3):
