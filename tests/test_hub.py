@@ -291,3 +291,12 @@ def test_non_portable_folder_without_hf_ddm_says_how_to_install(tmp_path):
                           timeout=300)
     error = proc.stdout.split("ERROR:", 1)[-1]
     assert "portable=False" in error and "not on PyPI" in error and "pip install -e" in error, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("name, scale", [("ldm_class", 3.0), ("ldm_text", 3.0), ("guided", 10.0)])
+def test_shipped_conditional_folders_default_to_their_recommended_guidance(name, scale):
+    folder = REPO / "space" / "models" / name
+    assert json.loads((folder / "model_index.json").read_text())["default_guidance_scale"] == scale
+    text = (folder / "README.md").read_text()
+    assert f"Without `guidance_scale` the pipeline uses {scale:g}" in text
+    assert "guidance_scale=" not in _usage_code(text)  # the snippet relies on the default

@@ -238,6 +238,29 @@ def test_class_conditioned_latent_pipeline(tmp_path):
         pipe(prompt="a bag", num_inference_steps=2)
 
 
+def test_default_guidance_scale_is_saved_and_used(tmp_path):
+    """A folder's ``default_guidance_scale`` (the card's recommendation) is what a call without
+    ``guidance_scale`` uses, after a save and load too; a folder without one samples at 1.0, as before."""
+    unet = tiny_unet(in_channels=1, out_channels=1, num_class_embeds=3)
+    pipe = PixelDiffusionPipeline(unet, VPScheduler(num_train_timesteps=20), default_guidance_scale=4.0)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.save_pretrained(tmp_path)
+    loaded = PixelDiffusionPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+
+    def run(p, **kw):
+        return p(class_labels=[0, 2], num_inference_steps=3, output_type="pt",
+                 generator=torch.Generator().manual_seed(0), **kw).images
+
+    torch.testing.assert_close(run(loaded), run(loaded, guidance_scale=4.0))
+    assert not torch.allclose(run(loaded), run(loaded, guidance_scale=1.0))
+    plain = PixelDiffusionPipeline(unet, VPScheduler(num_train_timesteps=20))
+    plain.set_progress_bar_config(disable=True)
+    torch.testing.assert_close(run(plain), run(plain, guidance_scale=1.0))
+    with pytest.raises(ValueError, match="default_guidance_scale"):
+        PixelDiffusionPipeline(unet, VPScheduler(num_train_timesteps=20), default_guidance_scale=float("nan"))
+
+
 def test_save_load_identical_outputs(tmp_path):
     pipe = tiny_text_pipe()
     kw = dict(prompt=PROMPTS[0], guidance_scale=2.0, num_inference_steps=3, output_type="pt")

@@ -146,12 +146,15 @@ ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/<-])/(?:[\w.-]+/)+[\w.-]*")
 def _call_example(index: dict, unet_config: dict) -> tuple:
     """(pipeline_tag, the call of the card's snippet) for a saved pipeline folder."""
     names = index.get("class_names") or []
+    # A folder with a default_guidance_scale uses it without being told: the snippet shows that.
+    default = index.get("default_guidance_scale")
     if unet_config.get("cross_attention_dim"):
-        return "text-to-image", 'prompt="a photo of a sneaker", guidance_scale=3.0, '
+        scale = "" if default is not None else "guidance_scale=3.0, "
+        return "text-to-image", f'prompt="a photo of a sneaker", {scale}'
     if names and (unet_config.get("num_class_embeds") or "classifier" in index):
         label = "Sneaker" if "Sneaker" in names else names[0]
-        scale = 10.0 if "classifier" in index else 3.0
-        return "unconditional-image-generation", f'class_labels=["{label}"] * 2, guidance_scale={scale}, '
+        scale = "" if default is not None else f"guidance_scale={10.0 if 'classifier' in index else 3.0}, "
+        return "unconditional-image-generation", f'class_labels=["{label}"] * 2, {scale}'
     return "unconditional-image-generation", "batch_size=4, "
 
 
@@ -177,7 +180,11 @@ def finish_cards(folder: str, dataset: str) -> None:
     kind = {"PixelDiffusionPipeline": "pixel-diffusion", "LatentDiffusionPipeline": "latent-diffusion",
             "ClassifierGuidedPipeline": "classifier-guidance"}[index["_class_name"][1]]
     scheduler = json.load(open(os.path.join(folder, "scheduler", "scheduler_config.json")))["_class_name"]
-    cards = {"": (tag, ["fashion-mnist", kind, f"scheduler-{scheduler}"], pipeline_usage(repo, call))}
+    usage = pipeline_usage(repo, call)
+    if index.get("default_guidance_scale") is not None:
+        usage += (f"\n\nWithout `guidance_scale` the pipeline uses {index['default_guidance_scale']:g}, this folder's "
+                  "`default_guidance_scale` (model_index.json): the scale its evaluations recommend.\n")
+    cards = {"": (tag, ["fashion-mnist", kind, f"scheduler-{scheduler}"], usage)}
     for component in ("vae", "classifier"):
         if os.path.isfile(os.path.join(folder, component, "README.md")):
             cls = {"vae": ("hf_ddm.models.vae", "VAE"), "classifier": ("hf_ddm.models.classifier", "NoisyClassifier")}

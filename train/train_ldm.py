@@ -78,7 +78,9 @@ class LDMTask(TrainingTask):
     def pipeline(self, modules):
         return LatentDiffusionPipeline(unet=modules["unet"], vae=self.vae, scheduler=copy_scheduler(self.scheduler),
                                        text_encoder=modules.get("text_encoder"), tokenizer=self.tokenizer,
-                                       class_names=self.class_names)
+                                       class_names=self.class_names,
+                                       # the scale its validation grids were made with: what a call uses by default
+                                       default_guidance_scale=None if self.mode == "none" else self.args.guidance_scale)
 
     def validate(self, modules, generator, args):
         n = args.num_validation_images

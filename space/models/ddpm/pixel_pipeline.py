@@ -9,7 +9,6 @@ from typing import Callable, List, Optional, Union
 
 import torch
 
-from .hf_ddm_guidance import check_guidance_scale
 from .hf_ddm_pipeline_utils import HfDdmPipeline
 
 
@@ -18,10 +17,12 @@ class PixelDiffusionPipeline(HfDdmPipeline):
 
     model_cpu_offload_seq = "unet"
 
-    def __init__(self, unet, scheduler, class_names: Optional[List[str]] = None):
+    def __init__(self, unet, scheduler, class_names: Optional[List[str]] = None,
+                 default_guidance_scale: Optional[float] = None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
         self.register_class_names(class_names)
+        self.register_default_guidance_scale(default_guidance_scale)
 
     @torch.no_grad()
     def __call__(
@@ -30,7 +31,7 @@ class PixelDiffusionPipeline(HfDdmPipeline):
         generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
         num_inference_steps: int = 50,
         class_labels: Optional[Union[int, List[int], torch.Tensor]] = None,
-        guidance_scale: float = 1.0,
+        guidance_scale: Optional[float] = None,
         eta: Optional[float] = None,
         timesteps: Optional[List[int]] = None,
         latents: Optional[torch.Tensor] = None,
@@ -40,11 +41,13 @@ class PixelDiffusionPipeline(HfDdmPipeline):
         callback_on_step_end_tensor_inputs: Optional[List[str]] = None,
     ):
         """Sample ``batch_size`` images (default: one per class label, or 1). ``class_labels`` (class models) with ``guidance_scale`` w:
-        w = 1 samples the conditional, w > 1 applies classifier-free guidance, w = 0 the unconditional."""
+        w = 1 samples the conditional, w > 1 applies classifier-free guidance, w = 0 the unconditional.
+        ``guidance_scale=None`` uses the folder's ``default_guidance_scale`` (model_index.json: the one its
+        card recommends), 1.0 where it has none."""
         if batch_size is None:
             batch_size = self.class_ids(class_labels).numel() if class_labels is not None else 1
         self.check_common(batch_size, num_inference_steps, output_type, generator)
-        guidance_scale = check_guidance_scale(guidance_scale)
+        guidance_scale = self.guidance_scale_or_default(guidance_scale)
         labels = self.check_class_labels(class_labels, batch_size)
         latents = self.prepare_latents(self.input_shape(batch_size), self.unet.dtype, generator, latents)
 
@@ -67,6 +70,7 @@ class PixelDiffusionPipeline(HfDdmPipeline):
 # imports directly, so this file names every bundled module it needs. Never executed.
 if False:  # pragma: no cover
     from .hf_ddm_adapter import __name__ as _bundled_hf_ddm_adapter  # noqa: F401
+    from .hf_ddm_guidance import __name__ as _bundled_hf_ddm_guidance  # noqa: F401
     from .hf_ddm_limits import __name__ as _bundled_hf_ddm_limits  # noqa: F401
     from .hf_ddm_processes import __name__ as _bundled_hf_ddm_processes  # noqa: F401
     from .hf_ddm_base import __name__ as _bundled_hf_ddm_base  # noqa: F401

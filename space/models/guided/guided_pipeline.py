@@ -9,7 +9,7 @@ from typing import Callable, List, Optional, Union
 
 import torch
 
-from .hf_ddm_guidance import check_guidance_scale, classifier_guidance
+from .hf_ddm_guidance import classifier_guidance
 from .hf_ddm_pipeline_utils import HfDdmPipeline
 
 
@@ -20,7 +20,8 @@ class ClassifierGuidedPipeline(HfDdmPipeline):
     _optional_components = ["vae"]
     model_cpu_offload_seq = "classifier->unet->vae"
 
-    def __init__(self, unet, classifier, scheduler, vae=None, class_names: Optional[List[str]] = None):
+    def __init__(self, unet, classifier, scheduler, vae=None, class_names: Optional[List[str]] = None,
+                 default_guidance_scale: Optional[float] = None):
         super().__init__()
         if classifier.config.in_channels != unet.config.in_channels:
             raise ValueError(
@@ -33,13 +34,14 @@ class ClassifierGuidedPipeline(HfDdmPipeline):
             )
         self.register_modules(unet=unet, classifier=classifier, scheduler=scheduler, vae=vae)
         self.register_class_names(class_names)
+        self.register_default_guidance_scale(default_guidance_scale)
 
     @torch.no_grad()
     def __call__(
         self,
         class_labels: Union[int, List[int], torch.Tensor],
         batch_size: Optional[int] = None,
-        guidance_scale: float = 1.0,
+        guidance_scale: Optional[float] = None,
         generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
         num_inference_steps: int = 50,
         eta: Optional[float] = None,
@@ -51,10 +53,12 @@ class ClassifierGuidedPipeline(HfDdmPipeline):
         callback_on_step_end_tensor_inputs: Optional[List[str]] = None,
     ):
         """``guidance_scale`` s: 0 leaves the unconditional model as it is, 1 samples p(x | y) exactly
-        for an exact classifier, s > 1 sharpens toward the class."""
+        for an exact classifier, s > 1 sharpens toward the class.
+        ``guidance_scale=None`` uses the folder's ``default_guidance_scale`` (model_index.json: the one its
+        card recommends), 1.0 where it has none."""
         batch_size = self.class_ids(class_labels).numel() if batch_size is None else batch_size
         self.check_common(batch_size, num_inference_steps, output_type, generator)
-        guidance_scale = check_guidance_scale(guidance_scale)
+        guidance_scale = self.guidance_scale_or_default(guidance_scale)
         labels = self.check_class_labels(class_labels, batch_size, self.classifier.config.num_classes)
 
         latents = self.prepare_latents(self.input_shape(batch_size), self.unet.dtype, generator, latents)

@@ -9,7 +9,6 @@ from typing import Callable, List, Optional, Union
 
 import torch
 
-from .hf_ddm_guidance import check_guidance_scale
 from .hf_ddm_pipeline_utils import HfDdmPipeline
 from .hf_ddm_text import tokenize
 
@@ -21,7 +20,8 @@ class LatentDiffusionPipeline(HfDdmPipeline):
     _optional_components = ["text_encoder", "tokenizer"]
     model_cpu_offload_seq = "text_encoder->unet->vae"
 
-    def __init__(self, unet, vae, scheduler, text_encoder=None, tokenizer=None, class_names: Optional[List[str]] = None):
+    def __init__(self, unet, vae, scheduler, text_encoder=None, tokenizer=None, class_names: Optional[List[str]] = None,
+                 default_guidance_scale: Optional[float] = None):
         super().__init__()
         if vae.config.latent_channels != unet.config.in_channels:
             raise ValueError(
@@ -38,6 +38,7 @@ class LatentDiffusionPipeline(HfDdmPipeline):
                 )
         self.register_modules(unet=unet, vae=vae, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer)
         self.register_class_names(class_names)
+        self.register_default_guidance_scale(default_guidance_scale)
 
     def encode_prompt(self, prompts: List[str]):
         """Token embeddings and attention mask for a list of prompts (one padded batch)."""
@@ -54,7 +55,7 @@ class LatentDiffusionPipeline(HfDdmPipeline):
         class_labels: Optional[Union[int, List[int], torch.Tensor]] = None,
         batch_size: Optional[int] = None,
         negative_prompt: Optional[Union[str, List[str]]] = None,
-        guidance_scale: float = 1.0,
+        guidance_scale: Optional[float] = None,
         generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
         num_inference_steps: int = 50,
         eta: Optional[float] = None,
@@ -67,6 +68,8 @@ class LatentDiffusionPipeline(HfDdmPipeline):
     ):
         """``prompt`` (text models) or ``class_labels`` (class models) with classifier-free
         ``guidance_scale`` w (1: conditional, 0: unconditional, > 1: guided); neither: unconditional.
+        ``guidance_scale=None`` uses the folder's ``default_guidance_scale`` (model_index.json: the one its
+        card recommends), 1.0 where it has none.
         ``negative_prompt`` replaces the empty prompt of the unconditional branch."""
         if prompt is not None and class_labels is not None:
             raise ValueError("pass either prompt or class_labels, not both")
@@ -78,7 +81,7 @@ class LatentDiffusionPipeline(HfDdmPipeline):
                 self.class_ids(class_labels).numel() if class_labels is not None else 1
             )
         self.check_common(batch_size, num_inference_steps, output_type, generator)
-        guidance_scale = check_guidance_scale(guidance_scale)
+        guidance_scale = self.guidance_scale_or_default(guidance_scale)
 
         def unet(x, t, **kwargs):
             return self.unet(x, t, **kwargs).sample
@@ -129,6 +132,7 @@ class LatentDiffusionPipeline(HfDdmPipeline):
 # imports directly, so this file names every bundled module it needs. Never executed.
 if False:  # pragma: no cover
     from .hf_ddm_adapter import __name__ as _bundled_hf_ddm_adapter  # noqa: F401
+    from .hf_ddm_guidance import __name__ as _bundled_hf_ddm_guidance  # noqa: F401
     from .hf_ddm_limits import __name__ as _bundled_hf_ddm_limits  # noqa: F401
     from .hf_ddm_processes import __name__ as _bundled_hf_ddm_processes  # noqa: F401
     from .hf_ddm_base import __name__ as _bundled_hf_ddm_base  # noqa: F401

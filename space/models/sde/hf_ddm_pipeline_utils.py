@@ -20,6 +20,7 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
+from .hf_ddm_guidance import check_guidance_scale
 from .hf_ddm_limits import as_class_ids, check_batch_size, check_step_count
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -249,6 +250,18 @@ class HfDdmPipeline(DiffusionPipeline):
     def register_class_names(self, class_names):
         """Human-readable class names, saved in model_index.json (``config.class_names``)."""
         self.register_to_config(class_names=list(class_names) if class_names is not None else None)
+
+    def register_default_guidance_scale(self, value: Optional[float]):
+        """The guidance scale a call without ``guidance_scale`` uses, saved in model_index.json
+        (``config.default_guidance_scale``): the one the model card recommends. None: 1.0."""
+        if value is not None:
+            value = check_guidance_scale(value, "default_guidance_scale")
+        self.register_to_config(default_guidance_scale=value)
+
+    def guidance_scale_or_default(self, guidance_scale: Optional[float]) -> float:
+        if guidance_scale is None:
+            guidance_scale = getattr(self.config, "default_guidance_scale", None)
+        return check_guidance_scale(1.0 if guidance_scale is None else guidance_scale)
 
     @staticmethod
     def guided_model_fn(model: Callable, cond: Dict, uncond: Dict, guidance_scale: float) -> Callable:
