@@ -74,6 +74,11 @@ CASES = {
     "vae latent_channels=0": (lambda: vae(latent_channels=0), "latent_channels"),
     "vae in_channels=10**9": (lambda: vae(in_channels=10**9), "in_channels.*MAX_CHANNELS"),
     "vae norm_num_groups=0": (lambda: vae(norm_num_groups=0), "norm_num_groups"),
+    "vae scaling_factor nan": (lambda: vae(scaling_factor=math.nan), "scaling_factor"),
+    "unet timestep_scale nan": (lambda: unet(timestep_scale=math.nan), "timestep_scale"),
+    "unet norm_eps -1": (lambda: unet(norm_eps=-1.0), "norm_eps"),
+    "classifier timestep_scale 0": (lambda: classifier(timestep_scale=0.0), "timestep_scale"),
+    "unet layers_per_block 1.5": (lambda: unet(layers_per_block=1.5), "layers_per_block"),
     # --- class labels: no IndexError from nn.Embedding, no silent truncation of floats ---
     "unet class label past the null class": (
         lambda: unet(num_class_embeds=3)(X, 5, class_labels=torch.tensor([4, 0])), r"class_labels.*\[0, 3\]"),
@@ -109,6 +114,10 @@ CASES = {
     "SDE VE sigma_max 1e30": (lambda: SDEScheduler(sde="ve", sigma_max=1e30), "sigma_max"),
     "SDE VE sigma_min 1e-30": (lambda: SDEScheduler(sde="ve", sigma_min=1e-30), "sigma_min"),
     "SDE pc snr nan": (lambda: SDEScheduler(solver="pc", snr=math.nan), "snr"),
+    "SDE pc correct_steps 10**6": (lambda: SDEScheduler(solver="pc", correct_steps=10**6), "correct_steps"),
+    "SDE rho inf": (lambda: SDEScheduler(rho=math.inf), "rho"),
+    "SDE num_train_timesteps 0": (lambda: SDEScheduler(num_train_timesteps=0), "num_train_timesteps"),
+    "SDE log_snr_min above the data end": (lambda: SDEScheduler(log_snr_min=100.0), "log_snr_min"),
     "SDE set_timesteps 10**7": (lambda: SDEScheduler().set_timesteps(10**7), "num_inference_steps.*MAX_INFERENCE"),
     "VP set_timesteps True": (lambda: VPScheduler().set_timesteps(True), "num_inference_steps"),
     "VP ddpm sampler eta=1 (would be ignored)": (lambda: VPScheduler(sampler="ddpm", eta=1.0), "eta"),

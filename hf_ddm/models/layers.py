@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..limits import check_channels, check_int, check_sample_size_config
+from ..limits import check_channels, check_int, check_positive_float, check_sample_size_config
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -410,7 +410,8 @@ def _raise_if_bad_safetensors(folder, subfolder, err) -> None:
 
 
 def validate_trunk_config(block_out_channels, layers_per_block, norm_num_groups, attention_levels=(),
-                          attention_head_dim=None, mid_attention=False, sample_size=None, **channels):
+                          attention_head_dim=None, mid_attention=False, sample_size=None, norm_eps=None,
+                          timestep_scale=None, **channels):
     """Raise a ValueError naming the offending argument; called from every model's ``__init__`` before
     any layer is built. ``channels``: further widths by config name (``in_channels=3``, ...); None = unused.
     Sizes are bounded by ``hf_ddm.limits``."""
@@ -425,6 +426,9 @@ def validate_trunk_config(block_out_channels, layers_per_block, norm_num_groups,
         check_sample_size_config(sample_size)
     check_int("layers_per_block", layers_per_block, 1, 64)
     check_int("norm_num_groups", norm_num_groups, 1)
+    for name, value in (("norm_eps", norm_eps), ("timestep_scale", timestep_scale)):
+        if value is not None:
+            check_positive_float(name, value)
     if attention_levels or mid_attention:
         check_int("attention_head_dim", attention_head_dim, 1)
     for c in block_out_channels:

@@ -24,6 +24,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.accelerate_utils import apply_forward_hook
 
+from ..limits import check_positive_float
 from .layers import (
     DecoderTrunk,
     EncoderTrunk,
@@ -99,10 +100,9 @@ class VAE(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
             raise ValueError("`block_out_channels` must be a non-empty list of positive ints.")
         head_dim = attention_head_dim or block_out_channels[-1]  # default: one head, as in LDM's VAE
         validate_trunk_config(block_out_channels, layers_per_block, norm_num_groups, attention_levels, head_dim,
-                              mid_block_attention, sample_size=sample_size, in_channels=in_channels,
+                              mid_block_attention, sample_size=sample_size, norm_eps=norm_eps,  in_channels=in_channels,
                               out_channels=out_channels, latent_channels=latent_channels)
-        if scaling_factor <= 0:
-            raise ValueError(f"`scaling_factor` must be positive, got {scaling_factor}.")
+        check_positive_float("scaling_factor", scaling_factor)
 
         common = dict(head_dim=head_dim, groups=norm_num_groups, eps=norm_eps)  # no time embedding
         self.encoder = EncoderTrunk(in_channels, block_out_channels, layers_per_block, attention_levels,

@@ -11,6 +11,7 @@ ships or trains. They are read at call time, so a user who really means it raise
 
 from __future__ import annotations
 
+import math
 import operator
 from typing import Optional, Sequence
 
@@ -41,6 +42,19 @@ def check_int(name: str, value, low: int = 1, high: Optional[int] = None, limit:
         hint = f" (hf_ddm.limits.{limit}; raise it there if you mean it)" if limit else ""
         raise ValueError(f"`{name}` must be <= {high}{hint}, got {n}")
     return n
+
+
+def check_positive_float(name: str, value) -> float:
+    """A finite number > 0 (NaN and inf are refused: comparisons with NaN are all False)."""
+    if isinstance(value, bool):
+        raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}")
+    return v
 
 
 def check_channels(name: str, value) -> int:
@@ -86,5 +100,5 @@ def as_class_ids(class_labels, num_ids=None, name: str = "class_labels", null_id
     return ids
 
 
-__all__ = ["MAX_CHANNELS", "MAX_SAMPLE_SIZE", "MAX_INFERENCE_STEPS", "MAX_BATCH_SIZE", "check_int",
+__all__ = ["MAX_CHANNELS", "MAX_SAMPLE_SIZE", "MAX_INFERENCE_STEPS", "MAX_BATCH_SIZE", "check_int", "check_positive_float",
            "check_channels", "check_sample_size_config", "check_step_count", "check_batch_size", "as_class_ids"]

@@ -105,7 +105,7 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
 
-from .hf_ddm_limits import check_step_count
+from .hf_ddm_limits import check_int, check_step_count
 from .hf_ddm_processes import CLEAN, ContinuousVP, DiscreteScheduleVP, Point, check_beta_range, check_prediction_type, check_sigma_range, make_continuous_process
 from .hf_ddm_solvers import DPMSolverPP, Heun, ancestral, ddim, euler_maruyama, langevin, noise_like, reverse_diffusion, with_noise
 from .hf_ddm_base import ProcessSchedulerMixin, SchedulerOutput, check_x0_processing
@@ -218,8 +218,10 @@ class SDEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
         self.snr = float(corrector_snr if corrector_snr is not None else snr)
         if solver == "pc" and correct_steps > 0 and not (self.snr > 0 and math.isfinite(self.snr)):
             raise ValueError(f"snr must be a finite number > 0 for the corrector, got {self.snr}")
-        if not rho > 0:
-            raise ValueError(f"rho must be > 0, got {rho}")
+        if not (rho > 0 and math.isfinite(rho)):
+            raise ValueError(f"rho must be a finite number > 0, got {rho}")
+        check_int("num_train_timesteps", num_train_timesteps, 1)
+        check_int("correct_steps", correct_steps, 0, 1000)
         if log_snr_min is not None and not math.isfinite(log_snr_min):
             raise ValueError(f"log_snr_min must be a finite number or None, got {log_snr_min}")
 
@@ -254,6 +256,11 @@ class SDEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
         if eps == 0 and sde != "ve" and not discrete:
             raise ValueError("sampling_eps must be > 0 for VP / sub-VP (s(0) = 0: the score is singular)")
         self.sampling_eps = float(eps)
+        if log_snr_min is not None and isinstance(self.process, (ContinuousVP, DiscreteScheduleVP)):
+            top = float(self.process.log_snr(torch.tensor(max(eps, self.process.t_min), dtype=torch.float64)))
+            if not log_snr_min < top:
+                raise ValueError(f"log_snr_min={log_snr_min} must lie below the process's log-SNR at sampling_eps "
+                                 f"({top:.3g}): the grid would start where sampling ends")
         self.init_noise_sigma = float(self.process.prior_std)
         self.order = {"ode_heun": 2, "pc": 1 + correct_steps}.get(solver, 1)
 

@@ -65,7 +65,7 @@ class NoisyClassifier(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         check_int("num_classes", num_classes, 2, 1_000_000)
         attention_levels = tuple(attention_levels)
         validate_trunk_config(block_out_channels, layers_per_block, norm_num_groups, attention_levels,
-                              attention_head_dim, mid_block_attention, sample_size=sample_size,
+                              attention_head_dim, mid_block_attention, sample_size=sample_size, norm_eps=norm_eps, timestep_scale=timestep_scale, 
                               in_channels=in_channels, time_embedding_dim=time_embedding_dim)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1), got {dropout}.")

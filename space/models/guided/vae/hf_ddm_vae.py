@@ -24,6 +24,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.accelerate_utils import apply_forward_hook
 
+from .hf_ddm_limits import check_positive_float
 from .hf_ddm_layers import DecoderTrunk, EncoderTrunk, OutputHead, SafetensorsOnlyMixin, check_sample_size, fast_layout, validate_trunk_config
 
 
@@ -91,10 +92,9 @@ class VAE(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
             raise ValueError("`block_out_channels` must be a non-empty list of positive ints.")
         head_dim = attention_head_dim or block_out_channels[-1]  # default: one head, as in LDM's VAE
         validate_trunk_config(block_out_channels, layers_per_block, norm_num_groups, attention_levels, head_dim,
-                              mid_block_attention, sample_size=sample_size, in_channels=in_channels,
+                              mid_block_attention, sample_size=sample_size, norm_eps=norm_eps,  in_channels=in_channels,
                               out_channels=out_channels, latent_channels=latent_channels)
-        if scaling_factor <= 0:
-            raise ValueError(f"`scaling_factor` must be positive, got {scaling_factor}.")
+        check_positive_float("scaling_factor", scaling_factor)
 
         common = dict(head_dim=head_dim, groups=norm_num_groups, eps=norm_eps)  # no time embedding
         self.encoder = EncoderTrunk(in_channels, block_out_channels, layers_per_block, attention_levels,
@@ -164,8 +164,3 @@ class VAE(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         rec, kl = rec.mean(), kl.mean()
         return VAELossOutput(loss=rec + kl_weight * kl, reconstruction_loss=rec, kl_loss=kl, reconstruction=recon,
                              posterior=posterior)
-
-# hf_ddm portable bundle: for a local folder diffusers copies only the modules a custom-code file
-# imports directly, so this file names every bundled module it needs. Never executed.
-if False:  # pragma: no cover
-    from .hf_ddm_limits import __name__ as _bundled_hf_ddm_limits  # noqa: F401

@@ -83,7 +83,7 @@ class UNet(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         super().__init__()
         attention_levels = tuple(attention_levels)
         validate_trunk_config(block_out_channels, layers_per_block, norm_num_groups, attention_levels,
-                              attention_head_dim, mid_block_attention, sample_size=sample_size,
+                              attention_head_dim, mid_block_attention, sample_size=sample_size, norm_eps=norm_eps, timestep_scale=timestep_scale, 
                               in_channels=in_channels, out_channels=out_channels,
                               cross_attention_dim=cross_attention_dim, time_embedding_dim=time_embedding_dim)
         if not 0.0 <= dropout < 1.0:
