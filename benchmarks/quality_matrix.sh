@@ -41,6 +41,9 @@ lane_grids() {  # 100 samples each; column j is class j for the conditional mode
 lane_ldm_text() {
   E $M/ldm_text --scheduler vp-ddim --steps 25 --guidance_scale 3 --num_samples 500 --grid $G/ldm_text.png \
     --json $R/ldm_text_ddim25_w3.json
+  for w in 3 4; do  # 4: the folder's default_guidance_scale
+    E $M/ldm_text --scheduler vp-ddim --steps 25 --guidance_scale $w --num_samples 1000 --json $R/ldm_text_ddim25_w${w}_n1000.json
+  done
 }
 lane_ddpm() {  # the shipped ddpm (H200); ddpm_cpu_*.json are the replaced 0.1 CPU checkpoint's rows
   E $M/ddpm --scheduler sde-multistep --steps 20 --num_samples 1000 --json $R/ddpm_gpu_multistep20.json

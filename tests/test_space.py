@@ -433,6 +433,18 @@ def test_shipped_checkpoints_load_and_sample():
         assert out.shape[0] == 1
 
 
+def test_guidance_slider_starts_at_the_folders_default(app, tmp_path):
+    """The slider follows a folder's default_guidance_scale (its card's recommendation); 3 without one."""
+    model = app.registry.get("ldm_class")
+    assert app.default_guidance(model) == 3.0
+    model.pipe.register_to_config(default_guidance_scale=4.5)
+    try:
+        assert app.default_guidance(model) == 4.5
+        assert app.on_model_change("ldm_class")[4]["value"] == 4.5
+    finally:
+        model.pipe.register_to_config(default_guidance_scale=None)
+
+
 def test_default_vp_sampler_holds_up_at_few_steps_on_the_shipped_ldm():
     """The Space's default for discrete-VP models (DPM-Solver++(2M), steps uniform in train time) at 6 steps
     lands near the 100-step solution on the shipped class LDM with CFG 3; the log-SNR grid lands 6x further."""

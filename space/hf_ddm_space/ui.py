@@ -238,6 +238,11 @@ class SpaceApp:
         preferred = DEFAULT_SAMPLER.get(model.family)
         return preferred if preferred in model.samplers else AS_SAVED
 
+    def default_guidance(self, model: LoadedModel) -> float:
+        """The folder's ``default_guidance_scale`` (the scale its card recommends), else 3."""
+        value = getattr(model.pipe.config, "default_guidance_scale", None)
+        return float(value) if value is not None else 3.0
+
     def default_steps(self, model: LoadedModel) -> int:
         return min(DEFAULT_STEPS.get(model.family, self.limits.default_steps), self.limits.max_steps)
 
@@ -640,7 +645,7 @@ class SpaceApp:
             gr.update(value=self.default_steps(model)),
             gr.update(choices=classes, value=classes[0] if classes else None, visible=bool(classes)),
             gr.update(visible=model.kind == "text", value=self.suggested_prompt(model)),
-            gr.update(interactive=guided, info=guidance_info),
+            gr.update(interactive=guided, info=guidance_info, value=self.default_guidance(model)),
             self.model_status(model),
         )
 
@@ -689,7 +694,7 @@ def build_demo(app: Optional[SpaceApp] = None, default_model: str = "ddpm", prel
                                        visible=bool(classes), allow_custom_value=True, elem_id="class")
                 prompt = gr.Textbox(app.suggested_prompt(model), label="Prompt", visible=model.kind == "text",
                                     max_lines=1, placeholder="a photo of a sneaker", elem_id="prompt")
-                guidance = gr.Slider(0.0, lim.max_guidance, value=3.0, step=0.5, label="Guidance scale",
+                guidance = gr.Slider(0.0, lim.max_guidance, value=app.default_guidance(model), step=0.5, label="Guidance scale",
                                      interactive=model.kind != "unconditional")
                 seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed",
                                  info="image k uses seed + k")
