@@ -26,6 +26,10 @@ lane_ldm() {
   E $M/ldm_class --scheduler vp-ddim --steps 50 --guidance_scale 3 --num_samples 2000 --json $R/ldm_class_ddim50_w3.json
   E $M/ldm_class --scheduler dpm++ --steps 10 --guidance_scale 3 --num_samples 2000 --json $R/ldm_class_dpmpp10_w3.json
   E $M/ldm_class --scheduler vp-ddim --steps 25 --guidance_scale 3 --num_samples 10000 --json $R/ldm_class_ddim25_w3_n10k.json
+  for n in 10 25; do  # the saved scheduler: DPM-Solver++(2M), steps uniform in t
+    E $M/ldm_class --scheduler sde-multistep --scheduler_kwargs '{"time_grid": "uniform", "denoise_final": false}' \
+      --steps $n --guidance_scale 3 --num_samples 2000 --json $R/ldm_class_sdeuniform${n}_w3.json
+  done
 }
 lane_guided() {  # classifier scale s = 0 ignores the classifier
   for s in 0 1 3 10; do
@@ -44,6 +48,8 @@ lane_ldm_text() {
   for w in 3 4; do  # 4: the folder's default_guidance_scale
     E $M/ldm_text --scheduler vp-ddim --steps 25 --guidance_scale $w --num_samples 1000 --json $R/ldm_text_ddim25_w${w}_n1000.json
   done
+  E $M/ldm_text --scheduler sde-multistep --scheduler_kwargs '{"time_grid": "uniform", "denoise_final": false}' \
+    --steps 25 --guidance_scale 4 --num_samples 1000 --json $R/ldm_text_sdeuniform25_w4_n1000.json
 }
 lane_ddpm() {  # the shipped ddpm (H200); ddpm_cpu_*.json are the replaced 0.1 CPU checkpoint's rows
   E $M/ddpm --scheduler sde-multistep --steps 20 --num_samples 1000 --json $R/ddpm_gpu_multistep20.json

@@ -34,7 +34,10 @@ def row(res: dict, floors: dict, floor_inf) -> str:
     w = res.get("guidance_scale")
     w_s = "—" if res.get("conditioning") == "none" else _f(w, "g")
     name = os.path.basename(os.path.normpath(res["pipeline"]))
-    return (f"| {name} | {res['scheduler']} {res['steps']} | {_f(res.get('nfe'), 'd')} | {w_s} | {res['num_samples']} | "
+    sampler = res["scheduler"]
+    if (res.get("scheduler_config") or {}).get("time_grid") == "uniform":
+        sampler += " (uniform t)"  # the Space's VP default; otherwise the scheduler's own grid
+    return (f"| {name} | {sampler} {res['steps']} | {_f(res.get('nfe'), 'd')} | {w_s} | {res['num_samples']} | "
             f"{res['fd']:.3f} | {_f(floor)} | {_f(ratio, '.1f')} | {_f(fd_inf)} | {_f(ratio_inf, '.0f')} | {res['precision']:.3f} | {res['recall']:.3f} | "
             f"{_f(res.get('class_accuracy'))} | {bpd_s} |")
 

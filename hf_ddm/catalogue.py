@@ -26,6 +26,7 @@ from typing import Callable, Dict, List
 
 from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
+from .schedulers.diffusers_configs import MODEL_KEYS
 from .schedulers.sde import SOLVERS, SDEScheduler
 from .schedulers.ve import VEScheduler
 from .schedulers.vp import VPScheduler
@@ -84,6 +85,8 @@ class Sampler:
 
 def process_family(scheduler) -> str:
     """'vp', 've', 'sde:<vp|subvp|ve>' or 'other' for a loaded scheduler."""
+    if isinstance(scheduler, SDEScheduler) and scheduler.is_discrete_schedule:
+        return "vp"  # a diffusers schedule run by an hf_ddm solver: every discrete-VP sampler applies
     if isinstance(scheduler, SDEScheduler):
         sde = scheduler.config.sde
         return "sde:" + ("subvp" if sde in ("sub-vp", "sub_vp") else sde)
@@ -98,8 +101,12 @@ UNIFORM_2M = "ODE: DPM-Solver++(2M), steps uniform in t (hf_ddm)"
 
 
 def _vp_discrete_config(config) -> dict:
-    """A DDPMScheduler-style config (what VPScheduler and diffusers' multistep solvers read)."""
-    return {k: v for k, v in dict(config).items() if not k.startswith("_") and k not in ("sampler", "eta")}
+    """A DDPMScheduler-style config (what VPScheduler and diffusers' multistep solvers read); from a
+    discrete-schedule SDEScheduler's config, its schedule (model) keys only."""
+    config = dict(config)
+    if "solver" in config:
+        return {k: v for k, v in config.items() if k in MODEL_KEYS and k != "timestep_spacing"}
+    return {k: v for k, v in config.items() if not k.startswith("_") and k not in ("sampler", "eta")}
 
 
 def _sde_solvers(base_kwargs: dict) -> Dict[str, Sampler]:

@@ -193,7 +193,8 @@ def finish_cards(folder: str, dataset: str) -> None:
         path = os.path.join(folder, sub, "README.md")
         old = ModelCard.load(path) if os.path.exists(path) else None
         text = old.text if old is not None else f"# {os.path.basename(folder)}\n"
-        old_tags = [t for t in ((old.data.tags or []) if old is not None else []) if t not in ("training",)]
+        old_tags = [t for t in ((old.data.tags or []) if old is not None else [])
+                    if t not in ("training",) and not t.startswith("scheduler-")]  # the folder's scheduler may change
         meta = card_metadata(pipeline_tag=pipeline_tag, tags=[*old_tags, *tags], datasets=[dataset])
         text = _replace_section(public_text(text), "Usage", usage)
         title = re.search(r"^# (.*)$", text, re.M)

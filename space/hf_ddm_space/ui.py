@@ -389,10 +389,16 @@ class SpaceApp:
         """The comparison preselected for a model: its default sampler and the one it was saved with, or
         the catalogue's next entry when those are the same."""
         picks = [self.default_sampler(model)]
+
+        def same(a: str, b: str) -> bool:  # a folder saved with the default sampler: compare with another
+            x, y = model.samplers[a].make(), model.samplers[b].make()
+            return type(x) is type(y) and {k: v for k, v in x.config.items() if not k.startswith("_")} == {
+                k: v for k, v in y.config.items() if not k.startswith("_")}
+
         for label in [AS_SAVED, *model.samplers]:
             if len(picks) == MIN_COMPARE:
                 break
-            if label in model.samplers and label not in picks:
+            if label in model.samplers and label not in picks and not same(label, picks[0]):
                 picks.append(label)
         return picks
 
