@@ -22,12 +22,14 @@ sys.path.insert(0, os.path.join(ROOT, "space"))
 
 from diffusers import DPMSolverMultistepScheduler  # noqa: E402
 
+from hf_ddm.catalogue import schedule_config  # noqa: E402
 from hf_ddm.schedulers import SDEScheduler  # noqa: E402
 from hf_ddm_space.registry import load_pipeline  # noqa: E402
 
+# Every grid key explicit: a shipped folder may save an SDEScheduler that already sets them.
 GRIDS = {
-    "log-SNR grid + final denoise (SDEScheduler default)": {},
-    "log-SNR grid": dict(denoise_final=False),
+    "log-SNR grid + final denoise (SDEScheduler default)": dict(time_grid="log_snr", denoise_final=True),
+    "log-SNR grid": dict(time_grid="log_snr", denoise_final=False),
     "uniform in t (the Space's default)": dict(time_grid="uniform", denoise_final=False),
 }
 
@@ -45,7 +47,7 @@ def main(argv=None) -> int:
     for name in args.models:
         pipe = load_pipeline(os.path.join(ROOT, "space", "models", name)).to(dtype=torch.float32)
         pipe.set_progress_bar_config(disable=True)
-        base = {k: v for k, v in dict(pipe.scheduler.config).items() if not k.startswith("_")}
+        base = schedule_config(pipe.scheduler.config)  # the model's diffusers schedule, whatever solver it saved
         conditional = getattr(pipe.unet.config, "num_class_embeds", None)
         kwargs = dict(class_labels=[0, 1, 2, 3], guidance_scale=3.0) if conditional else dict(batch_size=4)
 
@@ -54,7 +56,8 @@ def main(argv=None) -> int:
             return pipe(num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="pt",
                         **kwargs).images
 
-        ref = sample(SDEScheduler.from_config(base, solver="multistep", time_grid="uniform", denoise_final=False), 100)
+        ref = sample(SDEScheduler.from_config(base, solver="multistep", **GRIDS["uniform in t (the Space's default)"]),
+                     100)
         for steps in args.steps:
             cells = [(sample(SDEScheduler.from_config(base, solver="multistep", **kw), steps) - ref).abs().mean()
                      for kw in GRIDS.values()]

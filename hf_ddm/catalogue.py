@@ -100,7 +100,7 @@ def process_family(scheduler) -> str:
 UNIFORM_2M = "ODE: DPM-Solver++(2M), steps uniform in t (hf_ddm)"
 
 
-def _vp_discrete_config(config) -> dict:
+def schedule_config(config) -> dict:
     """A DDPMScheduler-style config (what VPScheduler and diffusers' multistep solvers read); from a
     discrete-schedule SDEScheduler's config, its schedule (model) keys only."""
     config = dict(config)
@@ -147,10 +147,7 @@ def catalogue(scheduler) -> Dict[str, Sampler]:
     }
     family = process_family(scheduler)
     if family == "vp":
-        cfg = _vp_discrete_config(base_config)
-        vp_cfg = dict(cfg)
-        vp_cfg.pop("sampler", None)
-        vp_cfg.pop("eta", None)
+        cfg = vp_cfg = schedule_config(base_config)
         out["DDPM ancestral (VPScheduler)"] = Sampler("", lambda: VPScheduler.from_config(vp_cfg, sampler="ddpm"))
         out["DDIM, eta=0 (VPScheduler)"] = Sampler(
             "", lambda: VPScheduler.from_config(vp_cfg, sampler="ddim", eta=0.0))
@@ -164,10 +161,8 @@ def catalogue(scheduler) -> Dict[str, Sampler]:
         # denoising call (the DPM-Solver authors' advice for guided sampling; diffusers' linspace grid).
         # Shipped ldm_class, CFG 3, 6 steps: mean |x - x_100 steps| 0.028 vs 0.18 on the log-SNR grid;
         # 10 steps 0.011 vs 0.022; 20 steps 0.005 vs 0.006 (benchmarks/results/samplers.md).
-        out[UNIFORM_2M] = Sampler("", lambda: SDEScheduler(**{**{k: v for k, v in sde_cfg.items()
-                                                                  if not k.startswith("_")},
-                                                               "solver": "multistep", "solver_order": 2,
-                                                               "time_grid": "uniform", "denoise_final": False}))
+        out[UNIFORM_2M] = Sampler("", lambda: SDEScheduler.from_config(
+            sde_cfg, solver="multistep", solver_order=2, time_grid="uniform", denoise_final=False))
     elif family == "ve":
         cfg = {k: v for k, v in base_config.items() if not k.startswith("_")}
 
@@ -199,4 +194,4 @@ def labels(scheduler) -> List[str]:
     return list(catalogue(scheduler))
 
 
-__all__ = ["AS_SAVED", "SAMPLERS", "SamplerSpec", "Sampler", "make_scheduler", "catalogue", "labels", "process_family"]
+__all__ = ["AS_SAVED", "UNIFORM_2M", "schedule_config", "SAMPLERS", "SamplerSpec", "Sampler", "make_scheduler", "catalogue", "labels", "process_family"]

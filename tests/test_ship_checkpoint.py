@@ -62,6 +62,20 @@ def test_ships_fp16_with_cards_for_the_pipeline_and_the_vae(runs):
     assert "mse_per_pixel=0.0123" in vae_card and "python eval" in vae_card and str(vae_run) not in vae_card
 
 
+def test_ships_the_recommended_sampler_on_the_models_own_schedule(runs):
+    tmp, _vae_run, ldm_run, _ = runs
+    dest = tmp / "space" / "ldm_class"
+    _ship()([str(ldm_run), str(dest), "--command", "x",
+             "--scheduler", '{"solver": "multistep", "time_grid": "uniform", "denoise_final": false}'])
+    loaded = LatentDiffusionPipeline.from_pretrained(dest)
+    config = loaded.scheduler.config
+    assert type(loaded.scheduler).__name__ == "SDEScheduler" and config.time_grid == "uniform"
+    assert config.num_train_timesteps == 50 and not config.denoise_final  # the run's 50-step schedule, kept
+    torch.testing.assert_close(loaded.scheduler.process.alphas_cumprod.float(),
+                               VPScheduler(num_train_timesteps=50).alphas_cumprod)
+    assert "scheduler-SDEScheduler" in (dest / "README.md").read_text()
+
+
 def test_a_component_that_is_not_there_is_named(runs):
     tmp, vae_run, ldm_run, _ = runs
     with pytest.raises(SystemExit, match="text_encoder"):

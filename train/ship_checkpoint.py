@@ -26,11 +26,14 @@ import platform
 import re
 import shutil
 import tempfile
+from typing import Optional
 
 import torch
 from diffusers import DiffusionPipeline
 
 import hf_ddm.pipelines as pipelines
+from hf_ddm.catalogue import schedule_config
+from hf_ddm.schedulers.sde import SDEScheduler
 from hf_ddm.training.hub import build_card, card_metadata, model_usage, pipeline_usage
 
 # The data of the shipped checkpoints: Debian's dataset-fashion-mnist, the same images as this Hub dataset.
@@ -53,6 +56,10 @@ def main(argv=None):
     p.add_argument("--dataset", default=FASHION_MNIST, help="Hub dataset id for the cards' metadata")
     p.add_argument("--command", help="the command that trained it (goes into the card)")
     p.add_argument("--eval", nargs="*", default=[], help="eval_quality / eval_vae JSON files")
+    p.add_argument("--scheduler", metavar="JSON",
+                   help="save this recommended sampler instead of the run's scheduler: SDEScheduler keyword "
+                        "arguments on the model's own discrete schedule, e.g. "
+                        "'{\"solver\": \"multistep\", \"time_grid\": \"uniform\", \"denoise_final\": false}'")
     p.add_argument("--extra_runs", nargs="*", default=[], help="runs of other stages (their train_summary.json)")
     p.add_argument("--component_card", nargs="*", default=[], metavar="NAME=RUN_DIR",
                    help="write RUN_DIR's model card into the component subfolder NAME")
@@ -64,7 +71,7 @@ def main(argv=None):
     if not (args.run_dir and args.dest and args.command):
         p.error("give RUN_DIR DEST --command ..., or --refresh SHIPPED_DIR")
 
-    save_shipped(args.run_dir, args.dest)
+    save_shipped(args.run_dir, args.dest, json.loads(args.scheduler) if args.scheduler else None)
     card_path = os.path.join(args.run_dir, "README.md")
     card = open(card_path).read() if os.path.exists(card_path) else f"# {os.path.basename(args.dest)}\n"
     card = card.replace(args.run_dir.rstrip("/"), os.path.basename(args.dest.rstrip("/")))
@@ -91,12 +98,15 @@ def main(argv=None):
     print("shipped", args.dest)
 
 
-def save_shipped(src: str, dest: str) -> None:
+def save_shipped(src: str, dest: str, scheduler_kwargs: Optional[dict] = None) -> None:
     """``src`` loaded with the installed hf_ddm class and saved to ``dest`` as float16, portable (the
-    folder carries its code), with no local ``_name_or_path``."""
+    folder carries its code), with no local ``_name_or_path``. ``scheduler_kwargs``: save
+    ``SDEScheduler(**scheduler_kwargs)`` on the model's own discrete schedule (its recommended sampler)."""
     index = DiffusionPipeline.load_config(src)
     cls = getattr(pipelines, index["_class_name"][1])
     pipe = cls.from_pretrained(src)
+    if scheduler_kwargs is not None:
+        pipe.scheduler = SDEScheduler.from_config(schedule_config(pipe.scheduler.config), **scheduler_kwargs)
     if os.path.isdir(dest):
         shutil.rmtree(dest)
     pipe.to(torch.float16).save_pretrained(dest)

@@ -44,7 +44,6 @@ any other diffusers beta-schedule scheduler's) gives the ``"ddpm"`` default. An 
 from __future__ import annotations
 
 import math
-
 from typing import List, Optional, Sequence, Union
 
 import numpy as np
