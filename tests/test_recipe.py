@@ -10,7 +10,7 @@ import subprocess
 from test_train_common import REPO, load_script
 
 STAGES = {"vae": "train_vae", "ldm_class": "train_ldm", "classifier": "train_classifier", "ldm_text": "train_ldm",
-          "ddpm": "train_ddpm", "sde": "train_ddpm"}
+          "vae_decoder": "train_vae", "ddpm": "train_ddpm", "sde": "train_ddpm"}
 
 
 def _commands(tmp_path, **env):
@@ -39,6 +39,9 @@ def test_recipe_stages_parse_and_scale(tmp_path):
     vae = base["vae"]
     assert vae.kl_weight == 1e-6 and vae.disc_weight > 0 and 0 < vae.disc_start < vae.max_train_steps
     assert scaled["vae"].disc_start == vae.disc_start // 2
+    decoder = base["vae_decoder"]  # fine-tunes the decoder of the vae stage's output, its latents unchanged
+    assert decoder.train_decoder_only and decoder.pretrained_model_path == base["ldm_class"].vae_path
+    assert decoder.disc_weight > 0 and decoder.disc_start == 0
     text = base["ldm_text"]
     assert text.conditioning == "text" and text.caption_style == "varied" and text.validation_prompts
     assert text.vae_path == base["ldm_class"].vae_path == base["classifier"].vae_path

@@ -104,3 +104,46 @@ def test_cards_carry_hub_metadata_and_refresh_keeps_weights(runs):
     assert str(tmp) not in (dest / "unet" / "config.json").read_text()
     assert "bash recipe.sh ldm" in (dest / "README.md").read_text()
     assert ModelCard.load(dest / "vae" / "README.md").data.tags[:2] == ["hf_ddm", "diffusers"]
+
+
+def test_refresh_swaps_in_a_decoder_fine_tune_and_refuses_a_new_encoder(runs):
+    """--refresh --vae: the shipped folder takes a VAE whose encoder and scale equal its own (the U-Net's
+    latents are unchanged) with that run's card, and says so in its own card; a VAE with another encoder is
+    refused by name and the folder is left as it was."""
+    tmp, vae_run, ldm_run, _ev = runs
+    dest = tmp / "space" / "ldm_class"
+    _ship()([str(ldm_run), str(dest), "--command", "bash recipe.sh ldm", "--component_card", f"vae={vae_run}"])
+    shipped = VAE.from_pretrained(dest / "vae")
+    tuned = VAE.from_pretrained(dest / "vae")
+    with torch.no_grad():
+        for p in tuned.decoder_out.parameters():
+            p.add_(0.5)
+    tuned_run = tmp / "vae_ft"
+    tuned.save_pretrained(tuned_run)
+    (tuned_run / "README.md").write_text(f'# vae ft\n\ndecoder only, from {tuned_run}\n')
+    (tuned_run / "train_summary.json").write_text(json.dumps({"global_step": 9, "train_seconds_this_run": 120.0}))
+    ev = tmp / "eval_ft.json"
+    ev.write_text(json.dumps({"fd_reconstructions_vs_test": 0.4}))
+    unet_bytes = (dest / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+
+    other = tmp / "vae_other"
+    moved = VAE.from_pretrained(tuned_run)
+    with torch.no_grad():
+        moved.quant_conv.weight.mul_(2)
+    moved.save_pretrained(other)
+    with pytest.raises(SystemExit, match="quant_conv"):
+        _ship()(["--refresh", str(dest), "--vae", str(other), "--command", "x"])
+    assert torch.equal(VAE.from_pretrained(dest / "vae").decoder_out.conv.weight, shipped.decoder_out.conv.weight)
+    with pytest.raises(SystemExit):  # --vae without the command that made it
+        _ship()(["--refresh", str(dest), "--vae", str(tuned_run)])
+
+    _ship()(["--refresh", str(dest), "--vae", str(tuned_run), "--command", "bash recipe.sh vae_decoder",
+             "--component_eval", f"vae={ev}"])
+    swapped = LatentDiffusionPipeline.from_pretrained(dest).vae
+    torch.testing.assert_close(swapped.decoder_out.conv.weight, tuned.decoder_out.conv.weight.half().float())
+    assert torch.equal(swapped.encoder_out.conv.weight, shipped.encoder_out.conv.weight)
+    assert (dest / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == unet_bytes
+    card = (dest / "README.md").read_text()
+    assert "bash recipe.sh ldm" in card and "`bash recipe.sh vae_decoder`, 9 steps, 2.0 min" in card
+    vae_card = (dest / "vae" / "README.md").read_text()
+    assert "decoder only" in vae_card and "fd_reconstructions_vs_test=0.4" in vae_card and str(tmp) not in vae_card

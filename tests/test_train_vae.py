@@ -2,7 +2,7 @@
 
 import json
 
-from test_train_common import FAST, idx_data, run_script  # noqa: F401
+from test_train_common import FAST, idx_data, load_script, run_script  # noqa: F401
 
 
 def test_vae_end_to_end(idx_data, tmp_path):
@@ -58,3 +58,40 @@ def test_vae_with_discriminator_resumes_exactly(idx_data, tmp_path):
         assert load_file(out / "checkpoint-7" / "model.safetensors").keys() == disc[1].keys()
     for k, v in load_file(ref / "checkpoint-7" / "model.safetensors").items():
         assert torch.equal(v, load_file(tmp_path / "from1" / "checkpoint-7" / "model.safetensors")[k])
+
+
+def test_decoder_only_fine_tuning_keeps_the_latent_space(idx_data, tmp_path):
+    """--train_decoder_only (the ft-MSE / ft-EMA recipe): encoder, quant_conv and scaling_factor come out
+    bit-identical to the pretrained VAE, so latent models trained on it stay valid; the decoder is trained
+    (here with the adversarial term from step 0); without a pretrained VAE the flag is refused by name."""
+    import pytest
+    import torch
+    from safetensors.torch import load_file
+
+    from hf_ddm.training import ConfigError
+
+    base = ["--data_dir", idx_data, "--channels", "1", "--resolution", "8", "--block_out_channels", "8,16",
+            "--norm_num_groups", "4", "--latent_channels", "2", *FAST, "--train_batch_size", "4"]
+    first = tmp_path / "first"
+    run_script("train_vae", [*base, "--max_train_steps", "2", "--output_dir", first])
+    tuned = tmp_path / "tuned"
+    run_script("train_vae", [*base, "--max_train_steps", "3", "--pretrained_model_path", first,
+                             "--train_decoder_only", "--disc_weight", "0.5", "--disc_channels", "8",
+                             "--learning_rate", "1e-2", "--output_dir", tuned])
+    before, after = load_file(first / "diffusion_pytorch_model.safetensors"), \
+        load_file(tuned / "diffusion_pytorch_model.safetensors")
+    assert before.keys() == after.keys()
+    from hf_ddm.models.vae import VAE
+
+    encoder = [k for k in before if k.split(".")[0] in VAE.ENCODER_PARTS]
+    decoder = [k for k in before if k.split(".")[0] in ("decoder", "decoder_in", "decoder_out", "post_quant_conv")]
+    assert encoder and decoder and len(encoder) + len(decoder) == len(before)
+    assert all(torch.equal(before[k], after[k]) for k in encoder)
+    assert sum(not torch.equal(before[k], after[k]) for k in decoder) >= len(decoder) // 2
+    scale = [json.loads((d / "config.json").read_text())["scaling_factor"] for d in (first, tuned)]
+    assert scale[0] == scale[1] != 0.18215
+    assert "decoder only" in (tuned / "README.md").read_text()
+    script = load_script("train_vae")
+    with pytest.raises(ConfigError, match="--pretrained_model_path"):
+        script.main([str(a) for a in [*base, "--max_train_steps", "1", "--train_decoder_only",
+                                      "--output_dir", tmp_path / "refused"]])

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The shipped Fashion-MNIST checkpoints (issue 6), trained with the project's own scripts.
 #
-#   bash train/fashion_mnist_recipe.sh [stage ...]   stages: vae ldm_class classifier guided ldm_text ddpm sde
+#   bash train/fashion_mnist_recipe.sh [stage ...]   stages: vae ldm_class classifier guided ldm_text vae_decoder ddpm sde
 #
 # Environment: DATA (IDX folder, default /usr/share/datasets/fashion-mnist), WORK (run folders, default
 # ./runs/fmnist), STEPS_SCALE (multiplies every step count, warm-up, discriminator start and validation
@@ -36,7 +36,7 @@ COMMON=(--data_dir "$DATA" --channels 1 --resolution 32 --image_fit pad --seed 0
 LATENT=(--vae_path "$WORK/vae" --latent_cache_dir "$WORK/latent_cache")
 mkdir -p "$WORK"
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(vae ldm_class classifier guided ldm_text)
+[ ${#stages[@]} -gt 0 ] || stages=(vae ldm_class classifier guided ldm_text vae_decoder)
 
 for stage in "${stages[@]}"; do
   case "$stage" in
@@ -47,6 +47,13 @@ for stage in "${stages[@]}"; do
         --kl_weight 1e-6 --disc_weight 0.5 --disc_start "$(start 2000)" --disc_channels 64 \
         --max_train_steps "$(steps 6000)" --learning_rate "$(lr 2e-4)" --lr_warmup_steps "$(start 100)" \
         --lr_scheduler cosine --validation_steps "$(steps 2000)" --output_dir "$WORK/vae" ;;
+    vae_decoder)  # Stability's ft-MSE/ft-EMA step: the decoder alone, adversarial term from step 0, encoder (so the
+                  # latents, and every latent model trained on them) frozen. Ship it into the latent folders with
+                  # train/ship_checkpoint.py --refresh space/models/NAME --vae "$WORK/vae_decoder" --command ...
+      $LAUNCH train/train_vae.py "${COMMON[@]}" --pretrained_model_path "$WORK/vae" --train_decoder_only \
+        --disc_weight 0.5 --disc_start 0 --disc_channels 64 --train_batch_size "$(batch 64)" \
+        --max_train_steps "$(steps 4000)" --learning_rate "$(lr 1e-4)" --lr_warmup_steps "$(start 20)" \
+        --lr_scheduler cosine --validation_steps "$(steps 2000)" --output_dir "$WORK/vae_decoder" ;;
     ldm_class)  # class-conditional latent U-Net, classifier-free guidance (10% null class)
       $LAUNCH train/train_ldm.py "${COMMON[@]}" "${LATENT[@]}" --conditioning class \
         --block_out_channels 64,128 --layers_per_block 2 --attention_levels 1 --attention_head_dim 32 \
@@ -96,6 +103,6 @@ EOF
         --attention_levels 2 --norm_num_groups 16 --scheduler sde --sde subvp --prediction_type epsilon \
         --train_batch_size "$(batch 64)" --max_train_steps "$(steps 20000)" --learning_rate "$(lr 2e-4)" \
         --lr_warmup_steps "$(start 500)" --use_ema --validation_steps "$(steps 5000)" --output_dir "$WORK/sde" ;;
-    *) echo "unknown stage $stage (vae ldm_class classifier guided ldm_text ddpm sde)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (vae ldm_class classifier guided ldm_text vae_decoder ddpm sde)" >&2; exit 2 ;;
   esac
 done

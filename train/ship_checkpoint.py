@@ -13,7 +13,14 @@ LDM folder is documented where it lies.
     python train/ship_checkpoint.py --refresh space/models/NAME [--dataset zalando-datasets/fashion_mnist]
 
 re-saves a shipped folder with the installed hf_ddm (portable: it carries its code) and rebuilds its cards'
-metadata and loading snippet, keeping their text. Either way the cards go through ``huggingface_hub.ModelCard``
+metadata and loading snippet, keeping their text.
+
+    python train/ship_checkpoint.py --refresh space/models/NAME --vae VAE_RUN_DIR --command "..." \
+        [--component_eval vae=eval_vae.json]
+
+also replaces the folder's VAE by a decoder fine-tuned with ``train_vae.py --train_decoder_only``: refused
+unless its encoder and scaling_factor equal the shipped VAE's (the latent model was trained on those latents);
+the VAE gets the run's card, the folder's card a line saying what changed. Either way the cards go through ``huggingface_hub.ModelCard``
 (library, task, datasets, tags, license) and no card or config names a path of this machine.
 """
 
@@ -33,6 +40,7 @@ from diffusers import DiffusionPipeline
 
 import hf_ddm.pipelines as pipelines
 from hf_ddm.catalogue import schedule_config
+from hf_ddm.models.vae import VAE
 from hf_ddm.schedulers.sde import SDEScheduler
 from hf_ddm.training.hub import build_card, card_metadata, model_usage, pipeline_usage
 
@@ -65,9 +73,13 @@ def main(argv=None):
                    help="write RUN_DIR's model card into the component subfolder NAME")
     p.add_argument("--component_eval", nargs="*", default=[], metavar="NAME=JSON",
                    help="evaluation results listed in component NAME's card")
+    p.add_argument("--vae", metavar="VAE_RUN_DIR",
+                   help="with --refresh: swap in this decoder fine-tune of the folder's VAE (same encoder)")
     args = p.parse_args(argv)
+    if args.vae and not (args.refresh and args.command):
+        p.error("--vae goes with --refresh SHIPPED_DIR and the --command that fine-tuned it")
     if args.refresh:
-        return refresh(args.refresh, args.dataset)
+        return refresh(args.refresh, args.dataset, args.vae, args.command, _pairs(args.component_eval, "--component_eval"))
     if not (args.run_dir and args.dest and args.command):
         p.error("give RUN_DIR DEST --command ..., or --refresh SHIPPED_DIR")
 
@@ -98,13 +110,31 @@ def main(argv=None):
     print("shipped", args.dest)
 
 
-def save_shipped(src: str, dest: str, scheduler_kwargs: Optional[dict] = None) -> None:
+def same_latent_space(shipped: VAE, tuned: VAE) -> None:
+    """Refuse a VAE whose encoder or latent scale differ from ``shipped``'s (compared at the shipped float16)."""
+    if tuned.config.scaling_factor != shipped.config.scaling_factor:
+        raise SystemExit(f"--vae: scaling_factor {tuned.config.scaling_factor} != the shipped "
+                         f"{shipped.config.scaling_factor}: not a decoder fine-tune of this VAE")
+    old, new = shipped.state_dict(), tuned.state_dict()
+    for name in VAE.ENCODER_PARTS:
+        keys = [k for k in old if k.split(".")[0] == name]
+        if any(k not in new or not torch.equal(old[k].half(), new[k].half()) for k in keys):
+            raise SystemExit(f"--vae: its {name} differs from the shipped VAE's: the latent model would be fed "
+                             "latents it was not trained on (fine-tune with train_vae.py --train_decoder_only)")
+
+
+def save_shipped(src: str, dest: str, scheduler_kwargs: Optional[dict] = None, vae_dir: Optional[str] = None) -> None:
     """``src`` loaded with the installed hf_ddm class and saved to ``dest`` as float16, portable (the
     folder carries its code), with no local ``_name_or_path``. ``scheduler_kwargs``: save
-    ``SDEScheduler(**scheduler_kwargs)`` on the model's own discrete schedule (its recommended sampler)."""
+    ``SDEScheduler(**scheduler_kwargs)`` on the model's own discrete schedule (its recommended sampler).
+    ``vae_dir``: a decoder fine-tune of the folder's VAE to ship instead of it."""
     index = DiffusionPipeline.load_config(src)
     cls = getattr(pipelines, index["_class_name"][1])
     pipe = cls.from_pretrained(src)
+    if vae_dir is not None:
+        tuned = VAE.from_pretrained(vae_dir)
+        same_latent_space(pipe.vae, tuned)
+        pipe.register_modules(vae=tuned)
     if scheduler_kwargs is not None:
         pipe.scheduler = SDEScheduler.from_config(schedule_config(pipe.scheduler.config), **scheduler_kwargs)
     if os.path.isdir(dest):
@@ -112,19 +142,22 @@ def save_shipped(src: str, dest: str, scheduler_kwargs: Optional[dict] = None) -
     pipe.to(torch.float16).save_pretrained(dest)
 
 
-def refresh(folder: str, dataset: str) -> int:
+def refresh(folder: str, dataset: str, vae_dir: Optional[str] = None, command: Optional[str] = None,
+            component_evals: Optional[dict] = None) -> int:
     """Re-save a shipped folder in place (weights unchanged: float16 -> float32 -> float16 is exact) and
-    rebuild its cards; samples and cards are kept."""
+    rebuild its cards; samples and cards are kept (the VAE's replaced when ``vae_dir`` swaps it in)."""
     folder = folder.rstrip("/")
     keep = {}
     for root, _dirs, files in os.walk(folder):
         for name in files:
             rel = os.path.relpath(os.path.join(root, name), folder)
+            if vae_dir and rel.split(os.sep)[0] == "vae":
+                continue
             if name == "README.md" or rel.split(os.sep)[-2:-1] == ["samples"]:
                 keep[rel] = open(os.path.join(root, name), "rb").read()
     tmp = tempfile.mkdtemp(prefix=".refresh-", dir=os.path.dirname(os.path.abspath(folder)))
     try:
-        save_shipped(folder, os.path.join(tmp, "out"))
+        save_shipped(folder, os.path.join(tmp, "out"), vae_dir=vae_dir)
         for rel, data in keep.items():
             os.makedirs(os.path.dirname(os.path.join(tmp, "out", rel)), exist_ok=True)
             with open(os.path.join(tmp, "out", rel), "wb") as f:
@@ -133,6 +166,18 @@ def refresh(folder: str, dataset: str) -> int:
         os.rename(os.path.join(tmp, "out"), folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if vae_dir:
+        write_component_card(folder, "vae", vae_dir, (component_evals or {}).get("vae", []))
+        summary = json.load(open(os.path.join(vae_dir, "train_summary.json")))
+        note = (f"- VAE decoder fine-tuned afterwards (encoder and latents unchanged, the latent model not "
+                f"retrained): `{command}`, {summary.get('global_step')} steps, "
+                f"{summary.get('train_seconds_this_run', 0) / 60:.1f} min of training; its card: `vae/README.md`")
+        card_path = os.path.join(folder, "README.md")
+        text = open(card_path).read()
+        made = re.search(r"^## How this checkpoint was made\n\n(?:- .*\n(?:  .*\n)*)*", text, re.M)
+        at = made.end() if made else len(text)
+        with open(card_path, "w") as f:
+            f.write(text[:at] + note + "\n" + text[at:])
     finish_cards(folder, dataset)
     print("refreshed", folder)
     return 0
@@ -240,21 +285,26 @@ def _pairs(items, flag):
 
 def write_component_cards(args):
     evals = _pairs(args.component_eval, "--component_eval")
-    dest_name = os.path.basename(args.dest.rstrip("/"))
     for name, (run,) in _pairs(args.component_card, "--component_card").items():
-        folder = os.path.join(args.dest, name)
-        if not os.path.isdir(folder):
-            raise SystemExit(f"--component_card {name}=...: {args.dest} has no component folder {name!r}")
-        card = open(os.path.join(run, "README.md")).read()
-        card = card.replace(f'"{run.rstrip("/")}"', f'"{dest_name}", subfolder="{name}"')
-        card = card.replace(run.rstrip("/"), f"{dest_name}/{name}")
-        summary = os.path.join(run, "train_summary.json")
-        grid = json.load(open(summary)).get("sample_grid") if os.path.exists(summary) else None
-        if grid and os.path.exists(os.path.join(run, grid)):
-            os.makedirs(os.path.join(folder, "samples"), exist_ok=True)
-            shutil.copyfile(os.path.join(run, grid), os.path.join(folder, grid))
-        with open(os.path.join(folder, "README.md"), "w") as f:
-            f.write(card.rstrip() + "\n" + "\n".join(eval_lines(evals.get(name, []))) + "\n")
+        write_component_card(args.dest, name, run, evals.get(name, []))
+
+
+def write_component_card(dest: str, name: str, run: str, evals) -> None:
+    """``run``'s model card (and last sample grid) into component ``name`` of shipped folder ``dest``."""
+    dest_name = os.path.basename(dest.rstrip("/"))
+    folder = os.path.join(dest, name)
+    if not os.path.isdir(folder):
+        raise SystemExit(f"--component_card {name}=...: {dest} has no component folder {name!r}")
+    card = open(os.path.join(run, "README.md")).read()
+    card = card.replace(f'"{run.rstrip("/")}"', f'"{dest_name}", subfolder="{name}"')
+    card = card.replace(run.rstrip("/"), f"{dest_name}/{name}")
+    summary = os.path.join(run, "train_summary.json")
+    grid = json.load(open(summary)).get("sample_grid") if os.path.exists(summary) else None
+    if grid and os.path.exists(os.path.join(run, grid)):
+        os.makedirs(os.path.join(folder, "samples"), exist_ok=True)
+        shutil.copyfile(os.path.join(run, grid), os.path.join(folder, grid))
+    with open(os.path.join(folder, "README.md"), "w") as f:
+        f.write(card.rstrip() + "\n" + "\n".join(eval_lines(evals)) + "\n")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,13 @@ from hf_ddm.training.data import collate
 from hf_ddm.training.utils import to_unit_range
 
 
+def freeze_encoder(vae: VAE) -> None:
+    for name in VAE.ENCODER_PARTS:
+        part = getattr(vae, name)
+        if part is not None:
+            part.requires_grad_(False)
+
+
 class VAEWithLoss(nn.Module):
     """forward = the VAE's loss, so data-parallel wrappers see (and synchronise) the whole computation."""
 
@@ -124,7 +131,8 @@ class VAETask(TrainingTask):
     @torch.no_grad()
     def save(self, modules, output_dir):
         vae = modules["vae"].vae
-        if self.args.compute_scaling_factor:
+        # a frozen encoder keeps the latent space, so its scale stays what the latent models were trained on
+        if self.args.compute_scaling_factor and not self.args.train_decoder_only:
             g = torch.Generator().manual_seed(self.args.seed)
             x = self._fixed_batch(self.args.scaling_factor_samples, vae.device)
             zs = [vae.encode(x[i: i + 64]).latent_dist.sample(generator=g) for i in range(0, x.shape[0], 64)]
@@ -138,6 +146,9 @@ class VAETask(TrainingTask):
                    "adversarial term": (f"PatchGAN hinge loss, weight {a.disc_weight}"
                                         f"{' x adaptive' if a.adaptive_disc_weight else ''}, from step {a.disc_start}"
                                         if a.disc_weight else "none")}
+        if a.train_decoder_only:
+            details["trained parts"] = ("decoder only (encoder and scaling_factor frozen: latents and the latent "
+                                        "models trained on them are unchanged)")
         return {"tags": ["vae", "autoencoder", "latent-diffusion"], "base_model": self.args.pretrained_model_path,
                 "details": details,
                 "usage": model_usage("{repo}", "hf_ddm.models.vae", "VAE"),
@@ -178,6 +189,10 @@ def build_parser():
     g.add_argument("--no_compute_scaling_factor", dest="compute_scaling_factor", action="store_false",
                    help="Keep the configured scaling_factor instead of 1/std(z).")
     g.add_argument("--scaling_factor_samples", type=int, default=512)
+    g.add_argument("--train_decoder_only", action="store_true",
+                   help="Fine-tune the decoder of --pretrained_model_path with the encoder (and scaling_factor) "
+                        "frozen, as Stability's ft-MSE/ft-EMA VAEs: the latent space does not move, so latent "
+                        "models already trained on it decode sharper without retraining.")
     add_training_args(p, lr=4.5e-6 * 16, output_dir="vae-model")
     return p
 
@@ -196,6 +211,10 @@ def main(argv=None):
     set_seed(args.seed)
     kwargs.update(in_channels=channels, out_channels=channels, sample_size=args.resolution)
     vae = build_model(VAE, kwargs, args.pretrained_model_path)
+    if args.train_decoder_only:
+        if not args.pretrained_model_path:
+            raise ConfigError("--train_decoder_only fine-tunes a trained VAE: give its --pretrained_model_path")
+        freeze_encoder(vae)
     if args.disc_weight < 0 or args.disc_start < 0 or args.kl_weight < 0:
         raise ConfigError("--disc_weight, --disc_start and --kl_weight must be >= 0")
     if args.disc_weight == 0:
