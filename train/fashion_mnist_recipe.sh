@@ -47,13 +47,14 @@ for stage in "${stages[@]}"; do
         --kl_weight 1e-6 --disc_weight 0.5 --disc_start "$(start 2000)" --disc_channels 64 \
         --max_train_steps "$(steps 6000)" --learning_rate "$(lr 2e-4)" --lr_warmup_steps "$(start 100)" \
         --lr_scheduler cosine --validation_steps "$(steps 2000)" --output_dir "$WORK/vae" ;;
-    vae_decoder)  # Stability's ft-MSE/ft-EMA step: the decoder alone, adversarial term from step 0, encoder (so the
-                  # latents, and every latent model trained on them) frozen. Ship it into the latent folders with
+    vae_decoder)  # Stability's ft-MSE/ft-EMA step: the decoder alone, a gentle adversarial term from step 0 (weight
+                  # 0.5 at 1e-4 left checkerboard artefacts), encoder (so the latents and every latent model trained
+                  # on them) frozen. Ship it into the latent folders with
                   # train/ship_checkpoint.py --refresh space/models/NAME --vae "$WORK/vae_decoder" --command ...
       $LAUNCH train/train_vae.py "${COMMON[@]}" --pretrained_model_path "$WORK/vae" --train_decoder_only \
-        --disc_weight 0.5 --disc_start 0 --disc_channels 64 --train_batch_size "$(batch 64)" \
-        --max_train_steps "$(steps 4000)" --learning_rate "$(lr 1e-4)" --lr_warmup_steps "$(start 20)" \
-        --lr_scheduler cosine --validation_steps "$(steps 2000)" --output_dir "$WORK/vae_decoder" ;;
+        --disc_weight 0.1 --disc_start 0 --disc_channels 64 --train_batch_size "$(batch 64)" \
+        --max_train_steps "$(steps 500)" --learning_rate "$(lr 3e-5)" --lr_warmup_steps "$(start 20)" \
+        --lr_scheduler cosine --validation_steps "$(steps 500)" --output_dir "$WORK/vae_decoder" ;;
     ldm_class)  # class-conditional latent U-Net, classifier-free guidance (10% null class)
       $LAUNCH train/train_ldm.py "${COMMON[@]}" "${LATENT[@]}" --conditioning class \
         --block_out_channels 64,128 --layers_per_block 2 --attention_levels 1 --attention_head_dim 32 \
