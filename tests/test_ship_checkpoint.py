@@ -147,3 +147,10 @@ def test_refresh_swaps_in_a_decoder_fine_tune_and_refuses_a_new_encoder(runs):
     assert "bash recipe.sh ldm" in card and "`bash recipe.sh vae_decoder`, 9 steps, 2.0 min" in card
     vae_card = (dest / "vae" / "README.md").read_text()
     assert "decoder only" in vae_card and "fd_reconstructions_vs_test=0.4" in vae_card and str(tmp) not in vae_card
+    # a second swap replaces the note instead of adding one; --eval rewrites the Evaluation section
+    fresh = tmp / "ldm_eval.json"
+    fresh.write_text(json.dumps({"fd_inf": 3.14, "command": "python benchmarks/eval_quality.py ldm_class"}))
+    _ship()(["--refresh", str(dest), "--vae", str(tuned_run), "--command", "bash recipe.sh vae_decoder",
+             "--eval", str(fresh)])
+    card = (dest / "README.md").read_text()
+    assert card.count("VAE decoder fine-tuned") == 1 and "fd_inf=3.14" in card and card.count("## Evaluation") == 1

@@ -20,7 +20,8 @@ metadata and loading snippet, keeping their text.
 
 also replaces the folder's VAE by a decoder fine-tuned with ``train_vae.py --train_decoder_only``: refused
 unless its encoder and scaling_factor equal the shipped VAE's (the latent model was trained on those latents);
-the VAE gets the run's card, the folder's card a line saying what changed. Either way the cards go through ``huggingface_hub.ModelCard``
+the VAE gets the run's card, the folder's card a line saying what changed. With ``--refresh``, ``--eval
+JSON ...`` replaces the card's Evaluation section (after a swap, the folder's new measurements). Either way the cards go through ``huggingface_hub.ModelCard``
 (library, task, datasets, tags, license) and no card or config names a path of this machine.
 """
 
@@ -79,7 +80,8 @@ def main(argv=None):
     if args.vae and not (args.refresh and args.command):
         p.error("--vae goes with --refresh SHIPPED_DIR and the --command that fine-tuned it")
     if args.refresh:
-        return refresh(args.refresh, args.dataset, args.vae, args.command, _pairs(args.component_eval, "--component_eval"))
+        return refresh(args.refresh, args.dataset, args.vae, args.command, _pairs(args.component_eval, "--component_eval"),
+                       args.eval)
     if not (args.run_dir and args.dest and args.command):
         p.error("give RUN_DIR DEST --command ..., or --refresh SHIPPED_DIR")
 
@@ -143,9 +145,10 @@ def save_shipped(src: str, dest: str, scheduler_kwargs: Optional[dict] = None, v
 
 
 def refresh(folder: str, dataset: str, vae_dir: Optional[str] = None, command: Optional[str] = None,
-            component_evals: Optional[dict] = None) -> int:
+            component_evals: Optional[dict] = None, evals=()) -> int:
     """Re-save a shipped folder in place (weights unchanged: float16 -> float32 -> float16 is exact) and
-    rebuild its cards; samples and cards are kept (the VAE's replaced when ``vae_dir`` swaps it in)."""
+    rebuild its cards; samples and cards are kept (the VAE's replaced when ``vae_dir`` swaps it in; the card's
+    Evaluation section by ``evals`` when given)."""
     folder = folder.rstrip("/")
     keep = {}
     for root, _dirs, files in os.walk(folder):
@@ -173,11 +176,16 @@ def refresh(folder: str, dataset: str, vae_dir: Optional[str] = None, command: O
                 f"retrained): `{command}`, {summary.get('global_step')} steps, "
                 f"{summary.get('train_seconds_this_run', 0) / 60:.1f} min of training; its card: `vae/README.md`")
         card_path = os.path.join(folder, "README.md")
-        text = open(card_path).read()
+        text = re.sub(r"^- VAE decoder fine-tuned afterwards.*\n", "", open(card_path).read(), flags=re.M)  # a re-swap
         made = re.search(r"^## How this checkpoint was made\n\n(?:- .*\n(?:  .*\n)*)*", text, re.M)
         at = made.end() if made else len(text)
         with open(card_path, "w") as f:
             f.write(text[:at] + note + "\n" + text[at:])
+    if evals:
+        card_path = os.path.join(folder, "README.md")
+        text = _replace_section(open(card_path).read(), "Evaluation", "\n".join(eval_lines(evals)[3:]))
+        with open(card_path, "w") as f:
+            f.write(text)
     finish_cards(folder, dataset)
     print("refreshed", folder)
     return 0
