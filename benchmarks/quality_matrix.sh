@@ -19,13 +19,15 @@ lane_floor() {
   for n in 500 1000 2000 10000; do E --floor --num_samples $n --json $R/floor_n$n.json; done
 }
 lane_ldm() {
-  for w in 1 3 6; do
+  for w in 1 2 3 6; do
     E $M/ldm_class --scheduler vp-ddim --steps 25 --guidance_scale $w --num_samples 2000 --json $R/ldm_class_ddim25_w$w.json
   done
   for n in 10 25; do  # the saved scheduler: DPM-Solver++(2M), steps uniform in t
     E $M/ldm_class --scheduler sde-multistep --scheduler_kwargs '{"time_grid": "uniform", "denoise_final": false}' \
       --steps $n --guidance_scale 3 --num_samples 2000 --json $R/ldm_class_sdeuniform${n}_w3.json
   done
+  E $M/ldm_class --scheduler sde-multistep --scheduler_kwargs '{"time_grid": "uniform", "denoise_final": false}' \
+    --steps 25 --guidance_scale 2 --num_samples 2000 --json $R/ldm_class_sdeuniform25_w2.json
 }
 lane_ldm_n10k() {  # the headline row: the saved sampler and scale at N = 10,000
   E $M/ldm_class --scheduler sde-multistep --scheduler_kwargs '{"time_grid": "uniform", "denoise_final": false}' \

@@ -35,7 +35,9 @@ def row(res: dict, floors: dict, floor_inf) -> str:
     w_s = "—" if res.get("conditioning") == "none" else _f(w, "g")
     name = os.path.basename(os.path.normpath(res["pipeline"]))
     sampler = res["scheduler"]
-    if (res.get("scheduler_config") or {}).get("time_grid") == "uniform":
+    # time_grid is an SDEScheduler argument; a VPScheduler built from a folder that saves an SDEScheduler
+    # carries the key in its config without using it
+    if res.get("scheduler_class") == "SDEScheduler" and (res.get("scheduler_config") or {}).get("time_grid") == "uniform":
         sampler += " (uniform t)"  # the Space's VP default; otherwise the scheduler's own grid
     return (f"| {name} | {sampler} {res['steps']} | {_f(res.get('nfe'), 'd')} | {w_s} | {res['num_samples']} | "
             f"{res['fd']:.3f} | {_f(floor)} | {_f(ratio, '.1f')} | {_f(fd_inf)} | {_f(ratio_inf, '.0f')} | {res['precision']:.3f} | {res['recall']:.3f} | "

@@ -183,7 +183,11 @@ def refresh(folder: str, dataset: str, vae_dir: Optional[str] = None, command: O
             f.write(text[:at] + note + "\n" + text[at:])
     if evals:
         card_path = os.path.join(folder, "README.md")
-        text = _replace_section(open(card_path).read(), "Evaluation", "\n".join(eval_lines(evals)[3:]))
+        text = open(card_path).read()
+        if re.search(r"^## Evaluation$", text, re.M):
+            text = _replace_section(text, "Evaluation", "\n".join(eval_lines(evals)[3:]))
+        else:  # after what the card already says, as a shipped card has it
+            text = text.rstrip() + "\n" + "\n".join(eval_lines(evals)) + "\n"
         with open(card_path, "w") as f:
             f.write(text)
     finish_cards(folder, dataset)

@@ -65,6 +65,9 @@ class VAE(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
     """
 
     _supports_gradient_checkpointing = True
+    # Everything that maps x to q(z|x): what a decoder-only fine-tune freezes, so the latent space (and every
+    # latent model trained on it) stays valid.
+    ENCODER_PARTS = ("encoder", "encoder_out", "quant_conv")
 
     @register_to_config
     def __init__(
