@@ -169,27 +169,13 @@ def refresh(folder: str, dataset: str, vae_dir: Optional[str] = None, command: O
         os.rename(os.path.join(tmp, "out"), folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    card_path = os.path.join(folder, "README.md")
     if vae_dir:
         write_component_card(folder, "vae", vae_dir, (component_evals or {}).get("vae", []))
-        summary = json.load(open(os.path.join(vae_dir, "train_summary.json")))
-        note = (f"- VAE decoder fine-tuned afterwards (encoder and latents unchanged, the latent model not "
-                f"retrained): `{command}`, {summary.get('global_step')} steps, "
-                f"{summary.get('train_seconds_this_run', 0) / 60:.1f} min of training; its card: `vae/README.md`")
-        card_path = os.path.join(folder, "README.md")
-        text = re.sub(r"^- VAE decoder fine-tuned afterwards.*\n", "", open(card_path).read(), flags=re.M)  # a re-swap
-        made = re.search(r"^## How this checkpoint was made\n\n(?:- .*\n(?:  .*\n)*)*", text, re.M)
-        at = made.end() if made else len(text)
-        with open(card_path, "w") as f:
-            f.write(text[:at] + note + "\n" + text[at:])
+        _note_decoder_swap(card_path, vae_dir, command)
     if evals:
-        card_path = os.path.join(folder, "README.md")
-        text = open(card_path).read()
-        if re.search(r"^## Evaluation$", text, re.M):
-            text = _replace_section(text, "Evaluation", "\n".join(eval_lines(evals)[3:]))
-        else:  # after what the card already says, as a shipped card has it
-            text = text.rstrip() + "\n" + "\n".join(eval_lines(evals)) + "\n"
-        with open(card_path, "w") as f:
-            f.write(text)
+        _edit_card(card_path, lambda text: _replace_section(text, "Evaluation", "\n".join(eval_lines(evals)[3:]),
+                                                            missing_at_end=True))
     finish_cards(folder, dataset)
     print("refreshed", folder)
     return 0
@@ -225,10 +211,36 @@ def _call_example(index: dict, unet_config: dict) -> tuple:
     return "unconditional-image-generation", "batch_size=4, "
 
 
-def _replace_section(text: str, heading: str, body: str) -> str:
+def _edit_card(path: str, edit) -> None:
+    with open(path) as f:
+        text = f.read()
+    with open(path, "w") as f:
+        f.write(edit(text))
+
+
+def _note_decoder_swap(card_path: str, vae_dir: str, command: Optional[str]) -> None:
+    """One line under "How this checkpoint was made" saying which decoder the folder now carries."""
+    summary = json.load(open(os.path.join(vae_dir, "train_summary.json")))
+    note = (f"- VAE decoder fine-tuned afterwards (encoder and latents unchanged, the latent model not "
+            f"retrained): `{command}`, {summary.get('global_step')} steps, "
+            f"{summary.get('train_seconds_this_run', 0) / 60:.1f} min of training; its card: `vae/README.md`")
+
+    def edit(text):
+        text = re.sub(r"^- VAE decoder fine-tuned afterwards.*\n", "", text, flags=re.M)  # a re-swap replaces it
+        made = re.search(r"^## How this checkpoint was made\n\n(?:- .*\n(?:  .*\n)*)*", text, re.M)
+        at = made.end() if made else len(text)
+        return text[:at] + note + "\n" + text[at:]
+
+    _edit_card(card_path, edit)
+
+
+def _replace_section(text: str, heading: str, body: str, missing_at_end: bool = False) -> str:
+    """Replace section ``heading``'s body; a missing section goes under the title (or last: ``missing_at_end``)."""
     section = re.compile(rf"(^## {re.escape(heading)}\n\n)(.*?)(?=^## |\Z)", re.S | re.M)
     if section.search(text):
         return section.sub(lambda m: m.group(1) + body.strip() + "\n\n", text, count=1)
+    if missing_at_end:
+        return text.rstrip() + f"\n\n## {heading}\n\n{body.strip()}\n"
     title = re.search(r"^# .*\n", text, re.M)
     at = title.end() if title else 0
     return text[:at] + f"\n## {heading}\n\n{body.strip()}\n\n" + text[at:].lstrip("\n")
