@@ -37,13 +37,15 @@ lane_guided() {  # classifier scale s = 0 ignores the classifier
   for s in 0 1 3 10; do
     E $M/guided --scheduler vp-ddim --steps 25 --guidance_scale $s --num_samples 1000 --json $R/guided_ddim25_s$s.json
   done
-  E $M/guided --scheduler sde-multistep --scheduler_kwargs '{"time_grid": "uniform", "denoise_final": false}' \
-    --steps 25 --guidance_scale 10 --num_samples 1000 --json $R/guided_sdeuniform25_s10.json  # the saved scheduler
+  for s in 6 8 10; do  # the saved scheduler; 8 is the folder's default_guidance_scale
+    E $M/guided --scheduler sde-multistep --scheduler_kwargs '{"time_grid": "uniform", "denoise_final": false}' \
+      --steps 25 --guidance_scale $s --num_samples 1000 --json $R/guided_sdeuniform25_s$s.json
+  done
 }
 lane_grids() {  # 100 samples each; column j is class j for the conditional models
   E $M/ldm_class --scheduler vp-ddim --steps 25 --guidance_scale 3 --num_samples 100 --grid $G/ldm_class.png \
     --json $R/grid_ldm_class.json
-  E $M/guided --scheduler vp-ddim --steps 25 --guidance_scale 10 --num_samples 100 --grid $G/guided.png \
+  E $M/guided --scheduler vp-ddim --steps 25 --guidance_scale 8 --num_samples 100 --grid $G/guided.png \
     --json $R/grid_guided.json
 }
 lane_ldm_text() {

@@ -144,3 +144,24 @@ def precision_recall(real, fake, k: int = 3) -> tuple[float, float]:
 
 __all__ = ["feature_stats", "frechet_distance", "frechet_distance_extrapolated", "frechet_distance_features", "knn_radii", "manifold_metrics",
            "precision_recall"]
+
+
+def impulse_pixels(images: torch.Tensor, threshold: float = 0.5, flatness: float = 0.5) -> torch.Tensor:
+    """Per image, the number of salt-and-pepper pixels: a pixel further than ``threshold`` from the median
+    of its 8 neighbours while those neighbours span less than ``flatness`` (images in [-1, 1], (N, C, H, W)).
+    The flatness condition is what separates speckle from real texture: a lone bright dot on the black
+    background or a dark one inside a garment, not a stripe or an edge."""
+    x = images.float()
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate")
+    patches = torch.nn.functional.unfold(padded.flatten(0, 1)[:, None], 3).view(x.shape[0], x.shape[1], 9,
+                                                                                  *x.shape[2:])
+    ring = torch.cat([patches[:, :, :4], patches[:, :, 5:]], 2)
+    lone = ((x - ring.median(2).values).abs() > threshold) & (ring.amax(2) - ring.amin(2) < flatness)
+    return lone.flatten(1).sum(1)
+
+
+def speckled_fraction(images: torch.Tensor, min_pixels: int = 3) -> float:
+    """Fraction of images with at least ``min_pixels`` salt-and-pepper pixels (``impulse_pixels``).
+    Calibration (reference "pad" data, 8-bit): 1.6% of the Fashion-MNIST test images; the epsilon-trained
+    `sde` model's probability-flow ODE samples (Heun, 25 steps) 19%."""
+    return float((impulse_pixels(images) >= min_pixels).float().mean())

@@ -16,8 +16,8 @@ import os
 import sys
 
 HEAD = ("| model | sampler | NFE | w / scale | N | FD | floor FD | FD / floor | FD∞ | FD∞ / floor FD∞ | precision "
-        "| recall | class acc | bits/dim |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        "| recall | class acc | speckled | bits/dim |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def _f(v, fmt=".3f"):
@@ -41,7 +41,7 @@ def row(res: dict, floors: dict, floor_inf) -> str:
         sampler += " (uniform t)"  # the Space's VP default; otherwise the scheduler's own grid
     return (f"| {name} | {sampler} {res['steps']} | {_f(res.get('nfe'), 'd')} | {w_s} | {res['num_samples']} | "
             f"{res['fd']:.3f} | {_f(floor)} | {_f(ratio, '.1f')} | {_f(fd_inf)} | {_f(ratio_inf, '.0f')} | {res['precision']:.3f} | {res['recall']:.3f} | "
-            f"{_f(res.get('class_accuracy'))} | {bpd_s} |")
+            f"{_f(res.get('class_accuracy'))} | {_f(res.get('speckled_fraction'), '.1%')} | {bpd_s} |")
 
 
 def table(paths) -> str:
@@ -54,8 +54,11 @@ def table(paths) -> str:
     with_inf = [r["floor"] for _, r in results if r.get("floor", {}).get("fd_inf") is not None]
     floor_inf = max(with_inf, key=lambda fl: fl["num_samples"])["fd_inf"] if with_inf else None
     rows = [row(r, floors, floor_inf) for _, r in results if r.get("pipeline")]
+    speckle = [r["floor"] for _, r in results if r.get("floor", {}).get("speckled_fraction") is not None]
+    note = ([f"speckled: samples with salt-and-pepper speckle (eval_quality.py); real training images: "
+             f"{max(speckle, key=lambda fl: fl['num_samples'])['speckled_fraction']:.1%}.", ""] if speckle else [])
     commands = [f"- `{os.path.basename(p)}`: `{r.get('command', '(command not recorded)')}`" for p, r in results]
-    return "\n".join([HEAD, *rows, "", "Commands:", "", *commands])
+    return "\n".join([HEAD, *rows, "", *note, "Commands:", "", *commands])
 
 
 if __name__ == "__main__":

@@ -196,7 +196,7 @@ def test_eval_quality_end_to_end(tmp_path):
                              "--floor", "--json", str(out), "--grid", str(tmp_path / "grid.png")])
     saved = json.loads(out.read_text())
     for key in ("fd", "precision", "recall", "density", "coverage", "class_accuracy", "bits_per_dim", "bits_per_dim_method", "nfe",
-                "num_samples", "scheduler_class", "reference_version", "reference_sha256", "floor"):
+                "num_samples", "scheduler_class", "reference_version", "reference_sha256", "floor", "speckled_fraction"):
         assert key in saved, key
     assert saved["num_samples"] == 16 and saved["nfe"] == 2 and saved["scheduler_class"] == "VPScheduler"
     assert saved["scheduler_config"]["sampler"] == "ddim"
@@ -204,6 +204,7 @@ def test_eval_quality_end_to_end(tmp_path):
     assert np.isfinite(saved["fd"]) and 0 <= saved["precision"] <= 1 and 0 <= saved["recall"] <= 1
     assert np.isfinite(saved["bits_per_dim"]) and "ddpm_bound" in saved["bits_per_dim_method"]
     assert saved["floor"]["num_samples"] == 16 and saved["floor"]["fd"] < saved["fd"]
+    assert 0 <= saved["speckled_fraction"] <= 1 and 0 <= saved["floor"]["speckled_fraction"] <= 1
     assert res["fd"] == saved["fd"]
     assert saved["command"].startswith("python benchmarks/eval_quality.py ") and "--floor" in saved["command"]
     from PIL import Image
@@ -253,7 +254,10 @@ def test_quality_table_ratios_use_the_right_floors(tmp_path):
     old = dict(row, num_samples=1000, fd=3.0, command="old row")
     del old["fd_inf"]  # results written before FD∞ existed
     paths = []
-    for i, res in enumerate([floor(500, 2.0, 0.3), floor(10000, 0.1, 0.05), row, old]):
+    speckled = dict(floor(10000, 0.1, 0.05), command="floor 10000")
+    speckled["floor"]["speckled_fraction"] = 0.016
+    row["speckled_fraction"] = 0.25
+    for i, res in enumerate([floor(500, 2.0, 0.3), speckled, row, old]):
         paths.append(tmp_path / f"{i}.json")
         paths[-1].write_text(json.dumps(res))
     lines = quality_table.table([str(p) for p in paths]).splitlines()
@@ -262,4 +266,31 @@ def test_quality_table_ratios_use_the_right_floors(tmp_path):
     assert cells[5:10] == ["4.000", "2.000", "2.0", "2.500", "50"]
     cells = [c.strip() for c in lines[3].split("|")[1:-1]]
     assert cells[5:10] == ["3.000", "—", "—", "—", "—"]  # no floor at N = 1000, no FD∞ recorded
+    assert [c.strip() for c in lines[2].split("|")[1:-1]][13] == "25.0%" and cells[13] == "—"
+    assert "real training images: 1.6%" in "\n".join(lines)
     assert "- `3.json`: `old row`" in lines
+
+
+# --- speckle -----------------------------------------------------------------------------------------
+
+def test_impulse_pixels_counts_lone_dots_not_edges_or_texture():
+    """Salt on the black background and pepper inside a flat garment are counted; an edge, a stripe and a
+    checkerboard texture (neighbours not flat) are not."""
+    img = -torch.ones(1, 1, 16, 16)
+    img[0, 0, 8:, :] = 0.8  # a garment filling the lower half: its top row is an edge
+    img[0, 0, 2, 3] = img[0, 0, 5, 12] = 1.0  # salt on the background
+    img[0, 0, 12, 7] = -0.6  # pepper inside the garment
+    assert qm.impulse_pixels(img).tolist() == [3]
+    stripe = -torch.ones(1, 1, 16, 16)
+    stripe[0, 0, :, 7] = 1.0  # a one-pixel line: its neighbourhood is not flat
+    checker = ((torch.arange(16)[:, None] + torch.arange(16)) % 2).float().mul(2).sub(1)[None, None]
+    assert qm.impulse_pixels(torch.cat([stripe, checker])).tolist() == [0, 0]
+    batch = torch.cat([img, stripe, img, checker])
+    assert qm.speckled_fraction(batch) == 0.5 and qm.speckled_fraction(batch, min_pixels=4) == 0.0
+
+
+@needs_data
+def test_real_images_are_rarely_speckled():
+    images, _ = rc.load_fashion_mnist("test")
+    x = rc.to_reference_input(images[:2000])
+    assert qm.speckled_fraction(x) < 0.03

@@ -293,7 +293,7 @@ def test_non_portable_folder_without_hf_ddm_says_how_to_install(tmp_path):
     assert "portable=False" in error and "not on PyPI" in error and "pip install -e" in error, proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("name, scale", [("ldm_class", 3.0), ("ldm_text", 4.0), ("guided", 10.0)])
+@pytest.mark.parametrize("name, scale", [("ldm_class", 3.0), ("ldm_text", 4.0), ("guided", 8.0)])
 def test_shipped_conditional_folders_default_to_their_recommended_guidance(name, scale):
     folder = REPO / "space" / "models" / name
     assert json.loads((folder / "model_index.json").read_text())["default_guidance_scale"] == scale

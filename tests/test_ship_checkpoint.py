@@ -154,3 +154,39 @@ def test_refresh_swaps_in_a_decoder_fine_tune_and_refuses_a_new_encoder(runs):
              "--eval", str(fresh)])
     card = (dest / "README.md").read_text()
     assert card.count("VAE decoder fine-tuned") == 1 and "fd_inf=3.14" in card and card.count("## Evaluation") == 1
+
+
+def test_refresh_swaps_in_a_unet_of_the_same_architecture_and_refuses_another(runs):
+    """--refresh --unet: the folder takes another folder's U-Net when the configs are equal (the card says so,
+    VAE and scheduler untouched); a U-Net of another architecture is refused naming the key, folder unchanged."""
+    tmp, vae_run, ldm_run, _ev = runs
+    dest = tmp / "space" / "guided"
+    _ship()([str(ldm_run), str(dest), "--command", "bash recipe.sh guided", "--component_card", f"vae={vae_run}"])
+    before = UNet.from_pretrained(dest / "unet")
+    vae_bytes = (dest / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
+    continued = tmp / "ldm_continued"
+    trained = UNet.from_pretrained(ldm_run / "unet")
+    with torch.no_grad():
+        trained.out.conv.weight.add_(0.25)
+    LatentDiffusionPipeline(unet=trained, vae=VAE.from_pretrained(vae_run), scheduler=VPScheduler(num_train_timesteps=50),
+                            class_names=[f"c{i}" for i in range(10)]).save_pretrained(continued)
+    (continued / "train_summary.json").write_text(json.dumps({"global_step": 40, "train_seconds_this_run": 600.0}))
+
+    wider = tmp / "unet_wider"
+    UNet(sample_size=4, in_channels=2, out_channels=2, block_out_channels=(16, 48), layers_per_block=1,
+         attention_levels=(1,), norm_num_groups=8, attention_head_dim=8, num_class_embeds=10).save_pretrained(wider)
+    with pytest.raises(SystemExit, match="block_out_channels"):
+        _ship()(["--refresh", str(dest), "--unet", str(wider), "--command", "x"])
+    assert torch.equal(UNet.from_pretrained(dest / "unet").out.conv.weight, before.out.conv.weight)
+    with pytest.raises(SystemExit):  # --unet without the command that made it
+        _ship()(["--refresh", str(dest), "--unet", str(continued)])
+
+    for _ in range(2):  # a second swap replaces the card's note
+        _ship()(["--refresh", str(dest), "--unet", str(continued), "--command", "bash recipe.sh ldm_class (continued)"])
+    swapped = LatentDiffusionPipeline.from_pretrained(dest).unet
+    torch.testing.assert_close(swapped.out.conv.weight, trained.out.conv.weight.half().float())
+    assert not torch.equal(swapped.out.conv.weight, before.out.conv.weight)
+    assert (dest / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() == vae_bytes
+    card = (dest / "README.md").read_text()
+    assert card.count("U-Net replaced afterwards") == 1 and str(tmp) not in card
+    assert "`bash recipe.sh ldm_class (continued)`, 40 steps, 10.0 min of training" in card

@@ -20,7 +20,12 @@ metadata and loading snippet, keeping their text.
 
 also replaces the folder's VAE by a decoder fine-tuned with ``train_vae.py --train_decoder_only``: refused
 unless its encoder and scaling_factor equal the shipped VAE's (the latent model was trained on those latents);
-the VAE gets the run's card, the folder's card a line saying what changed. With ``--refresh``, ``--eval
+the VAE gets the run's card, the folder's card a line saying what changed.
+
+    python train/ship_checkpoint.py --refresh space/models/NAME --unet DIR --command "..."
+
+replaces the folder's U-Net by DIR's (a UNet folder or a pipeline folder) when their configs are equal, e.g.
+the class LDM's continued U-Net into the classifier-guided folder that samples its null branch. With ``--refresh``, ``--eval
 JSON ...`` replaces the card's Evaluation section (after a swap, the folder's new measurements). Either way the cards go through ``huggingface_hub.ModelCard``
 (library, task, datasets, tags, license) and no card or config names a path of this machine.
 """
@@ -41,6 +46,7 @@ from diffusers import DiffusionPipeline
 
 import hf_ddm.pipelines as pipelines
 from hf_ddm.catalogue import schedule_config
+from hf_ddm.models.unet import UNet
 from hf_ddm.models.vae import VAE
 from hf_ddm.schedulers.sde import SDEScheduler
 from hf_ddm.training.hub import build_card, card_metadata, model_usage, pipeline_usage
@@ -76,12 +82,16 @@ def main(argv=None):
                    help="evaluation results listed in component NAME's card")
     p.add_argument("--vae", metavar="VAE_RUN_DIR",
                    help="with --refresh: swap in this decoder fine-tune of the folder's VAE (same encoder)")
+    p.add_argument("--unet", metavar="DIR",
+                   help="with --refresh: swap in this U-Net (a UNet folder, or a pipeline folder's unet/) of the "
+                        "same architecture, e.g. the class LDM's continued U-Net into the guided folder")
     args = p.parse_args(argv)
-    if args.vae and not (args.refresh and args.command):
-        p.error("--vae goes with --refresh SHIPPED_DIR and the --command that fine-tuned it")
+    for flag, value in (("--vae", args.vae), ("--unet", args.unet)):
+        if value and not (args.refresh and args.command):
+            p.error(f"{flag} goes with --refresh SHIPPED_DIR and the --command that trained it")
     if args.refresh:
         return refresh(args.refresh, args.dataset, args.vae, args.command, _pairs(args.component_eval, "--component_eval"),
-                       args.eval)
+                       args.eval, unet_dir=args.unet)
     if not (args.run_dir and args.dest and args.command):
         p.error("give RUN_DIR DEST --command ..., or --refresh SHIPPED_DIR")
 
@@ -125,11 +135,29 @@ def same_latent_space(shipped: VAE, tuned: VAE) -> None:
                              "latents it was not trained on (fine-tune with train_vae.py --train_decoder_only)")
 
 
-def save_shipped(src: str, dest: str, scheduler_kwargs: Optional[dict] = None, vae_dir: Optional[str] = None) -> None:
+def same_architecture(shipped: UNet, other: UNet) -> None:
+    """Refuse a U-Net whose config differs from ``shipped``'s (the folder's pipeline, cards and
+    evaluations describe that architecture and conditioning)."""
+    a, b = dict(shipped.config), dict(other.config)
+    differ = sorted(k for k in set(a) | set(b) if not k.startswith("_") and a.get(k) != b.get(k))
+    if differ:
+        raise SystemExit("--unet: its config differs from the shipped U-Net's in " + ", ".join(
+            f"{k} ({b.get(k)!r} != {a.get(k)!r})" for k in differ))
+
+
+def _unet_folder(path: str) -> str:
+    """A UNet folder itself, or a pipeline folder's unet/ subfolder."""
+    sub = os.path.join(path, "unet")
+    return sub if os.path.isfile(os.path.join(sub, "config.json")) else path
+
+
+def save_shipped(src: str, dest: str, scheduler_kwargs: Optional[dict] = None, vae_dir: Optional[str] = None,
+                 unet_dir: Optional[str] = None) -> None:
     """``src`` loaded with the installed hf_ddm class and saved to ``dest`` as float16, portable (the
     folder carries its code), with no local ``_name_or_path``. ``scheduler_kwargs``: save
     ``SDEScheduler(**scheduler_kwargs)`` on the model's own discrete schedule (its recommended sampler).
-    ``vae_dir``: a decoder fine-tune of the folder's VAE to ship instead of it."""
+    ``vae_dir``: a decoder fine-tune of the folder's VAE to ship instead of it; ``unet_dir``: a U-Net of the
+    same architecture to ship instead of the folder's."""
     index = DiffusionPipeline.load_config(src)
     cls = getattr(pipelines, index["_class_name"][1])
     pipe = cls.from_pretrained(src)
@@ -137,6 +165,10 @@ def save_shipped(src: str, dest: str, scheduler_kwargs: Optional[dict] = None, v
         tuned = VAE.from_pretrained(vae_dir)
         same_latent_space(pipe.vae, tuned)
         pipe.register_modules(vae=tuned)
+    if unet_dir is not None:
+        other = UNet.from_pretrained(_unet_folder(unet_dir))
+        same_architecture(pipe.unet, other)
+        pipe.register_modules(unet=other)
     if scheduler_kwargs is not None:
         pipe.scheduler = SDEScheduler.from_config(schedule_config(pipe.scheduler.config), **scheduler_kwargs)
     if os.path.isdir(dest):
@@ -145,10 +177,10 @@ def save_shipped(src: str, dest: str, scheduler_kwargs: Optional[dict] = None, v
 
 
 def refresh(folder: str, dataset: str, vae_dir: Optional[str] = None, command: Optional[str] = None,
-            component_evals: Optional[dict] = None, evals=()) -> int:
+            component_evals: Optional[dict] = None, evals=(), unet_dir: Optional[str] = None) -> int:
     """Re-save a shipped folder in place (weights unchanged: float16 -> float32 -> float16 is exact) and
-    rebuild its cards; samples and cards are kept (the VAE's replaced when ``vae_dir`` swaps it in; the card's
-    Evaluation section by ``evals`` when given)."""
+    rebuild its cards; samples and cards are kept (the VAE's replaced when ``vae_dir`` swaps it in, the U-Net
+    when ``unet_dir`` does; the card's Evaluation section by ``evals`` when given)."""
     folder = folder.rstrip("/")
     keep = {}
     for root, _dirs, files in os.walk(folder):
@@ -160,7 +192,7 @@ def refresh(folder: str, dataset: str, vae_dir: Optional[str] = None, command: O
                 keep[rel] = open(os.path.join(root, name), "rb").read()
     tmp = tempfile.mkdtemp(prefix=".refresh-", dir=os.path.dirname(os.path.abspath(folder)))
     try:
-        save_shipped(folder, os.path.join(tmp, "out"), vae_dir=vae_dir)
+        save_shipped(folder, os.path.join(tmp, "out"), vae_dir=vae_dir, unet_dir=unet_dir)
         for rel, data in keep.items():
             os.makedirs(os.path.dirname(os.path.join(tmp, "out", rel)), exist_ok=True)
             with open(os.path.join(tmp, "out", rel), "wb") as f:
@@ -173,6 +205,8 @@ def refresh(folder: str, dataset: str, vae_dir: Optional[str] = None, command: O
     if vae_dir:
         write_component_card(folder, "vae", vae_dir, (component_evals or {}).get("vae", []))
         _note_decoder_swap(card_path, vae_dir, command)
+    if unet_dir:
+        _note_unet_swap(card_path, unet_dir, command)
     if evals:
         _edit_card(card_path, lambda text: _replace_section(text, "Evaluation", "\n".join(eval_lines(evals)[3:]),
                                                             missing_at_end=True))
@@ -218,18 +252,36 @@ def _edit_card(path: str, edit) -> None:
         f.write(edit(text))
 
 
+def _trained_for(run: str) -> str:
+    """", N steps, M min of training" from ``run``'s train_summary.json (nothing for a folder without one)."""
+    path = os.path.join(run, "train_summary.json")
+    if not os.path.exists(path):
+        return ""
+    summary = json.load(open(path))
+    return f", {summary.get('global_step')} steps, {summary.get('train_seconds_this_run', 0) / 60:.1f} min of training"
+
+
 def _note_decoder_swap(card_path: str, vae_dir: str, command: Optional[str]) -> None:
     """One line under "How this checkpoint was made" saying which decoder the folder now carries."""
-    summary = json.load(open(os.path.join(vae_dir, "train_summary.json")))
-    note = (f"- VAE decoder fine-tuned afterwards (encoder and latents unchanged, the latent model not "
-            f"retrained): `{command}`, {summary.get('global_step')} steps, "
-            f"{summary.get('train_seconds_this_run', 0) / 60:.1f} min of training; its card: `vae/README.md`")
+    _add_made_note(card_path, "- VAE decoder fine-tuned afterwards",
+                   f" (encoder and latents unchanged, the latent model not retrained): `{command}`"
+                   f"{_trained_for(vae_dir)}; its card: `vae/README.md`")
 
+
+def _note_unet_swap(card_path: str, unet_dir: str, command: Optional[str]) -> None:
+    """One line under "How this checkpoint was made" saying which U-Net the folder now carries."""
+    _add_made_note(card_path, "- U-Net replaced afterwards",
+                   f" (same architecture): `{command}`{_trained_for(unet_dir)}")
+
+
+def _add_made_note(card_path: str, prefix: str, rest: str) -> None:
+    """Put ``prefix + rest`` last under "How this checkpoint was made", replacing an earlier line with
+    that prefix (a second swap of the same part replaces its note)."""
     def edit(text):
-        text = re.sub(r"^- VAE decoder fine-tuned afterwards.*\n", "", text, flags=re.M)  # a re-swap replaces it
+        text = re.sub(rf"^{re.escape(prefix)}.*\n", "", text, flags=re.M)
         made = re.search(r"^## How this checkpoint was made\n\n(?:- .*\n(?:  .*\n)*)*", text, re.M)
         at = made.end() if made else len(text)
-        return text[:at] + note + "\n" + text[at:]
+        return text[:at] + prefix + rest + "\n" + text[at:]
 
     _edit_card(card_path, edit)
 
