@@ -190,3 +190,14 @@ def test_refresh_swaps_in_a_unet_of_the_same_architecture_and_refuses_another(ru
     card = (dest / "README.md").read_text()
     assert card.count("U-Net replaced afterwards") == 1 and str(tmp) not in card
     assert "`bash recipe.sh ldm_class (continued)`, 40 steps, 10.0 min of training" in card
+
+
+def test_cards_give_the_training_time_over_resumed_runs():
+    minutes = importlib.util.module_from_spec(
+        importlib.util.spec_from_file_location("_ship_checkpoint", REPO / "train" / "ship_checkpoint.py"))
+    minutes.__spec__.loader.exec_module(minutes)
+    assert minutes._train_minutes({"train_seconds_this_run": 600.0, "train_seconds": 5400.0}) == "90.0"
+    # resumed from a checkpoint that did not record its time: say that only the last run is counted
+    assert minutes._train_minutes({"train_seconds_this_run": 600.0, "train_seconds": None}) == \
+        "10.0 (the last resumed run alone)"
+    assert minutes._train_minutes({"train_seconds_this_run": 600.0}) == "10.0"  # summaries from before

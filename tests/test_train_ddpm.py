@@ -138,9 +138,13 @@ def test_sigkill_mid_step_and_mid_checkpoint_in_later_epochs_then_resume_is_bit_
     _same_params(ref, out)  # the saved (EMA) weights too
     ref_state = json.loads((ref / "checkpoint-9" / "training_state.json").read_text())
     state = json.loads((out / "checkpoint-9" / "training_state.json").read_text())
-    for s in (ref_state, state):  # Python's own RNG (never drawn from) is the one thing allowed to differ
+    for s in (ref_state, state):  # Python's own RNG (never drawn from) and the clock are allowed to differ
         s["files"].pop("random_states_0.pkl")
+        assert s.pop("train_seconds") > 0
     assert state == ref_state
+    # the training time counts every kept step: checkpoint-3's time (first run) plus the last run's
+    assert summary["train_seconds"] > summary["train_seconds_this_run"] > 0
+    assert abs(ref_summary["train_seconds"] - ref_summary["train_seconds_this_run"]) < 1.0
 
 
 def test_sigkill_at_arbitrary_moment_then_resume(idx_data, tmp_path):

@@ -100,9 +100,12 @@ EOF
         --attention_levels 2 --norm_num_groups 16 --scheduler vp --train_batch_size "$(batch 64)" \
         --max_train_steps "$(steps 20000)" --learning_rate "$(lr 2e-4)" --lr_warmup_steps "$(start 500)" --use_ema \
         --validation_steps "$(steps 5000)" --output_dir "$WORK/ddpm" ;;
-    sde)  # pixel-space continuous sub-VP SDE model (SDE samplers, exact ODE likelihood)
+    sde)  # pixel-space continuous sub-VP SDE model (SDE samplers, exact ODE likelihood); v-prediction with EDM's
+          # weighting and log-normal noise levels: half the time to a given FD (benchmarks/results/convergence.md),
+          # and no speckle under the ODE samplers (the epsilon-trained model speckled)
       $LAUNCH train/train_ddpm.py "${COMMON[@]}" --block_out_channels 32,64,64 --layers_per_block 1 \
-        --attention_levels 2 --norm_num_groups 16 --scheduler sde --sde subvp --prediction_type epsilon \
+        --attention_levels 2 --norm_num_groups 16 --scheduler sde --sde subvp --prediction_type v_prediction \
+        --loss_weighting edm --timestep_sampling lognormal \
         --train_batch_size "$(batch 64)" --max_train_steps "$(steps 20000)" --learning_rate "$(lr 2e-4)" \
         --lr_warmup_steps "$(start 500)" --use_ema --validation_steps "$(steps 5000)" --output_dir "$WORK/sde" ;;
     *) echo "unknown stage $stage (vae ldm_class classifier guided ldm_text vae_decoder ddpm sde)" >&2; exit 2 ;;

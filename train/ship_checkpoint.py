@@ -108,7 +108,7 @@ def main(argv=None):
         if os.path.exists(summary):
             s = json.load(open(summary))
             lines.append(f"- {s.get('task', os.path.basename(run))}: {s.get('global_step')} steps, "
-                         f"{s.get('train_seconds_this_run', 0) / 60:.1f} min of training")
+                         f"{_train_minutes(s)} min of training")
     lines += eval_lines(args.eval)
     own = os.path.join(args.run_dir, "train_summary.json")
     grid = json.load(open(own)).get("sample_grid") if os.path.exists(own) else None
@@ -258,7 +258,18 @@ def _trained_for(run: str) -> str:
     if not os.path.exists(path):
         return ""
     summary = json.load(open(path))
-    return f", {summary.get('global_step')} steps, {summary.get('train_seconds_this_run', 0) / 60:.1f} min of training"
+    return f", {summary.get('global_step')} steps, {_train_minutes(summary)} min of training"
+
+
+def _train_minutes(summary: dict) -> str:
+    """Minutes of training of all the run's steps, over resumed runs (``train_seconds``); summaries written
+    before hf_ddm recorded that have only the last run's."""
+    this_run = f"{summary.get('train_seconds_this_run', 0) / 60:.1f}"
+    if "train_seconds" not in summary:
+        return this_run
+    if summary["train_seconds"] is None:  # resumed from a checkpoint that did not record its time
+        return f"{this_run} (the last resumed run alone)"
+    return f"{summary['train_seconds'] / 60:.1f}"
 
 
 def _note_decoder_swap(card_path: str, vae_dir: str, command: Optional[str]) -> None:

@@ -269,8 +269,19 @@ class Run:
     step_times: List[float] = field(default_factory=list)
     grad_norm: Optional[float] = None
     stopped_by_time: bool = False  # --max_train_seconds ended the run before max_steps
+    # Training time of the steps before this run (from the checkpoint it resumed; None: a checkpoint that did
+    # not record it), and when this run's loop started: a model trained over several resumed runs reports
+    # the time of all its steps, not only the last run's.
+    seconds_before: Optional[float] = 0.0
+    loop_start: Optional[float] = None
     _running: float = 0.0
     _running_n: int = 0
+
+    def train_seconds(self) -> Optional[float]:
+        """Seconds of training of every step so far, over all resumed runs (None when unknown)."""
+        if self.seconds_before is None or self.loop_start is None:
+            return None
+        return self.seconds_before + time.perf_counter() - self.loop_start
 
     @property
     def main_name(self) -> str:
@@ -348,6 +359,7 @@ def setup(args, task: TrainingTask, dataset, accelerator=None, collate_fn=defaul
     if resumed is not None:
         accelerator.print(f"Resumed from {resumed[0]}")
         run.global_step = int(resumed[1]["global_step"])
+        run.seconds_before = resumed[1].get("train_seconds")
         run.first_epoch = run.global_step // steps_per_epoch
         run.skip_batches = (run.global_step % steps_per_epoch) * args.gradient_accumulation_steps
 
@@ -410,7 +422,7 @@ def save_checkpoint(run: Run, output_dir: str, epoch: int, seed: int, total_limi
     accelerator = run.accelerator
     own, tensor_files = export_state(run.lr_scheduler, run.ema, accelerator.unwrap_model(run.modules[run.main_name]))
     state = {"global_step": run.global_step, "epoch": epoch, "seed": seed, "max_train_steps": run.max_steps,
-             "num_processes": accelerator.num_processes, **own}
+             "num_processes": accelerator.num_processes, "train_seconds": run.train_seconds(), **own}
     path = ckpt.save_checkpoint(accelerator, output_dir, run.global_step, state, total_limit, tensor_files)
     logger.info("saved %s", path)
     if hub_args is not None and accelerator.is_main_process:
@@ -462,6 +474,7 @@ def save_final(run: Run, args, data_info, num_examples: int, elapsed: float) -> 
         "final_loss": losses[-1] if losses else None,
         "mean_loss_last_10": float(np.mean(losses[-10:])) if losses else None,
         "train_seconds_this_run": elapsed,
+        "train_seconds": run.train_seconds(),
         "stopped_by_time_budget": run.stopped_by_time,
         "examples": num_examples,
         "data_source": getattr(data_info, "display", None),
@@ -496,7 +509,7 @@ def train(args, task: TrainingTask, dataset, data_info=None, accelerator=None, c
     progress = tqdm(total=run.max_steps, initial=run.global_step, disable=not accelerator.is_local_main_process,
                     desc=f"train {task.name}")
     rank = accelerator.process_index
-    t_start = time.perf_counter()
+    t_start = run.loop_start = time.perf_counter()
     run.step_times.append(t_start)
     hub_args = args if getattr(args, "hub_upload_checkpoints", False) else None
 
