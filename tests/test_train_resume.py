@@ -55,6 +55,7 @@ def script_args(script: str, data, tmp: Path) -> list:
 def _final_state(out: Path) -> dict:
     state = json.loads((out / "checkpoint-7" / "training_state.json").read_text())
     files = state.pop("files")
+    assert state.pop("train_seconds") > 0  # the clock: the one counter that differs between the runs
     # the RNG files hold Python's own generator, which the loop never draws from; everything else must match
     state["sha256"] = {k: v["sha256"] for k, v in files.items() if not k.startswith("random_states")}
     return state
