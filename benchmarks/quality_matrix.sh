@@ -5,7 +5,7 @@
 # sample grids (the measured samples) in benchmarks/results/grids/.
 #
 #   bash benchmarks/quality_matrix.sh            # about 80 min on 2 CPU cores
-#   bash benchmarks/quality_matrix.sh ddpm ldm   # some lanes (floor ldm ldm_n10k ldm_text guided grids ddpm sde); the table
+#   bash benchmarks/quality_matrix.sh ddpm ldm   # some lanes (floor ldm ldm_n10k ldm_text guided grids ddpm sde sde_em); the table
 #                                                # is rebuilt from every JSON present
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,12 +65,14 @@ lane_sde() {
   E $M/sde --scheduler sde-multistep --steps 25 --num_samples 1000 --json $R/sde_multistep25.json
   E $M/sde --scheduler sde-ode_heun --steps 25 --num_samples 1000 --nll_samples 50 --grid $G/sde.png \
     --json $R/sde_heun25.json
+}
+lane_sde_em() {  # the reverse SDE: many steps, a lane of its own
   E $M/sde --scheduler sde-euler_maruyama --steps 100 --num_samples 500 --json $R/sde_em100.json
   E $M/sde --scheduler sde-euler_maruyama --steps 250 --num_samples 500 --json $R/sde_em250.json
 }
 
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(floor ldm ldm_n10k ldm_text guided grids ddpm sde)
+[ ${#stages[@]} -gt 0 ] || stages=(floor ldm ldm_n10k ldm_text guided grids ddpm sde sde_em)
 pids=()
 for s in "${stages[@]}"; do "lane_$s" > "$R/lane_$s.log" 2>&1 & pids+=($!); done
 for p in "${pids[@]}"; do wait "$p"; done
