@@ -201,6 +201,21 @@ def test_model_change_updates_the_controls(app):
     assert "Untrained demo weights" in app.banner()
 
 
+@pytest.mark.parametrize("solver, steps", [("euler_maruyama", 100), ("multistep", None)])
+def test_a_sub_vp_sde_model_starts_on_the_sampler_its_folder_saves(space_env, solver, steps):
+    """A continuous sub-VP model opens on its saved sampler (its card's recommendation): a stochastic one with
+    100 steps, the probability-flow DPM-Solver++(2M) with the usual default."""
+    from hf_ddm.pipelines import PixelDiffusionPipeline
+    from hf_ddm.schedulers.sde import SDEScheduler
+    from hf_ddm_space.registry import LoadedModel
+
+    pipe = PixelDiffusionPipeline(build_pipeline("ddpm").unet, SDEScheduler(sde="subvp", solver=solver))
+    model = LoadedModel(spec=SPECS["sde"], pipe=pipe, source="demo")
+    roomy = SpaceApp(limits=Limits())
+    assert model.family == "sde:subvp" and roomy.default_sampler(model) == AS_SAVED
+    assert roomy.default_steps(model) == (steps or roomy.limits.default_steps)
+
+
 # ------------------------------------------------------------------------------------------------
 # Limits -> clear errors
 # ------------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from PIL import Image
 
 from hf_ddm.guidance import prediction_type_of, scheduler_marginal
 from hf_ddm.processes import convert
+from hf_ddm.schedulers.sde import STOCHASTIC_SOLVERS
 
 from .registry import SPECS, LoadedModel, Registry, env_var
 from .samplers import AS_SAVED, UNIFORM_2M
@@ -47,15 +48,16 @@ DEFAULT_SAMPLER = {
     # log-SNR grid at 20 steps (the shipped ddpm's best FD) and far better at 6-10, where visitors go.
     "vp": UNIFORM_2M,
     "ve": "PC: reverse diffusion + Langevin corrector (VEScheduler)",
-    "sde:vp": "SDE: Euler-Maruyama (reverse SDE)",
-    "sde:subvp": "SDE: Euler-Maruyama (reverse SDE)",
     "sde:ve": "SDE: predictor-corrector (reverse diffusion + 1 Langevin)",
 }
+# Continuous VP / sub-VP SDE models start on the sampler their folder saves (the one their card recommends:
+# reverse-SDE Euler-Maruyama for a model whose probability-flow samples speckle, DPM-Solver++(2M) for one
+# whose do not).
 # Families whose default sampler needs more steps than Limits.default_steps (capped at max_steps): the
-# stochastic samplers. VE predictor-corrector sampling is a many-step method (score_sde uses 1000); the
-# shipped sub-VP model's probability-flow samples show speckle in about a third of images, its
-# Euler-Maruyama samples do not, and EM's FD keeps falling with the step count (README, quality table).
-DEFAULT_STEPS = {"ve": 100, "sde:vp": 100, "sde:subvp": 100, "sde:ve": 100}
+# stochastic samplers. VE predictor-corrector sampling is a many-step method (score_sde uses 1000), and
+# Euler-Maruyama's FD keeps falling with the step count (README, quality table).
+DEFAULT_STEPS = {"ve": 100, "sde:ve": 100}
+STOCHASTIC_STEPS = 100  # a saved stochastic SDE solver
 
 
 def _env_int(name: str, default: int) -> int:
@@ -244,7 +246,11 @@ class SpaceApp:
         return float(value) if value is not None else 3.0
 
     def default_steps(self, model: LoadedModel) -> int:
-        return min(DEFAULT_STEPS.get(model.family, self.limits.default_steps), self.limits.max_steps)
+        steps = DEFAULT_STEPS.get(model.family, self.limits.default_steps)
+        if self.default_sampler(model) == AS_SAVED and getattr(model.pipe.scheduler.config, "solver",
+                                                                None) in STOCHASTIC_SOLVERS:
+            steps = STOCHASTIC_STEPS
+        return min(steps, self.limits.max_steps)
 
     def class_choices(self, model: LoadedModel) -> List[str]:
         if not model.num_classes:
