@@ -107,8 +107,7 @@ def main(argv=None):
         summary = os.path.join(run, "train_summary.json")
         if os.path.exists(summary):
             s = json.load(open(summary))
-            lines.append(f"- {s.get('task', os.path.basename(run))}: {s.get('global_step')} steps, "
-                         f"{_train_minutes(s)} min of training")
+            lines.append(f"- {s.get('task', os.path.basename(run))}: {_steps_and_time(s)}")
     lines += eval_lines(args.eval)
     own = os.path.join(args.run_dir, "train_summary.json")
     grid = json.load(open(own)).get("sample_grid") if os.path.exists(own) else None
@@ -257,8 +256,11 @@ def _trained_for(run: str) -> str:
     path = os.path.join(run, "train_summary.json")
     if not os.path.exists(path):
         return ""
-    summary = json.load(open(path))
-    return f", {summary.get('global_step')} steps, {_train_minutes(summary)} min of training"
+    return ", " + _steps_and_time(json.load(open(path)))
+
+
+def _steps_and_time(summary: dict) -> str:
+    return f"{summary.get('global_step')} steps, {_train_minutes(summary)} min of training"
 
 
 def _train_minutes(summary: dict) -> str:
