@@ -131,9 +131,9 @@ def test_generate_in_the_browser(server, driver, tmp_path):
     assert "4 images" in info and "4 steps requested" in info
     WebDriverWait(driver, 30).until(
         lambda d: any(".gif" in (i.get_attribute("src") or "") for i in d.find_elements(By.CSS_SELECTOR, "#trajectory img")))
-    # Every gallery image actually decoded in the browser.
-    for img in gallery_images(driver):
-        assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", img)
+    # Every gallery image actually decodes in the browser (on a loaded machine decoding can trail the DOM).
+    decoded = "return arguments[0].complete && arguments[0].naturalWidth > 0"
+    WebDriverWait(driver, 30).until(lambda d: all(d.execute_script(decoded, img) for img in gallery_images(d)))
 
     driver.execute_script("window.scrollTo(0, 0)")
     time.sleep(0.5)
