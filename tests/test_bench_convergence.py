@@ -45,3 +45,22 @@ def test_smoke_mode_runs_every_objective(tmp_path, capsys):
         assert f"| {name} |" in table
     assert "ratio" in table and "| current | `(shipped)` |" in table
     assert table in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not rc.dataset_available(), reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+def test_one_objective_without_baseline_saves_its_final_pipeline(tmp_path):
+    from diffusers import DiffusionPipeline
+
+    out = tmp_path / "convergence.md"
+    bc.main(["--smoke", "--variants", "edm_v", "--save-final", str(tmp_path / "final"), "--out", str(out)])
+    table = out.read_text()
+    assert "| edm_v |" in table and "| current |" not in table and "ratio" not in table
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "final" / "edm_v", trust_remote_code=True)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    image = pipe(batch_size=1, num_inference_steps=2, output_type="np").images
+    assert image.shape == (1, 32, 32, 1) and float(abs(image).max()) <= 1.0
+
+
+def test_unknown_objective_is_refused_by_name():
+    with pytest.raises(SystemExit, match="nonsense"):
+        bc.main(["--smoke", "--variants", "edm_v,nonsense"])
