@@ -196,8 +196,11 @@ def test_cards_give_the_training_time_over_resumed_runs():
     minutes = importlib.util.module_from_spec(
         importlib.util.spec_from_file_location("_ship_checkpoint", REPO / "train" / "ship_checkpoint.py"))
     minutes.__spec__.loader.exec_module(minutes)
-    assert minutes._train_minutes({"train_seconds_this_run": 600.0, "train_seconds": 5400.0}) == "90.0"
+    steps_and_time = minutes._steps_and_time
+    assert steps_and_time({"global_step": 900, "train_seconds_this_run": 600.0, "train_seconds": 5400.0}) == \
+        "900 steps, 90.0 min of training"
     # resumed from a checkpoint that did not record its time: say that only the last run is counted
-    assert minutes._train_minutes({"train_seconds_this_run": 600.0, "train_seconds": None}) == \
-        "10.0 (the last resumed run alone)"
-    assert minutes._train_minutes({"train_seconds_this_run": 600.0}) == "10.0"  # summaries from before
+    assert steps_and_time({"global_step": 900, "train_seconds_this_run": 600.0, "train_seconds": None}) == \
+        "900 steps, 10.0 min of training in its last run (earlier runs' time not recorded)"
+    # summaries from before train_seconds existed
+    assert steps_and_time({"global_step": 900, "train_seconds_this_run": 600.0}) == "900 steps, 10.0 min of training"

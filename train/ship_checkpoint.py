@@ -260,18 +260,15 @@ def _trained_for(run: str) -> str:
 
 
 def _steps_and_time(summary: dict) -> str:
-    return f"{summary.get('global_step')} steps, {_train_minutes(summary)} min of training"
-
-
-def _train_minutes(summary: dict) -> str:
-    """Minutes of training of all the run's steps, over resumed runs (``train_seconds``); summaries written
-    before hf_ddm recorded that have only the last run's."""
-    this_run = f"{summary.get('train_seconds_this_run', 0) / 60:.1f}"
-    if "train_seconds" not in summary:
-        return this_run
-    if summary["train_seconds"] is None:  # resumed from a checkpoint that did not record its time
-        return f"{this_run} (the last resumed run alone)"
-    return f"{summary['train_seconds'] / 60:.1f}"
+    """"N steps, M min of training": all the run's steps over resumed runs (``train_seconds``). Summaries
+    written before hf_ddm recorded that have only the last run's time, and say so when the run was resumed."""
+    steps, total = summary.get("global_step"), summary.get("train_seconds")
+    this_run = summary.get("train_seconds_this_run", 0) / 60
+    if total is not None:
+        return f"{steps} steps, {total / 60:.1f} min of training"
+    if "train_seconds" in summary:  # resumed from a checkpoint that did not record its time
+        return f"{steps} steps, {this_run:.1f} min of training in its last run (earlier runs' time not recorded)"
+    return f"{steps} steps, {this_run:.1f} min of training"
 
 
 def _note_decoder_swap(card_path: str, vae_dir: str, command: Optional[str]) -> None:
