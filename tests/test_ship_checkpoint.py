@@ -76,6 +76,26 @@ def test_ships_the_recommended_sampler_on_the_models_own_schedule(runs):
     assert "scheduler-SDEScheduler" in (dest / "README.md").read_text()
 
 
+def test_a_continuous_sde_model_keeps_its_process_when_the_sampler_is_chosen(tmp_path):
+    """A sub-VP SDE run shipped with --scheduler: the solver changes, the SDE and its parameters do not
+    (they once fell back to a discrete linear VP schedule, which the model was not trained on)."""
+    from hf_ddm.pipelines import PixelDiffusionPipeline
+    from hf_ddm.schedulers.sde import SDEScheduler
+
+    unet = UNet(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+                attention_levels=(1,), norm_num_groups=4, attention_head_dim=8)
+    run = tmp_path / "sde_run"
+    trained = SDEScheduler(sde="subvp", beta_min=0.2, beta_max=15.0, prediction_type="v_prediction",
+                           solver="euler_maruyama")
+    PixelDiffusionPipeline(unet=unet, scheduler=trained).save_pretrained(run)
+    (run / "README.md").write_text("# sde\n")
+    dest = tmp_path / "space" / "sde"
+    _ship()([str(run), str(dest), "--command", "x", "--scheduler", '{"solver": "multistep", "time_grid": "log_snr"}'])
+    config = PixelDiffusionPipeline.from_pretrained(dest).scheduler.config
+    assert (config.sde, config.beta_min, config.beta_max, config.prediction_type) == ("subvp", 0.2, 15.0, "v_prediction")
+    assert (config.solver, config.time_grid, config.beta_schedule) == ("multistep", "log_snr", None)
+
+
 def test_a_component_that_is_not_there_is_named(runs):
     tmp, vae_run, ldm_run, _ = runs
     with pytest.raises(SystemExit, match="text_encoder"):

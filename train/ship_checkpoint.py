@@ -169,7 +169,12 @@ def save_shipped(src: str, dest: str, scheduler_kwargs: Optional[dict] = None, v
         same_architecture(pipe.unet, other)
         pipe.register_modules(unet=other)
     if scheduler_kwargs is not None:
-        pipe.scheduler = SDEScheduler.from_config(schedule_config(pipe.scheduler.config), **scheduler_kwargs)
+        trained = pipe.scheduler
+        if isinstance(trained, SDEScheduler) and not trained.is_discrete_schedule:
+            # a continuous SDE (VE, VP, sub-VP): its process and parameters are the model's, only the solver changes
+            pipe.scheduler = SDEScheduler.from_config(trained.config, **scheduler_kwargs)
+        else:
+            pipe.scheduler = SDEScheduler.from_config(schedule_config(trained.config), **scheduler_kwargs)
     if os.path.isdir(dest):
         shutil.rmtree(dest)
     pipe.to(torch.float16).save_pretrained(dest)
