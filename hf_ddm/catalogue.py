@@ -105,6 +105,10 @@ def schedule_config(config) -> dict:
     discrete-schedule SDEScheduler's config, its schedule (model) keys only."""
     config = dict(config)
     if "solver" in config:
+        if config.get("beta_schedule") is None and config.get("trained_betas") is None:
+            # a continuous SDE has no discrete schedule: its keys would silently become a linear-beta VP
+            raise ValueError(f"schedule_config: a continuous {config.get('sde')!r} SDEScheduler config has no "
+                             "discrete schedule; keep its own config and change only the solver")
         return {k: v for k, v in config.items() if k in MODEL_KEYS and k != "timestep_spacing"}
     return {k: v for k, v in config.items() if not k.startswith("_") and k not in ("sampler", "eta")}
 
