@@ -79,11 +79,26 @@ def strip_local_origins(folder) -> List[str]:
     return changed
 
 
-def _with_install_guard(code: str) -> str:
-    """A pipeline file of a ``portable=False`` folder imports the installed hf_ddm; where it is missing,
+def _install_guard() -> str:
+    """The lines a ``portable=False`` pipeline file runs before its first hf_ddm import: where hf_ddm is missing,
     stop with how to install it (diffusers' generic import check would suggest a PyPI name that does not
-    exist) instead of a bare ModuleNotFoundError. The guard goes right before the first hf_ddm import, so
-    a module docstring and ``from __future__`` imports stay first."""
+    exist) instead of a bare ModuleNotFoundError."""
+    message = ("This folder was saved with save_pretrained(portable=False) and needs the hf_ddm package. "
+               + INSTALL_HINT + "; or load a portable copy (python -m hf_ddm.portable FOLDER DEST, where hf_ddm is "
+               "installed).")
+    return f"import importlib.util\nif importlib.util.find_spec(\"hf_ddm\") is None:\n    raise ImportError({message!r})\n"
+
+
+def loader_file(module: str, class_name: str) -> str:
+    """The pipeline file of a ``portable=False`` folder whose class is hf_ddm's own: it imports the installed
+    class (so the folder always runs the hf_ddm it is loaded with) instead of carrying a copy of its code."""
+    return (f'"""Saved by hf_ddm with portable=False: the installed hf_ddm\'s {class_name}."""\n'
+            + _install_guard() + f"from {module} import {class_name}  # noqa: E402,F401\n")
+
+
+def _with_install_guard(code: str) -> str:
+    """A pipeline file of one's own (a subclass outside hf_ddm) saved with ``portable=False``: the guard goes
+    right before its first hf_ddm import, so a module docstring and ``from __future__`` imports stay first."""
     import ast
 
     tree = ast.parse(code)
@@ -92,14 +107,7 @@ def _with_install_guard(code: str) -> str:
     if first is None:
         return code
     lines = code.splitlines(keepends=True)
-    guard = (
-        "import importlib.util as _importlib_util\n"
-        "\n"
-        "if _importlib_util.find_spec(\"hf_ddm\") is None:  # saved with portable=False: needs the installed hf_ddm\n"
-        f"    raise ImportError({('This folder was saved with save_pretrained(portable=False) and needs the hf_ddm package. ' + INSTALL_HINT + '; or re-save the folder with portable=True where hf_ddm is installed.')!r})\n"
-        "\n"
-    )
-    return "".join(lines[: first.lineno - 1]) + guard + "".join(lines[first.lineno - 1:])
+    return "".join(lines[: first.lineno - 1]) + _install_guard() + "\n" + "".join(lines[first.lineno - 1:])
 
 
 class HfDdmPipeline(DiffusionPipeline):
@@ -306,18 +314,19 @@ class HfDdmPipeline(DiffusionPipeline):
         return out
 
     def save_pretrained(self, save_directory, *args, portable: bool = True, **kwargs):
-        """diffusers' save, plus this pipeline's code file beside model_index.json, named in its
-        ``_class_name`` as ``[module, Class]``: ``DiffusionPipeline.from_pretrained(dir,
-        trust_remote_code=True)`` then returns this class, not a diffusers one of the same name.
+        """diffusers' save, plus a pipeline file beside model_index.json, named in its ``_class_name`` as
+        ``[module, Class]``: ``DiffusionPipeline.from_pretrained(dir, trust_remote_code=True)`` then returns
+        this class, not a diffusers one of the same name.
 
-        ``portable=True`` (the default) also makes the folder load where hf_ddm is not installed: each hf_ddm component's
-        subfolder, and the root, carry the hf_ddm modules they need (imports rewritten to same-folder
-        relative ones) and model_index.json names that code, for ``DiffusionPipeline.from_pretrained(dir,
-        trust_remote_code=True)``; ``<ThisClass>.from_pretrained(dir)`` still loads the installed classes.
-        The bundled code is a snapshot of this hf_ddm; diffusers/transformers components are untouched
-        and must be installed where the folder is loaded. Details and limits: ``hf_ddm.portable``.
-        ``portable=False`` names the installed modules instead: the folder then loads only where hf_ddm is
-        installed, and its pipeline file says how to install it when it is not.
+        ``portable=True`` (the default) also makes the folder load where hf_ddm is not installed: each hf_ddm
+        component's subfolder, and the root, carry the hf_ddm modules they need (imports rewritten to
+        same-folder relative ones) and model_index.json names that code; ``<ThisClass>.from_pretrained(dir)``
+        still loads the installed classes. The bundled code is a snapshot of this hf_ddm; diffusers/transformers
+        components are untouched and must be installed where the folder is loaded. Details: ``hf_ddm.portable``.
+        ``portable=False`` names the installed modules and carries no copy of hf_ddm's code: its pipeline file
+        imports the installed class (and says how to install hf_ddm where it is missing), so the folder runs
+        whatever hf_ddm loads it. The repository's own folders (``space/models``) are saved so;
+        ``python -m hf_ddm.portable FOLDER DEST`` writes the portable copy that is published.
 
         ``push_to_hub=True`` (with diffusers' ``repo_id``, ``token``, ``private``, ``create_pr``,
         ``commit_message``) uploads the folder once it is complete, code files included."""
@@ -325,15 +334,12 @@ class HfDdmPipeline(DiffusionPipeline):
         hub = {k: kwargs.pop(k) for k in ("repo_id", "token", "private", "create_pr", "commit_message") if k in kwargs}
         super().save_pretrained(save_directory, *args, **kwargs)
         source = self._pipeline_file or inspect.getfile(type(self))
-        module = os.path.splitext(os.path.basename(source))[0]
-        with open(source, encoding="utf-8") as f:
-            code = f.read()
-        with open(os.path.join(save_directory, module + ".py"), "w", encoding="utf-8") as f:
-            f.write(code if portable else _with_install_guard(code))
+        stem = os.path.splitext(os.path.basename(source))[0]
+        module = type(self).__module__
         index_path = os.path.join(save_directory, "model_index.json")
         with open(index_path) as f:
             index = json.load(f)
-        index["_class_name"] = [module, type(self).__name__]
+        index["_class_name"] = [stem, type(self).__name__]
         with open(index_path, "w") as f:
             json.dump(index, f, indent=2, sort_keys=True)
             f.write("\n")
@@ -345,7 +351,15 @@ class HfDdmPipeline(DiffusionPipeline):
             except ImportError as err:
                 raise RuntimeError(f"save_pretrained(portable=True) needs the installed hf_ddm package; {INSTALL_HINT}. "
                                    "Or save with portable=False.") from err
-            make_portable(self, save_directory, source)
+            make_portable(save_directory, module, source)
+        else:
+            if module.startswith(("hf_ddm.", "diffusers_modules.")):  # hf_ddm's class, installed or bundled
+                code = loader_file(f"hf_ddm.pipelines.{stem}", type(self).__name__)
+            else:
+                with open(source, encoding="utf-8") as f:
+                    code = _with_install_guard(f.read())
+            with open(os.path.join(save_directory, stem + ".py"), "w", encoding="utf-8") as f:
+                f.write(code)
         strip_local_origins(save_directory)
         if push:
             import huggingface_hub

@@ -241,23 +241,43 @@ def _check_folder(folder: str, files: Dict[str, str]):
 
 # --- the save -------------------------------------------------------------------------------------
 
-def make_portable(pipeline, save_directory: str, pipeline_file: Optional[str] = None) -> Dict[str, str]:
-    """Turn the folder ``pipeline.save_pretrained(save_directory)`` just wrote into a portable one (see the
-    module docstring). ``pipeline_file`` is the file the save copied to the root (default: the file that
-    defines the pipeline's class). Returns ``{component: installed module}`` as recorded in model_index.json."""
+def pipeline_module(index: dict) -> str:
+    """The installed module of a folder's hf_ddm pipeline class: ``_class_name`` is ``[file stem, Class]``
+    and every hf_ddm pipeline file is ``hf_ddm.pipelines.<stem>``."""
+    entry = index.get("_class_name")
+    if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(e, str) for e in entry)):
+        raise PortableSaveError(f"model_index.json: _class_name {entry!r} does not name an hf_ddm pipeline file")
+    module = f"{PACKAGE}.pipelines.{entry[0]}"
+    try:
+        found = getattr(importlib.import_module(module), entry[1], None)
+    except ImportError:
+        found = None
+    if found is None:
+        raise PortableSaveError(f"model_index.json: _class_name {entry!r} is not a pipeline of the installed hf_ddm")
+    return module
+
+
+def make_portable(save_directory: str, module: Optional[str] = None, source_path: Optional[str] = None) -> Dict[str, str]:
+    """Turn a saved folder into a portable one (see the module docstring): every hf_ddm component's subfolder
+    gets its bundle, the root the pipeline file and its bundle, model_index.json names them. ``module`` /
+    ``source_path``: the pipeline class's module and file (default: from ``_class_name``, an hf_ddm pipeline).
+    A folder that is portable already is bundled afresh from the installed package. Returns ``{component:
+    installed module}`` as recorded in model_index.json."""
     index_path = os.path.join(save_directory, "model_index.json")
     with open(index_path) as f:
         index = json.load(f)
     bundler = _Bundler()
+    installed = dict(index.pop(INDEX_KEY, None) or {})
+    module = module or pipeline_module(index)
 
     bundled_from = [
         f"{k} ({v[0]})" for k, v in index.items()
         if isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) and v[0].startswith("diffusers_modules.")
     ]
-    if bundled_from or type(pipeline).__module__.startswith("diffusers_modules."):
+    if bundled_from or module.startswith("diffusers_modules."):
         raise PortableSaveError(
             "this pipeline runs bundled (custom) code, not the installed hf_ddm "
-            f"{bundled_from or [type(pipeline).__module__]}: load the folder with the installed class "
+            f"{bundled_from or [module]}: load the folder with the installed class "
             "(e.g. LatentDiffusionPipeline.from_pretrained) and save that portable"
         )
 
@@ -266,6 +286,7 @@ def make_portable(pipeline, save_directory: str, pipeline_file: Optional[str] = 
         if component.startswith("_") or not isinstance(entry, list) or len(entry) != 2:
             continue
         library, class_name = entry
+        library = installed.get(component, library)  # a portable folder's bundle -> its installed module
         if not isinstance(library, str) or not library.startswith(PACKAGE + "."):
             continue  # diffusers, transformers, or an optional component left out (None)
         folder = os.path.join(save_directory, component)
@@ -273,17 +294,21 @@ def make_portable(pipeline, save_directory: str, pipeline_file: Optional[str] = 
             raise PortableSaveError(f"component {component!r} ({library}) has no subfolder in {save_directory}")
         if library not in bundler.names:
             raise PortableSaveError(f"component {component!r}: {library!r} is not a module of the installed hf_ddm")
+        for old in os.listdir(folder):  # an earlier bundle
+            if old.startswith(PREFIX) and old.endswith(".py"):
+                os.remove(os.path.join(folder, old))
         source, deps = bundler.module(library)
         bundler.write(folder, bundler.names[library] + ".py", source, deps, exclude=library)
         index[component] = [bundler.names[library], class_name]
         recorded[component] = library
 
-    # The pipeline file at the root (already copied there by the normal save, with absolute imports).
-    source_path = pipeline_file or inspect.getfile(type(pipeline))
-    module = type(pipeline).__module__
+    source_path = source_path or _source_file(module)
     entry_file = os.path.splitext(os.path.basename(source_path))[0] + ".py"
     if entry_file[:-3] in bundler.names.values():
         raise PortableSaveError(f"the pipeline file {entry_file!r} clashes with a bundled hf_ddm module")
+    for old in os.listdir(save_directory):
+        if old.startswith(PREFIX) and old.endswith(".py"):
+            os.remove(os.path.join(save_directory, old))
     with open(source_path, encoding="utf-8") as f:
         source = f.read()
     in_package = module if "." in module else None  # a script's __main__ has no package
@@ -297,4 +322,46 @@ def make_portable(pipeline, save_directory: str, pipeline_file: Optional[str] = 
     return recorded
 
 
-__all__ = ["make_portable", "flat_names", "PortableSaveError", "INDEX_KEY"]
+def export(folder: str, dest: str) -> str:
+    """A portable copy of the saved pipeline ``folder`` at ``dest`` (replaced): its files as they are --
+    weights byte for byte, configs, cards -- with the code bundled from the installed hf_ddm. What a folder
+    of this repository becomes when it is published."""
+    import shutil
+
+    if not os.path.isfile(os.path.join(folder, "model_index.json")):
+        raise PortableSaveError(f"{folder!r} is not a saved pipeline folder (no model_index.json)")
+    if os.path.abspath(dest) == os.path.abspath(folder):
+        raise PortableSaveError("dest must be another folder than the one exported")
+    if os.path.exists(dest):
+        shutil.rmtree(dest)
+    shutil.copytree(folder, dest, ignore=shutil.ignore_patterns("*.py", "__pycache__", "*.pyc"))
+    make_portable(dest)
+    return dest
+
+
+def main(argv=None) -> int:
+    """``python -m hf_ddm.portable FOLDER DEST [--repo-id USER/NAME]``: write (and upload) a portable copy."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m hf_ddm.portable", description=export.__doc__)
+    p.add_argument("folder", help="a saved hf_ddm pipeline folder, e.g. space/models/ldm_class")
+    p.add_argument("dest", help="where the portable copy goes (replaced)")
+    p.add_argument("--repo-id", help="also upload the copy to this Hub model repository (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the Hub repository private")
+    args = p.parse_args(argv)
+    export(args.folder, args.dest)
+    print(f"portable copy: {args.dest} (DiffusionPipeline.from_pretrained(..., trust_remote_code=True))")
+    if args.repo_id:
+        import huggingface_hub
+
+        repo = huggingface_hub.create_repo(args.repo_id, exist_ok=True, private=args.private).repo_id
+        huggingface_hub.upload_folder(repo_id=repo, folder_path=args.dest, commit_message="Upload hf_ddm pipeline")
+        print(f"uploaded: https://huggingface.co/{repo}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["make_portable", "export", "pipeline_module", "flat_names", "PortableSaveError", "INDEX_KEY"]

@@ -66,7 +66,9 @@ def test_shipped_cards_carry_hub_metadata_and_true_usage(folder):
     assert "registers" not in text  # hf_ddm registers nothing (README); the old cards said it did
     assert f'DiffusionPipeline.from_pretrained("space/models/{folder.name}", trust_remote_code=True)' in text
     index = json.loads((folder / "model_index.json").read_text())
-    assert index["unet"][0].startswith("hf_ddm_") and "_hf_ddm_modules" in index  # portable: carries its code
+    # saved portable=False: names the installed hf_ddm, and the card says where the portable copy comes from
+    assert index["unet"][0] == "hf_ddm.models.unet" and "_hf_ddm_modules" not in index
+    assert "python -m hf_ddm.portable" in text
 
 
 def test_shipped_vae_card():

@@ -29,7 +29,8 @@ from diffusers import DiffusionPipeline
 
 from hf_ddm.models import VAE, NoisyClassifier, UNet
 from hf_ddm.pipelines import ClassifierGuidedPipeline, LatentDiffusionPipeline, PixelDiffusionPipeline
-from hf_ddm.portable import INDEX_KEY, PortableSaveError, _rewrite, flat_names
+from hf_ddm.pipeline_utils import loader_file
+from hf_ddm.portable import INDEX_KEY, PortableSaveError, _rewrite, export, flat_names
 from hf_ddm.schedulers.sde import SDEScheduler
 from hf_ddm.schedulers.vp import VPScheduler
 from hf_ddm.text import build_text_encoder, build_tokenizer
@@ -117,6 +118,21 @@ def saved(tmp_path_factory, one_thread):
         pipe.save_pretrained(folder, portable=True)
         np.save(os.path.join(folder, "expected_images.npy"), images)
         out[name] = (folder, type(pipe), kw, images)
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(saved, tmp_path_factory):
+    """{kind: folder}: each kind saved ``portable=False`` (no hf_ddm code in it), then made portable by
+    ``hf_ddm.portable.export``, the way a shipped folder is published."""
+    root = tmp_path_factory.mktemp("exported")
+    out = {}
+    for name, (folder, cls, _kw, _images) in saved.items():
+        plain, copy = str(root / f"{name}_plain"), str(root / f"{name}_exported")
+        cls.from_pretrained(folder).save_pretrained(plain, portable=False)
+        np.save(os.path.join(plain, "expected_images.npy"), np.load(os.path.join(folder, "expected_images.npy")))
+        export(plain, copy)
+        out[name] = copy
     return out
 
 
@@ -247,9 +263,10 @@ def _venv_without_hf_ddm(path):
     return python
 
 
-def test_loads_where_hf_ddm_is_not_installed(saved, tmp_path):
+def test_loads_where_hf_ddm_is_not_installed(saved, exported, tmp_path):
     python = _venv_without_hf_ddm(tmp_path / "venv")
     calls = {folder: kw for folder, _cls, kw, _images in saved.values()}
+    calls.update({exported[name]: kw for name, (_folder, _cls, kw, _images) in saved.items()})
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     env.update(HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
                TRANSFORMERS_OFFLINE="1")
@@ -259,7 +276,7 @@ def test_loads_where_hf_ddm_is_not_installed(saved, tmp_path):
     proc = subprocess.run([python, "-I", str(script), json.dumps(calls)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    assert proc.stdout.count("ok ") == len(KINDS) and "hf_ddm absent" in proc.stdout
+    assert proc.stdout.count("ok ") == 2 * len(KINDS) and "hf_ddm absent" in proc.stdout
 
 
 # --- the rewriting itself -----------------------------------------------------------------------------
@@ -296,19 +313,46 @@ def test_flat_names_disambiguate_shared_stems():
 SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "space", "models")
 
 
-@pytest.mark.parametrize("name", sorted(n for n in os.listdir(SHIPPED) if os.path.isdir(os.path.join(SHIPPED, n))))
-def test_shipped_code_copies_match_the_installed_package(name, tmp_path):
-    """A shipped folder's bundled code is what a portable save by this hf_ddm writes: a fix to the package
-    reaches users who load the folder without it (``python train/ship_checkpoint.py --refresh`` re-bundles)."""
+SHIPPED_NAMES = sorted(n for n in os.listdir(SHIPPED) if os.path.isdir(os.path.join(SHIPPED, n)))
+
+
+@pytest.mark.parametrize("name", SHIPPED_NAMES)
+def test_shipped_folders_carry_no_library_code(name):
+    """The repository stores hf_ddm's code once: a shipped folder holds weights, configs and cards, and the
+    one-import pipeline file a ``portable=False`` save writes (it loads the installed class)."""
     folder = os.path.join(SHIPPED, name)
-    cls = getattr(__import__("hf_ddm.pipelines", fromlist=["x"]), DiffusionPipeline.load_config(folder)["_class_name"][1])
-    cls.from_pretrained(folder).save_pretrained(tmp_path / "out")
+    index = json.load(open(os.path.join(folder, "model_index.json")))
+    stem, cls = index["_class_name"]
+    code = sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, files in os.walk(folder)
+                  for f in files if f.endswith(".py"))
+    assert code == [stem + ".py"], code
+    assert open(os.path.join(folder, stem + ".py")).read() == loader_file(f"hf_ddm.pipelines.{stem}", cls)
+    assert INDEX_KEY not in index
+    for component in ("unet", "scheduler", "vae", "classifier"):
+        if component in index:
+            assert index[component][0].startswith("hf_ddm."), (component, index[component])
 
-    def code(root):
-        return {os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f)).read()
-                for d, _, files in os.walk(root) for f in files if f.endswith(".py")}
 
-    shipped, fresh = code(folder), code(tmp_path / "out")
-    assert sorted(shipped) == sorted(fresh)
-    stale = [f for f in fresh if shipped[f] != fresh[f]]
-    assert not stale, f"{name}: stale bundled code {stale}; run python train/ship_checkpoint.py --refresh {folder}"
+def test_installed_class_needs_no_bundled_file(saved, tmp_path):
+    """A portable folder (what earlier versions shipped and published) with every code file removed still
+    loads with the installed class: its model_index.json maps each bundle back to the installed module."""
+    import shutil
+
+    folder, cls, kw, expected = saved["latent_class"]
+    bare = tmp_path / "bare"
+    shutil.copytree(folder, bare, ignore=shutil.ignore_patterns("*.py"))
+    assert json.load(open(bare / "model_index.json"))["unet"] == ["hf_ddm_unet", "UNet"]
+    np.testing.assert_array_equal(_run(cls.from_pretrained(bare), kw), expected)
+
+
+def test_export_refuses_what_is_not_a_pipeline_folder(saved, tmp_path):
+    with pytest.raises(PortableSaveError, match="model_index.json"):
+        export(str(tmp_path), str(tmp_path / "out"))
+    folder = saved["pixel_vp"][0]
+    with pytest.raises(PortableSaveError, match="another folder"):
+        export(folder, folder)
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "model_index.json").write_text(json.dumps({"_class_name": ["nope", "NopePipeline"]}))
+    with pytest.raises(PortableSaveError, match="not a pipeline of the installed hf_ddm"):
+        export(str(odd), str(tmp_path / "odd_out"))

@@ -12,8 +12,10 @@ LDM folder is documented where it lies.
 
     python train/ship_checkpoint.py --refresh space/models/NAME [--dataset zalando-datasets/fashion_mnist]
 
-re-saves a shipped folder with the installed hf_ddm (portable: it carries its code) and rebuilds its cards'
-metadata and loading snippet, keeping their text.
+re-saves a shipped folder with the installed hf_ddm and rebuilds its cards' metadata and loading snippet,
+keeping their text. Shipped folders carry no copy of hf_ddm's code (their pipeline file imports the installed
+class), so a change to the library needs no refresh; ``python -m hf_ddm.portable FOLDER DEST`` writes the
+portable copy that is published.
 
     python train/ship_checkpoint.py --refresh space/models/NAME --vae VAE_RUN_DIR --command "..." \
         [--component_eval vae=eval_vae.json]
@@ -152,8 +154,9 @@ def _unet_folder(path: str) -> str:
 
 def save_shipped(src: str, dest: str, scheduler_kwargs: Optional[dict] = None, vae_dir: Optional[str] = None,
                  unet_dir: Optional[str] = None) -> None:
-    """``src`` loaded with the installed hf_ddm class and saved to ``dest`` as float16, portable (the
-    folder carries its code), with no local ``_name_or_path``. ``scheduler_kwargs``: save
+    """``src`` loaded with the installed hf_ddm class and saved to ``dest`` as float16, ``portable=False``
+    (weights, configs, cards: no copy of hf_ddm's code; ``python -m hf_ddm.portable`` writes the copy that is
+    published), with no local ``_name_or_path``. ``scheduler_kwargs``: save
     ``SDEScheduler(**scheduler_kwargs)`` on the model's own discrete schedule (its recommended sampler).
     ``vae_dir``: a decoder fine-tune of the folder's VAE to ship instead of it; ``unet_dir``: a U-Net of the
     same architecture to ship instead of the folder's."""
@@ -177,7 +180,7 @@ def save_shipped(src: str, dest: str, scheduler_kwargs: Optional[dict] = None, v
             pipe.scheduler = SDEScheduler.from_config(schedule_config(trained.config), **scheduler_kwargs)
     if os.path.isdir(dest):
         shutil.rmtree(dest)
-    pipe.to(torch.float16).save_pretrained(dest)
+    pipe.to(torch.float16).save_pretrained(dest, portable=False)
 
 
 def refresh(folder: str, dataset: str, vae_dir: Optional[str] = None, command: Optional[str] = None,
@@ -326,7 +329,7 @@ def finish_cards(folder: str, dataset: str) -> None:
     kind = {"PixelDiffusionPipeline": "pixel-diffusion", "LatentDiffusionPipeline": "latent-diffusion",
             "ClassifierGuidedPipeline": "classifier-guidance"}[index["_class_name"][1]]
     scheduler = json.load(open(os.path.join(folder, "scheduler", "scheduler_config.json")))["_class_name"]
-    usage = pipeline_usage(repo, call)
+    usage = pipeline_usage(repo, call, portable=False)
     if index.get("default_guidance_scale") is not None:
         usage += (f"\n\nWithout `guidance_scale` the pipeline uses {index['default_guidance_scale']:g}, this folder's "
                   "`default_guidance_scale` (model_index.json): the scale its evaluations recommend.\n")

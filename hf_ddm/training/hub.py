@@ -54,14 +54,19 @@ def card_metadata(*, pipeline_tag: Optional[str], tags, datasets=None, base_mode
                          base_model=(base[0] if len(base) == 1 else base) or None)
 
 
-def pipeline_usage(repo: str, call: str = "") -> str:
-    """The loading snippet of a pipeline folder. Folders are saved portable: the pipeline's code and the
-    hf_ddm modules it needs travel with them, so diffusers (with torch) is all the snippet needs."""
+def pipeline_usage(repo: str, call: str = "", portable: bool = True) -> str:
+    """The loading snippet of a pipeline folder. A portable folder (training outputs, published copies) carries
+    the pipeline's code and the hf_ddm modules it needs, so diffusers (with torch) is all the snippet needs; a
+    ``portable=False`` one (this repository's shipped folders) loads the installed hf_ddm."""
+    where = ("# The folder carries its own code (model_index.json names it): hf_ddm need not be installed.\n"
+             if portable else
+             "# This folder names the installed hf_ddm (pip install -e . in its repository); the copy that carries\n"
+             "# its code, for where hf_ddm is not installed: python -m hf_ddm.portable FOLDER DEST\n")
     return (
         "```python\n"
         "import torch\n"
         "from diffusers import DiffusionPipeline\n\n"
-        "# The folder carries its own code (model_index.json names it): hf_ddm need not be installed.\n"
+        + where +
         f'pipe = DiffusionPipeline.from_pretrained("{repo}", trust_remote_code=True)\n'
         f"images = pipe({call}num_inference_steps=25, generator=torch.Generator().manual_seed(0)).images\n"
         'images[0].save("sample.png")\n'
