@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The shipped Fashion-MNIST checkpoints (issue 6), trained with the project's own scripts.
 #
-#   bash train/fashion_mnist_recipe.sh [stage ...]   stages: vae ldm_class classifier guided ldm_text vae_decoder ddpm sde
+#   bash train/fashion_mnist_recipe.sh [stage ...]   stages: vae vae8 ldm_class classifier guided ldm_text vae_decoder ddpm sde
 #
 # Environment: DATA (IDX folder, default /usr/share/datasets/fashion-mnist), WORK (run folders, default
 # ./runs/fmnist), STEPS_SCALE (multiplies every step count, warm-up, discriminator start and validation
@@ -47,6 +47,13 @@ for stage in "${stages[@]}"; do
         --kl_weight 1e-6 --disc_weight 0.5 --disc_start "$(start 2000)" --disc_channels 64 \
         --max_train_steps "$(steps 6000)" --learning_rate "$(lr 2e-4)" --lr_warmup_steps "$(start 100)" \
         --lr_scheduler cosine --validation_steps "$(steps 2000)" --output_dir "$WORK/vae" ;;
+    vae8)  # issue 26's first stage: 32x32x1 -> 8x8x8 latents (twice the numbers of `vae`, same latent grid, so a
+           # U-Net on it costs the same per step), wider and 4x longer; adversarial term from a third of the run
+      $LAUNCH train/train_vae.py "${COMMON[@]}" --block_out_channels 48,96,96 --layers_per_block 1 \
+        --latent_channels 8 --no_mid_block_attention --norm_num_groups 16 --train_batch_size "$(batch 64)" \
+        --kl_weight 1e-6 --disc_weight 0.5 --disc_start "$(start 4000)" --disc_channels 64 \
+        --max_train_steps "$(steps 12000)" --learning_rate "$(lr 2e-4)" --lr_warmup_steps "$(start 200)" \
+        --lr_scheduler cosine --validation_steps "$(steps 2000)" --output_dir "$WORK/vae8" ;;
     vae_decoder)  # Stability's ft-MSE/ft-EMA step: the decoder alone, a gentle adversarial term from step 0 (weight
                   # 0.5 at 1e-4 left checkerboard artefacts), encoder (so the latents and every latent model trained
                   # on them) frozen. Ship it into the latent folders with
