@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from diffusers import DDPMScheduler
 
-from hf_ddm.likelihood import ode_log_likelihood, ode_scheduler
+from hf_ddm.adapter import process_view
+from hf_ddm.likelihood import ode_log_likelihood
 from hf_ddm.mixture import GaussianMixture
 from hf_ddm.schedulers.sde import SDEScheduler
 
@@ -78,7 +79,7 @@ def run(num_points: int, seed: int):
     tables = {}
     for name, make in PROBLEMS.items():
         user_sched = make()
-        sched = ode_scheduler(user_sched)
+        sched = process_view(user_sched, need="continuous")  # what ode_log_likelihood integrates on
         rows = []
         try:
             calls, logp, delta, latent = score_sde_reference(MIX, sched, x)
@@ -86,7 +87,7 @@ def run(num_points: int, seed: int):
         except ImportError:
             rows.append(("score_sde: scipy solve_ivp RK45", "t", "tol 1e-05", None, float("nan"), float("nan")))
         for method, variable, kw, setting in configs:
-            model = MIX.model(sched.marginal, "epsilon")
+            model = MIX.model(user_sched)  # the exact network of that scheduler's model
             out = ode_log_likelihood(model, user_sched, x, convention="continuous", variable=variable, **kw)
             used = out.method.split(" in ")[1].split(" ")[0]
             label = f"{variable} ({used})" if variable == "auto" else variable

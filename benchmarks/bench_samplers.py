@@ -47,7 +47,6 @@ from diffusers.utils import logging as diffusers_logging  # noqa: E402
 diffusers_logging.set_verbosity_error()
 
 from hf_ddm.mixture import GaussianMixture, sliced_wasserstein  # noqa: E402
-from hf_ddm.processes import DiscreteVP  # noqa: E402
 from hf_ddm.schedulers.sde import SDEScheduler  # noqa: E402
 
 MEANS = [[-1.0, -0.5], [1.0, -0.5], [0.0, 1.0]]
@@ -155,12 +154,12 @@ def _diffusers(vp=VP_DISCRETE):
     return out
 
 
-def _oracle(mix, sched, kind, vp=VP_DISCRETE):
-    if kind == "own":
-        return mix.model(sched.marginal, sched.config.prediction_type)
-    if kind == "ddim":
-        return mix.model(DiscreteVP.from_schedule(**vp).marginal, "epsilon")
+def _oracle(mix, sched, kind):
+    if kind in ("own", "ddim"):  # the model adapter reads the scheduler: its noise level per timestep, its prediction type
+        return mix.model(sched)
 
+    # Sigma-based diffusers schedulers may pass a rounded timestep (DPM-Solver, UniPC with Karras sigmas): the
+    # oracle answers at the sigma the sample is really at, so their grid's own rounding does not count against them.
     def marginal(t):  # the sigma this scheduler is at right now, whatever timestep it passes
         idx = sched.step_index if sched.step_index is not None else (sched.begin_index or 0)
         sigma = sched.sigmas[idx].double()
@@ -198,7 +197,7 @@ def accuracy(nfes, n, samplers, vp=VP_DISCRETE):
             row = {}
             for nfe in nfes:
                 sched, steps = factory(nfe)
-                model = _oracle(mix, sched, kind, vp)
+                model = _oracle(mix, sched, kind)
                 try:
                     x = sample(sched, model, steps, n, seed=0)
                 except (IndexError, RuntimeError, ValueError, AssertionError) as exc:  # crashes on this schedule

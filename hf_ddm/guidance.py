@@ -5,9 +5,9 @@
 * classifier: eps_hat = eps - scale * s_t * grad_x log p(y | x_t), done in epsilon space and
   converted back to the model's prediction type.
 
-(a_t, s_t) of the model input come from the model adapter (``hf_ddm.adapter.noise_level``), for hf_ddm's
-schedulers and for diffusers' VP-type ones (DDPM, DDIM, Euler, Heun, DPM-Solver, UniPC ...), whose model
-input is the VP sample on its exact discrete schedule.
+The conversions are the model adapter's (``hf_ddm.adapter.ModelAdapter``): hf_ddm's schedulers and
+diffusers' VP-type ones (DDPM, DDIM, Euler, Heun, DPM-Solver, UniPC ...), whose model input is the VP
+sample on its exact discrete schedule.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import math
 
 import torch
 
-from .adapter import noise_level, prediction_type_of
-from .processes import convert
+from .adapter import ModelAdapter
+from .processes import append_dims
 
 
 def check_guidance_scale(guidance_scale: float, name: str = "guidance_scale") -> float:
@@ -32,10 +32,6 @@ def classifier_free(out_uncond: torch.Tensor, out_cond: torch.Tensor, guidance_s
     return out_uncond + guidance_scale * (out_cond - out_uncond)
 
 
-# The noise level of any scheduler's model input, and its prediction type: the model adapter's.
-scheduler_marginal = noise_level
-
-
 def classifier_guidance(
     model_output: torch.Tensor,
     sample: torch.Tensor,
@@ -48,16 +44,14 @@ def classifier_guidance(
     """Rewrite ``model_output`` so it points at p(x_t | y) ∝ p(x_t) p(y | x_t)^scale."""
     if guidance_scale == 0:
         return model_output
-    a, s = scheduler_marginal(scheduler, timestep, sample)
-    kind = prediction_type_of(scheduler)
+    adapter = ModelAdapter(None, scheduler)
     t = torch.as_tensor(timestep, device=sample.device)
     if t.ndim == 0:
         t = t.expand(sample.shape[0])
     grad = classifier.grad_log_prob(sample, t, class_labels).to(sample.dtype)
-    eps = convert(model_output, sample, a, s, kind, "epsilon")
-    s_b = s.reshape(s.shape + (1,) * (sample.ndim - s.ndim))
-    eps = eps - guidance_scale * s_b * grad
-    return convert(eps, sample, a, s, "epsilon", kind)
+    _, s = adapter.noise_level(timestep, sample)
+    eps = adapter.convert(model_output, sample, timestep, "epsilon") - guidance_scale * append_dims(s, sample) * grad
+    return adapter.convert(eps, sample, timestep, from_type="epsilon")
 
 
-__all__ = ["check_guidance_scale", "classifier_free", "classifier_guidance", "scheduler_marginal", "prediction_type_of"]
+__all__ = ["check_guidance_scale", "classifier_free", "classifier_guidance"]

@@ -4,8 +4,10 @@ sample and bits per dimension.
 
 Both take ``model(x, timestep)`` -- a plain callable returning a tensor, or a diffusers / hf_ddm
 network whose output has ``.sample`` -- in the scheduler's prediction type, and a scheduler: an hf_ddm
-scheduler, or a diffusers VP scheduler (``DDPMScheduler`` etc.) or its config, converted here. So they
-serve trained networks and the exact mixture oracle alike.
+scheduler, or a diffusers VP scheduler (``DDPMScheduler`` etc.) or its config. The model adapter
+(``hf_ddm.adapter``) reads the two: the process each integrates on (``process_view``, need="continuous"
+for the ODE, "discrete" for the bound), the call, and the conversion of the output. So they serve trained
+networks and the exact mixture oracle alike.
 
 **Conventions.** Every result carries ``convention``, one of:
 
@@ -33,7 +35,8 @@ from typing import Callable, Optional
 
 import torch
 
-from .processes import DiscreteScheduleVP, DiscreteVP, append_dims, convert
+from .adapter import ModelAdapter
+from .processes import DiscreteScheduleVP, append_dims
 
 CONVENTIONS = ("continuous", "discrete", "dequantized")
 ODE_METHODS = ("rk45", "rk4")
@@ -78,89 +81,6 @@ def bits_per_dim(nll: torch.Tensor, dim: int, data_range: Optional[float] = 2.0,
 # ------------------------------------------------------------------------------------------------
 # Inputs: model, scheduler, data under a convention
 # ------------------------------------------------------------------------------------------------
-
-
-def _model_fn(model: Callable) -> Callable:
-    """``model`` as ``(x, timestep) -> tensor in x's dtype``: unwraps ``.sample`` (diffusers'
-    ``UNet2DOutput``, hf_ddm's UNet) and runs a torch module in its own dtype."""
-    dtype = None
-    if isinstance(model, torch.nn.Module):
-        param = next(model.parameters(), None)
-        dtype = None if param is None else param.dtype
-
-    def call(x, timestep):
-        if dtype is not None and timestep.is_floating_point():
-            timestep = timestep.float()  # a network's time embedding; float16 would round train timesteps
-        out = model(x if dtype is None else x.to(dtype), timestep.to(x.device))
-        if not torch.is_tensor(out):
-            out = out.sample if hasattr(out, "sample") else out[0]
-        return out.to(x.dtype)
-
-    return call
-
-
-def _config_of(scheduler) -> dict:
-    from .schedulers.diffusers_configs import load_config_dict
-    from .schedulers.sde import SDEScheduler
-
-    config = getattr(scheduler, "config", scheduler)
-    try:
-        return load_config_dict(SDEScheduler, config)
-    except (TypeError, ValueError, OSError) as err:
-        raise ValueError(f"scheduler: expected a scheduler or a scheduler config, got {type(scheduler).__name__}") from err
-
-
-def ode_scheduler(scheduler):
-    """The continuous-time hf_ddm scheduler the ODE runs on: ``scheduler`` itself when it has a
-    continuous process; for a diffusers VP scheduler, its config, or hf_ddm's discrete ``VPScheduler``,
-    ``SDEScheduler.from_config`` -- exactly that discrete schedule in continuous time
-    (``DiscreteScheduleVP``), the model called at its train timestep."""
-    from .schedulers.diffusers_configs import is_vp_schedule_config
-    from .schedulers.sde import SDEScheduler
-
-    process = getattr(scheduler, "process", None)
-    if process is not None and process.continuous:
-        return scheduler
-    if process is not None and not isinstance(process, DiscreteVP):
-        raise ValueError(
-            f"scheduler: ode_log_likelihood needs a continuous-time process or a VP schedule; "
-            f"{type(scheduler).__name__} ({type(process).__name__}) has neither -- use SDEScheduler(sde='ve')"
-        )
-    cfg = _config_of(scheduler)
-    if not is_vp_schedule_config(cfg):
-        raise ValueError(
-            "scheduler: ode_log_likelihood needs a continuous-time hf_ddm scheduler (SDEScheduler) or a "
-            f"diffusers VP scheduler config (one naming a beta schedule); got {type(scheduler).__name__}"
-        )
-    return SDEScheduler.from_config(cfg)
-
-
-def bound_scheduler(scheduler):
-    """The discrete-VP hf_ddm scheduler the bound runs on: ``scheduler`` itself (``VPScheduler``), the
-    train grid of an ``SDEScheduler`` on a discrete schedule, or ``VPScheduler.from_config`` of a
-    diffusers VP scheduler / config."""
-    from .schedulers.diffusers_configs import is_vp_schedule_config
-    from .schedulers.vp import VPScheduler
-
-    process = getattr(scheduler, "process", None)
-    if isinstance(process, DiscreteVP):
-        return scheduler
-    if isinstance(process, DiscreteScheduleVP):
-        cfg = scheduler.config
-        keys = ("num_train_timesteps", "beta_start", "beta_end", "trained_betas", "rescale_betas_zero_snr",
-                "prediction_type")
-        return VPScheduler(beta_schedule=cfg.beta_schedule or "linear", clip_sample=False,
-                           **{k: cfg[k] for k in keys})
-    if process is not None:
-        raise ValueError(
-            f"scheduler: ddpm_bound needs a discrete VP schedule (VPScheduler, a diffusers VP scheduler, or "
-            f"SDEScheduler on a beta_schedule); got {type(scheduler).__name__} with {type(process).__name__}"
-        )
-    cfg = _config_of(scheduler)
-    if not is_vp_schedule_config(cfg):
-        raise ValueError(f"scheduler: ddpm_bound needs a diffusers VP scheduler config, got {type(scheduler).__name__}")
-    cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
-    return VPScheduler.from_config(cfg)
 
 
 def _check_sample(sample) -> torch.Tensor:
@@ -417,8 +337,8 @@ def ode_log_likelihood(
 
     Returns a ``LikelihoodOutput`` with ``convention``, ``method`` and ``num_model_evaluations``.
     """
-    sched = ode_scheduler(scheduler)
-    process = sched.process
+    adapter = ModelAdapter(model, scheduler, need="continuous")
+    sched, process = adapter.scheduler, adapter.process
     convention, half_range = _resolve_ode_convention(convention, data_range, _check_bits(bits))
     if method is None:
         method = "rk45" if num_steps is None else "rk4"
@@ -446,8 +366,6 @@ def ode_log_likelihood(
     probes = None
     if not exact:
         probes = torch.randint(0, 2, (num_probes, *shape), generator=generator).to(x) * 2 - 1
-    net = _model_fn(model)
-    kind = sched.config.prediction_type
     evals = 0
 
     def coefficients(u):
@@ -467,11 +385,10 @@ def ode_log_likelihood(
     def fun(u, y):
         nonlocal evals
         t, c_x, c_score = coefficients(u)
-        a, s = process.marginal(t)
-        timestep = sched.t_to_timestep(t).expand(n)
+        timestep = adapter.timestep(t).expand(n)
         with torch.enable_grad():
             xr = y[:, :dim].reshape(shape).detach().requires_grad_(True)
-            score = convert(net(xr, timestep), xr, a.to(xr), s.to(xr), kind, "score")
+            score = adapter.convert(adapter.output(xr, timestep), xr, timestep, "score")
             drift = c_x * xr + c_score * score
             evals += 1
             div = torch.zeros(n, dtype=x.dtype, device=x.device)
@@ -571,15 +488,13 @@ def ddpm_bound(
         elif (decoder == "discrete") != (convention == "discrete"):
             raise ValueError(f"decoder={decoder!r} contradicts convention={convention!r}")
     convention = convention or "discrete"
-    sched = bound_scheduler(scheduler)
-    process = sched.process
+    adapter = ModelAdapter(model, scheduler, need="discrete")
+    sched, process = adapter.scheduler, adapter.process
     variance = variance or getattr(sched.config, "variance_type", "fixed_small")
     if variance not in ("fixed_small", "fixed_large"):
         raise ValueError(f"variance must be 'fixed_small' or 'fixed_large', got {variance!r}")
     sample = _check_sample(sample)
     width = _check_convention(convention, sample, _check_bits(bits))
-    net = _model_fn(model)
-    kind = sched.config.prediction_type
     x0 = sample.detach().to(torch.float64)
     n, dim = x0.shape[0], x0[0].numel()
     num_t = process.num_steps
@@ -589,9 +504,10 @@ def ddpm_bound(
         a, s = process.marginal(tt)
         eps = torch.randn(x0.shape, generator=generator, dtype=torch.float64).to(x0.device)
         xt = append_dims(a, x0) * x0 + append_dims(s, x0) * eps
+        timestep = adapter.timestep(tt)
         with torch.no_grad():
-            out = net(xt.to(sample.dtype), sched.t_to_timestep(tt)).to(torch.float64)
-        x0_hat = convert(out, xt, a, s, kind, "sample")
+            out = adapter.output(xt.to(sample.dtype), timestep).to(torch.float64)
+        x0_hat = adapter.convert(out, xt, timestep, "sample")
         mean_p, var_q = process.posterior(xt, x0_hat, tt, tt - 1)
         if t == 0:
             beta1 = process.transition(tt - 1, tt)[1]
@@ -624,10 +540,8 @@ __all__ = [
     "CONVENTIONS",
     "LikelihoodOutput",
     "bits_per_dim",
-    "bound_scheduler",
     "ddpm_bound",
     "ode_log_likelihood",
-    "ode_scheduler",
     "rk4",
     "rk45",
 ]

@@ -11,7 +11,7 @@ numbers of model evaluations.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Tuple
+from typing import Optional
 
 import torch
 
@@ -113,13 +113,21 @@ class GaussianMixture:
 
     def model(
         self,
-        marginal: Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor]],
-        prediction_type: str = "epsilon",
+        scheduler,
+        prediction_type: Optional[str] = None,
         class_labels=None,
     ) -> "ExactModel":
-        """A callable ``model(x, timestep) -> output`` for schedulers whose ``marginal(timestep)``
-        gives (a, s) of the model's timestep input. ``calls`` counts evaluations (NFE)."""
-        return ExactModel(self, marginal, prediction_type, class_labels)
+        """The exact network ``model(x, timestep) -> output`` of ``scheduler``'s model: anything the model
+        adapter reads (an hf_ddm or diffusers VP scheduler, a config), its noise level at each timestep
+        and its prediction type (unless ``prediction_type`` is given) taken from there. Or a function
+        ``marginal(timestep) -> (a, s)`` (then ``prediction_type`` defaults to "epsilon"), for a model
+        input the adapter cannot describe. ``calls`` counts evaluations (NFE)."""
+        if callable(scheduler):
+            return ExactModel(self, scheduler, prediction_type or "epsilon", class_labels)
+        from .adapter import ModelAdapter
+
+        adapter = ModelAdapter(None, scheduler, prediction_type)
+        return ExactModel(self, adapter.scheduler.marginal, adapter.prediction_type, class_labels)
 
     # --- distances between sample sets ----------------------------------------------------------------
     def component_weights(self, x: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
+from .adapter import ModelAdapter
 from .guidance import check_guidance_scale
 from .limits import as_class_ids, check_batch_size, check_step_count
 
@@ -115,6 +116,9 @@ class HfDdmPipeline(DiffusionPipeline):
 
     # The pipeline's own file, copied next to model_index.json by save_pretrained.
     _pipeline_file: Optional[str] = None
+    # What ``callback_on_step_end_tensor_inputs`` may name (diffusers' convention): the latents after the
+    # step, the (guided) model output, and the clean sample it predicts (the model adapter's x0).
+    _callback_tensor_inputs = ["latents", "model_output", "pred_original_sample"]
 
     # --- checks -----------------------------------------------------------------------------------
     @staticmethod
@@ -171,14 +175,26 @@ class HfDdmPipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs: Optional[List[str]] = None,
     ) -> torch.Tensor:
         """Run the scheduler from noise to data. ``model_fn(model_input, t)`` returns the (guided)
-        model output in the scheduler's prediction type. Returns the final latents."""
+        model output in the scheduler's prediction type. Returns the final latents.
+
+        ``callback_on_step_end(pipe, i, t, tensors)`` runs after each step with the names asked for in
+        ``callback_on_step_end_tensor_inputs`` (default ``["latents"]``; see ``_callback_tensor_inputs``):
+        ``pred_original_sample`` is the model's own x0 at this evaluation (before any clipping the scheduler
+        applies; latents for a latent model). Returning ``{"latents": ...}`` replaces the latents."""
+        tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
+        unknown = [k for k in tensor_inputs if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs {unknown} are not among {self._callback_tensor_inputs}")
         scheduler = self.scheduler
+        # Built before the loop: a scheduler whose model input the adapter cannot read fails here, not mid-run.
+        adapter = None
+        if callback_on_step_end is not None and "pred_original_sample" in tensor_inputs:
+            adapter = ModelAdapter(None, scheduler)
         if timesteps is not None:
             scheduler.set_timesteps(timesteps=timesteps, device=self._execution_device)
         else:
             scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
         step_kwargs = self._step_kwargs(generator, eta)
-        tensor_inputs = callback_on_step_end_tensor_inputs or ["latents"]
         self._num_model_evaluations = 0
         for i, t in enumerate(self.progress_bar(scheduler.timesteps)):
             model_input = scheduler.scale_model_input(latents, t)
@@ -187,7 +203,9 @@ class HfDdmPipeline(DiffusionPipeline):
             latents = scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
             if callback_on_step_end is not None:
                 local = {"latents": latents, "model_output": model_output}
-                out = callback_on_step_end(self, i, t, {k: local[k] for k in tensor_inputs if k in local}) or {}
+                if adapter is not None:  # at the model's input: diffusers' Euler-type schedulers scale it
+                    local["pred_original_sample"] = adapter.convert(model_output, model_input, t, "sample")
+                out = callback_on_step_end(self, i, t, {k: local[k] for k in tensor_inputs}) or {}
                 latents = out.get("latents", latents)
         return latents
 

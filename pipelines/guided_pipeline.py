@@ -9,6 +9,7 @@ from typing import Callable, List, Optional, Union
 
 import torch
 
+from hf_ddm.adapter import call_model
 from hf_ddm.guidance import classifier_guidance
 from hf_ddm.pipeline_utils import HfDdmPipeline
 
@@ -64,7 +65,7 @@ class ClassifierGuidedPipeline(HfDdmPipeline):
         latents = self.prepare_latents(self.input_shape(batch_size), self.unet.dtype, generator, latents)
 
         def model_fn(x, t):
-            out = self.unet(x, t).sample
+            out = call_model(self.unet, x, t)
             return classifier_guidance(out, x, t, self.classifier, labels, guidance_scale, self.scheduler)
 
         latents = self.denoise(

@@ -9,6 +9,7 @@ from typing import Callable, List, Optional, Union
 
 import torch
 
+from hf_ddm.adapter import call_model
 from hf_ddm.pipeline_utils import HfDdmPipeline
 from hf_ddm.text import tokenize
 
@@ -84,7 +85,7 @@ class LatentDiffusionPipeline(HfDdmPipeline):
         guidance_scale = self.guidance_scale_or_default(guidance_scale)
 
         def unet(x, t, **kwargs):
-            return self.unet(x, t, **kwargs).sample
+            return call_model(self.unet, x, t, **kwargs)
 
         if prompts is not None:
             if len(prompts) == 1:

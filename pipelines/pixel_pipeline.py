@@ -9,6 +9,7 @@ from typing import Callable, List, Optional, Union
 
 import torch
 
+from hf_ddm.adapter import call_model
 from hf_ddm.pipeline_utils import HfDdmPipeline
 
 
@@ -52,7 +53,7 @@ class PixelDiffusionPipeline(HfDdmPipeline):
         latents = self.prepare_latents(self.input_shape(batch_size), self.unet.dtype, generator, latents)
 
         def unet(x, t, **kwargs):
-            return self.unet(x, t, **kwargs).sample
+            return call_model(self.unet, x, t, **kwargs)
 
         if labels is None:
             model_fn = unet

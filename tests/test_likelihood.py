@@ -8,7 +8,8 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
-from hf_ddm.likelihood import bits_per_dim, bound_scheduler, ddpm_bound, ode_log_likelihood, ode_scheduler, rk45
+from hf_ddm.adapter import process_view
+from hf_ddm.likelihood import bits_per_dim, ddpm_bound, ode_log_likelihood, rk45
 from hf_ddm.mixture import GaussianMixture
 from hf_ddm.schedulers.sde import SDEScheduler
 from hf_ddm.schedulers.ve import VEScheduler
@@ -53,9 +54,9 @@ def test_ode_likelihood_on_a_diffusers_schedule_matches_the_exact_density(beta_s
     # The diffusers scheduler itself is passed; the ODE runs on its exact continuous-time view and calls
     # the model at its train timestep (the oracle reads (a, s) back from that timestep).
     ddpm = DDPMScheduler(beta_schedule=beta_schedule, prediction_type=kind)
-    sched = ode_scheduler(ddpm)
+    sched = process_view(ddpm, need="continuous")
     x, _ = MIX.sample(64, generator=torch.Generator().manual_seed(0))
-    model = MIX.model(sched.marginal, kind)
+    model = MIX.model(ddpm)  # the oracle of this scheduler's model: its prediction type, its timesteps
     out = ode_log_likelihood(model, ddpm, x, convention="continuous")
     exact = _exact_at_start(MIX, sched, x)  # t_start = 0: train timestep 0, s = sqrt(beta_0) > 0
     # nats/dim; on the linear schedule most of it is p_1 != N(0, I) (alphas_cumprod[-1] = 4e-5).
@@ -66,7 +67,7 @@ def test_ode_likelihood_on_a_diffusers_schedule_matches_the_exact_density(beta_s
     assert solver_err < 1e-4 and model.calls == out.num_model_evaluations < 150
     # Integrating in process time t instead meets the kinks of the piecewise-linear log-SNR at every
     # train timestep: more calls for a larger error (why "auto" picks vp_time here).
-    in_t = ode_log_likelihood(MIX.model(sched.marginal, kind), ddpm, x, convention="continuous", variable="t")
+    in_t = ode_log_likelihood(MIX.model(ddpm), ddpm, x, convention="continuous", variable="t")
     assert in_t.num_model_evaluations > out.num_model_evaluations
     assert (in_t.log_likelihood - exact).abs().mean() / 2 > solver_err
 
@@ -141,24 +142,24 @@ def test_both_functions_agree_under_each_convention():
     x = _pixels(128, seed=1)
     exact_bpd = float(-(PIX.log_prob(x) + 2 * math.log(BIN)).mean() / (2 * math.log(2)))
     assert exact_bpd > 5  # a real 8-bit number, not a continuous density's
-    ode = ode_log_likelihood(PIX.model(ode_scheduler(ddpm).marginal, "epsilon"), ddpm, x,
+    ode = ode_log_likelihood(PIX.model(ddpm), ddpm, x,
                              generator=torch.Generator().manual_seed(0))
-    bound = ddpm_bound(PIX.model(bound_scheduler(ddpm).marginal, "epsilon"), ddpm.config, x,
+    bound = ddpm_bound(PIX.model(ddpm), ddpm.config, x,
                        generator=torch.Generator().manual_seed(0))
     assert ode.convention == bound.convention == "discrete"
     assert abs(float(ode.bits_per_dim.mean()) - exact_bpd) < 0.02
     assert exact_bpd - 0.02 < float(bound.bits_per_dim.mean()) < exact_bpd + 0.2
     assert torch.allclose(ode.bits_per_dim, -ode.log_likelihood / (2 * math.log(2)))
     # Continuous convention on the same data: 8 - log2(255/2) ~ 7 bits/dim lower, from both functions.
-    ode_c = ode_log_likelihood(PIX.model(ode_scheduler(ddpm).marginal, "epsilon"), ddpm, x, convention="continuous")
-    bound_c = ddpm_bound(PIX.model(bound_scheduler(ddpm).marginal, "epsilon"), ddpm, x, convention="continuous",
+    ode_c = ode_log_likelihood(PIX.model(ddpm), ddpm, x, convention="continuous")
+    bound_c = ddpm_bound(PIX.model(ddpm), ddpm, x, convention="continuous",
                          generator=torch.Generator().manual_seed(0))
     exact_c = float(-PIX.log_prob(x).mean() / (2 * math.log(2)))
     assert abs(float(ode_c.bits_per_dim.mean()) - exact_c) < 1e-3
     assert exact_c - 0.02 < float(bound_c.bits_per_dim.mean()) < exact_c + 0.2
     # "dequantized": the caller's own dequantisation, the same number as "discrete" up to the draw.
     xd = x + (torch.rand(x.shape, generator=torch.Generator().manual_seed(5), dtype=x.dtype) - 0.5) * BIN
-    ode_d = ode_log_likelihood(PIX.model(ode_scheduler(ddpm).marginal, "epsilon"), ddpm, xd, convention="dequantized")
+    ode_d = ode_log_likelihood(PIX.model(ddpm), ddpm, xd, convention="dequantized")
     assert abs(float(ode_d.bits_per_dim.mean()) - exact_bpd) < 0.02
 
 
@@ -219,8 +220,7 @@ def test_bound_on_the_same_schedule_from_three_schedulers():
     for sched in (VPScheduler(num_train_timesteps=30, beta_schedule="squaredcos_cap_v2", clip_sample=False),
                   DDPMScheduler(num_train_timesteps=30, beta_schedule="squaredcos_cap_v2"),
                   SDEScheduler(num_train_timesteps=30, beta_schedule="squaredcos_cap_v2")):
-        vp = bound_scheduler(sched)
-        outs.append(ddpm_bound(PIX.model(vp.marginal, "epsilon"), sched, x, generator=torch.Generator().manual_seed(0)))
+        outs.append(ddpm_bound(PIX.model(sched), sched, x, generator=torch.Generator().manual_seed(0)))
     assert torch.allclose(outs[0].log_likelihood, outs[1].log_likelihood)
     assert torch.allclose(outs[0].log_likelihood, outs[2].log_likelihood, atol=1e-5)
 
@@ -268,7 +268,6 @@ def test_likelihood_bad_input():
 def test_t_start_zero_is_the_first_train_timestep_on_a_discrete_schedule():
     # There s(0) = sqrt(beta_0) > 0, so t_start = 0 (the default) is a valid start, unlike on the VP SDE.
     ddpm = DDPMScheduler(num_train_timesteps=50, beta_schedule="squaredcos_cap_v2")
-    sched = ode_scheduler(ddpm)
     x, _ = MIX.sample(8, generator=torch.Generator().manual_seed(0))
-    out = ode_log_likelihood(MIX.model(sched.marginal, "epsilon"), ddpm, x, t_start=0.0, convention="continuous")
+    out = ode_log_likelihood(MIX.model(ddpm), ddpm, x, t_start=0.0, convention="continuous")
     assert "t=0" in out.method and torch.isfinite(out.log_likelihood).all()

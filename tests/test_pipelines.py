@@ -17,7 +17,7 @@ from diffusers import (
 )
 from diffusers.configuration_utils import FrozenDict
 
-from hf_ddm.guidance import scheduler_marginal
+from hf_ddm.adapter import ModelAdapter
 from hf_ddm.mixture import GaussianMixture
 from hf_ddm.models import VAE, NoisyClassifier, UNet
 from hf_ddm.pipelines import ClassifierGuidedPipeline, LatentDiffusionPipeline, PixelDiffusionPipeline
@@ -49,9 +49,9 @@ class OracleUNet:
 
     def __call__(self, x, t, class_labels=None, **_):
         self.calls += 1
-        sched = self.scheduler_ref()
-        a, s = scheduler_marginal(sched, t, x)
-        kind = getattr(sched.config, "prediction_type", "epsilon")
+        adapter = ModelAdapter(None, self.scheduler_ref())
+        a, s = adapter.noise_level(t, x)
+        kind = adapter.prediction_type
         flat = x.reshape(x.shape[0], 2)
         out = MIX.prediction(flat, a, s, kind)
         if class_labels is not None:  # rows with the null class keep the unconditional output
@@ -70,7 +70,7 @@ class OracleClassifier:
         self.config = _Config(in_channels=2, num_classes=3)
 
     def grad_log_prob(self, x, t, labels):
-        a, s = scheduler_marginal(self.scheduler_ref(), t[0], x)
+        a, s = ModelAdapter(None, self.scheduler_ref()).noise_level(t[0], x)
         flat = x.reshape(x.shape[0], 2)
         # grad log p(y|x) = score(x | y) - score(x).
         g = MIX.score(flat, a, s, labels) - MIX.score(flat, a, s)
@@ -140,6 +140,46 @@ def test_classifier_free_guidance_at_one_is_the_conditional(name):
     x3 = pipe(batch_size=N, class_labels=1, guidance_scale=3.0, num_inference_steps=25, generator=g,
               output_type="latent").images
     assert _weights(x3)[1] >= 0.97
+
+
+# The step callback's pred_original_sample (the model adapter's x0) against each scheduler's own x0 from
+# the same model output: diffusers' from its sigmas / alphas_cumprod, hf_ddm's from its process. Euler
+# scales the model input and passes fractional timesteps; v-prediction exercises a non-trivial conversion.
+CALLBACK_SCHEDULERS = {
+    "vp-v": lambda: VPScheduler(clip_sample=False, prediction_type="v_prediction"),
+    "sde-vp": lambda: SDEScheduler(sde="vp", solver="multistep", prediction_type="epsilon"),
+    "diffusers-ddim": lambda: DDIMScheduler(beta_schedule="squaredcos_cap_v2", clip_sample=False),
+    "diffusers-euler-v": lambda: EulerDiscreteScheduler(prediction_type="v_prediction"),
+}
+
+
+@pytest.mark.parametrize("name", list(CALLBACK_SCHEDULERS))
+def test_step_callback_gets_the_predicted_clean_sample(name):
+    sched = CALLBACK_SCHEDULERS[name]()
+    pipe = _oracle_pipe(PixelDiffusionPipeline, sched)
+    own, seen = [], []
+    step = sched.step
+
+    def recording_step(*args, **kwargs):
+        out = step(*args, **kwargs)
+        own.append(out.pred_original_sample)
+        return out
+
+    def on_step(p, i, t, tensors):
+        assert set(tensors) == {"latents", "pred_original_sample"}
+        seen.append(tensors["pred_original_sample"])
+        return {}
+
+    sched.step = recording_step
+    pipe(batch_size=16, num_inference_steps=6, generator=torch.Generator().manual_seed(0), output_type="latent",
+         callback_on_step_end=on_step, callback_on_step_end_tensor_inputs=["latents", "pred_original_sample"])
+    assert len(seen) == len(own) == 6
+    for mine, theirs in zip(seen, own):
+        torch.testing.assert_close(mine, theirs.to(mine.dtype), rtol=1e-4, atol=1e-4)
+    # The last x0-prediction is the mixture's own denoiser at a low noise level: near a component mean.
+    assert float(MIX.posterior(seen[-1].reshape(16, 2), 1.0, 0.0).max(1).values.min()) > 0.9
+    with pytest.raises(ValueError, match="callback_on_step_end_tensor_inputs"):
+        pipe(num_inference_steps=2, callback_on_step_end=on_step, callback_on_step_end_tensor_inputs=["denoised"])
 
 
 # --- any scheduler in a real-network pipeline ---------------------------------------------------------

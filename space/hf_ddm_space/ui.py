@@ -28,8 +28,6 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from hf_ddm.guidance import prediction_type_of, scheduler_marginal
-from hf_ddm.processes import convert
 from hf_ddm.schedulers.sde import STOCHASTIC_SOLVERS
 
 from .registry import SPECS, LoadedModel, Registry, env_var
@@ -547,8 +545,6 @@ class SpaceApp:
             f"model: {model.spec.label} · sampler: {sampler_label} (`{type(scheduler).__name__}`) · "
             + self._request_line(model, guidance_scale, seed, n),
         ]
-        if state["x0_failed"]:
-            lines.append("(the x0-prediction could not be formed for this sampler; the animation shows x_t)")
         if not model.trained:
             lines.append("⚠️ untrained demo weights: noise-like images are expected.")
         return gallery, gif, "  \n".join(lines)
@@ -580,9 +576,8 @@ class SpaceApp:
         shape = (n, unet.config.in_channels, *size)
         generators = [torch.Generator().manual_seed(seed + k) for k in range(n)]
         noise = randn_tensor(shape, generator=generators, dtype=unet.dtype)
-        # What the pipeline's prepare_latents will start from (the model input of the first step).
-        state = {"x": noise * scheduler.init_noise_sigma, "frames": [], "captions": [], "every": None,
-                 "x0_failed": False}
+        # What the pipeline's prepare_latents will start from (the first frame of the x_t animation).
+        state = {"x": noise * scheduler.init_noise_sigma, "frames": [], "captions": [], "every": None}
         vae = getattr(pipe, "vae", None)
 
         def decode(z: torch.Tensor) -> np.ndarray:
@@ -604,13 +599,14 @@ class SpaceApp:
                     k = frame_every or math.ceil(total / 16)
                     state["every"] = max(k, math.ceil(total / max(1, self.limits.max_frames - 1)))
                 if i % state["every"] == 0 or i == total - 1:
-                    self._capture(p, i, t, tensors, state, animation, decode, total)
-            state["x"] = tensors["latents"]
+                    self._capture(i, tensors, state, animation, decode, total)
             return {}
 
         t0 = time.perf_counter()
+        # The x0 frames are the pipeline's pred_original_sample: the model adapter's conversion of each output.
+        wanted = ["latents", "pred_original_sample"] if animation == "x0-prediction" else ["latents"]
         kwargs = dict(batch_size=n, generator=generators, num_inference_steps=steps, latents=noise, output_type="pt",
-                      callback_on_step_end=on_step, callback_on_step_end_tensor_inputs=["latents", "model_output"])
+                      callback_on_step_end=on_step, callback_on_step_end_tensor_inputs=wanted)
         if model.kind == "guided":
             kwargs.update(class_labels=labels, guidance_scale=guidance_scale)
         elif model.kind == "class":
@@ -625,18 +621,12 @@ class SpaceApp:
         return arrays, nfe, wall, scheduler, state
 
     @staticmethod
-    def _capture(pipe, i, t, tensors, state, animation, decode, total):
+    def _capture(i, tensors, state, animation, decode, total):
         x = tensors["latents"]
         caption = f"step {i + 1}/{total}: x_t"
-        if animation == "x0-prediction" and not state["x0_failed"]:
-            try:
-                x_t = state["x"]
-                a, s = scheduler_marginal(pipe.scheduler, t, x_t)
-                x = convert(tensors["model_output"], x_t, a, s, prediction_type_of(pipe.scheduler), "sample")
-                caption = f"step {i + 1}/{total}: x0-prediction"
-            except Exception:  # an exotic scheduler: show the noisy sample instead
-                logger.warning("x0-prediction failed; animating x_t:\n%s", traceback.format_exc())
-                state["x0_failed"] = True
+        if animation == "x0-prediction":
+            x = tensors["pred_original_sample"]
+            caption = f"step {i + 1}/{total}: x0-prediction"
         if i == total - 1 and animation == "noisy sample x_t":
             caption = f"step {total}/{total}: sample"
         state["frames"].append(frame_strip(decode(x)))
