@@ -46,8 +46,11 @@ from diffusers.utils import logging as diffusers_logging  # noqa: E402
 
 diffusers_logging.set_verbosity_error()
 
+from hf_ddm.catalogue import SAMPLERS  # noqa: E402
 from hf_ddm.mixture import GaussianMixture, sliced_wasserstein  # noqa: E402
-from hf_ddm.schedulers.sde import SDEScheduler  # noqa: E402
+from hf_ddm.schedulers.sde import STOCHASTIC_SOLVERS, SDEScheduler  # noqa: E402
+from hf_ddm.schedulers.ve import VEScheduler  # noqa: E402
+from hf_ddm.schedulers.vp import VPScheduler  # noqa: E402
 
 MEANS = [[-1.0, -0.5], [1.0, -0.5], [0.0, 1.0]]
 WEIGHTS = [0.5, 0.3, 0.2]
@@ -61,65 +64,58 @@ VP_DISCRETE = SCHEDULES["linear"]
 
 
 # ------------------------------------------------------------------------------------------------
-# Sampler registry: name -> (factory(nfe) -> (scheduler, num_inference_steps), oracle kind, grid note)
+# Samplers: name -> (factory(nfe) -> (scheduler, num_inference_steps), oracle kind, grid note, library).
+# hf_ddm's rows are the catalogue's entries (hf_ddm.catalogue.SAMPLERS, built from the solver registry):
+# a solver registered there is benchmarked here without an edit.
 # ------------------------------------------------------------------------------------------------
 
 
+def steps_within(make, nfe: int) -> int:
+    """The most steps whose sampling loop makes at most ``nfe`` model calls (at least 1): read from the
+    scheduler itself (Heun's last step into clean data saves a call, correctors add some)."""
+    def calls(n):
+        sched = make()
+        sched.set_timesteps(n)
+        return len(sched.timesteps)
+
+    n = 1
+    while calls(n + 1) <= nfe:
+        n += 1
+    return n
+
+
+def _row(make, grid_note):
+    def factory(nfe):
+        return make(), steps_within(make, nfe)
+
+    return factory, "own", grid_note, "hf_ddm"
+
+
 def _ours(vp=VP_DISCRETE, continuous=True):
+    """Every hf_ddm entry of the catalogue: SDEScheduler's on the model's own discrete schedule (read from
+    its diffusers config, as a user would) and -- ``continuous`` -- on the VP / sub-VP / VE SDEs; the ODE
+    solvers also on EDM's rho grid; VPScheduler's and VEScheduler's on their own processes."""
+    config = {**vp, "prediction_type": "epsilon", "clip_sample": False}
     out = {}
-
-    def sde(name, steps_for, grid_note, **cfg):
-        out[name] = (lambda nfe, cfg=cfg: (SDEScheduler(**cfg), steps_for(nfe)), "own", grid_note, "hf_ddm")
-
-    def on_schedule(name, steps_for, grid_note, **kw):
-        # The model's own discrete schedule, read from its diffusers config as a user would.
-        config = {**vp, "prediction_type": "epsilon", "clip_sample": False}
-        out[name] = (lambda nfe, kw=kw: (SDEScheduler.from_config(config, **kw), steps_for(nfe)), "own", grid_note,
-                     "hf_ddm")
-
-    one = lambda nfe: nfe  # noqa: E731
-    heun = lambda nfe: max(1, (nfe + 1) // 2)  # noqa: E731  2N - 1 calls
-    pc = lambda nfe: max(1, nfe // 2)  # noqa: E731  2N calls
-    for order in (3, 2):
-        on_schedule(f"sde-vp(schedule) multistep-{order}M", one, "log-SNR uniform", solver="multistep", solver_order=order)
-    on_schedule("sde-vp(schedule) multistep-2M rho", one, "rho=7", solver="multistep", solver_order=2, time_grid="rho")
-    on_schedule("sde-vp(schedule) ode_heun", heun, "rho=7", solver="ode_heun", time_grid="rho")
-    on_schedule("sde-vp(schedule) ode_euler", one, "rho=7", solver="ode_euler", time_grid="rho")
-    on_schedule("sde-vp(schedule) ancestral", one, "log-SNR uniform", solver="ancestral")
-    on_schedule("sde-vp(schedule) pc", pc, "log-SNR uniform", solver="pc")
-    for s in (("vp", "subvp", "ve") if continuous else ()):
-        for order in (3, 2):
-            sde(f"sde-{s} multistep-{order}M", one, "log-SNR uniform", sde=s, solver="multistep", solver_order=order,
-                time_grid="log_snr")
-    if not continuous:
-        return _vp_discrete(out, vp)
-    sde("sde-vp multistep-2M rho", one, "rho=7", sde="vp", solver="multistep", solver_order=2, time_grid="rho")
-    sde("sde-vp ode_heun", heun, "rho=7", sde="vp", solver="ode_heun", time_grid="rho")
-    sde("sde-ve ode_heun", heun, "rho=7", sde="ve", solver="ode_heun", time_grid="rho")
-    sde("sde-vp ode_euler", one, "rho=7", sde="vp", solver="ode_euler", time_grid="rho")
-    sde("sde-vp ancestral", one, "log-SNR uniform", sde="vp", solver="ancestral", time_grid="log_snr")
-    sde("sde-vp reverse_diffusion", one, "log-SNR uniform", sde="vp", solver="reverse_diffusion", time_grid="log_snr")
-    sde("sde-vp euler_maruyama", one, "log-SNR uniform", sde="vp", solver="euler_maruyama", time_grid="log_snr")
-    sde("sde-vp pc", pc, "log-SNR uniform", sde="vp", solver="pc", time_grid="log_snr")
-    sde("sde-subvp pc", pc, "log-SNR uniform", sde="subvp", solver="pc", time_grid="log_snr")
-    _vp_discrete(out, vp)
-    try:
-        from hf_ddm.schedulers.ve import VEScheduler
-
-        out["VEScheduler"] = (lambda nfe: (VEScheduler(sigma_max=50.0), nfe), "own", "discrete geometric sigmas", "hf_ddm")
-    except Exception as exc:  # noqa: BLE001
-        print(f"note: VEScheduler not available ({type(exc).__name__}: {exc}); skipped")
-    return out
-
-
-def _vp_discrete(out, vp):
-    from hf_ddm.schedulers.vp import VPScheduler
-
-    for sampler, spacing in (("ddim", "trailing"), ("ddim", "leading"), ("ddpm", "trailing")):
-        out[f"VPScheduler {sampler} ({spacing})"] = (
-            lambda nfe, sampler=sampler, spacing=spacing: (
-                VPScheduler(**vp, sampler=sampler, clip_sample=False, timestep_spacing=spacing), nfe),
-            "own", f"discrete, {spacing}", "hf_ddm")
+    for name, spec in SAMPLERS.items():
+        if spec.cls == "SDEScheduler":
+            stochastic = spec.overrides["solver"] in STOCHASTIC_SOLVERS
+            grids = [spec.overrides.get("time_grid", "log_snr")] + ([] if stochastic or "time_grid" in spec.overrides
+                                                                    else ["rho"])
+            for grid in grids:
+                tag = "" if grid == grids[0] else f" {grid}"
+                kw = {**spec.overrides, "time_grid": grid}
+                out[f"sde-vp(schedule) {name}{tag}"] = _row(lambda kw=kw: SDEScheduler.from_config(config, **kw), grid)
+                for sde in (("vp", "subvp", "ve") if continuous and "sde:vp" in spec.families else ()):
+                    out[f"sde-{sde} {name}{tag}"] = _row(lambda kw=kw, sde=sde: SDEScheduler(sde=sde, **kw), grid)
+        elif spec.cls == "VPScheduler":
+            for spacing in ("trailing", "leading"):
+                out[f"VPScheduler {name} ({spacing})"] = _row(
+                    lambda spec=spec, spacing=spacing: VPScheduler(**vp, **spec.overrides, clip_sample=False,
+                                                                   timestep_spacing=spacing), f"discrete, {spacing}")
+        elif spec.cls == "VEScheduler" and continuous:
+            out[f"VEScheduler {name}"] = _row(lambda spec=spec: VEScheduler(sigma_max=50.0, **spec.overrides),
+                                              "discrete geometric sigmas")
     return out
 
 
@@ -230,14 +226,9 @@ def step_pairs():
             lambda: SDEScheduler(sde="vp", solver="ode_euler"),
             lambda: EulerDiscreteScheduler(**VP_DISCRETE)),
     }
-    try:
-        from hf_ddm.schedulers.vp import VPScheduler
-
-        pairs["VPScheduler ddim vs DDIMScheduler"] = (
-            lambda: VPScheduler(**VP_DISCRETE, sampler="ddim", clip_sample=False),
-            lambda: DDIMScheduler(**VP_DISCRETE, clip_sample=False))
-    except Exception as exc:  # noqa: BLE001
-        print(f"note: VPScheduler not available for step timing ({type(exc).__name__}); skipped")
+    pairs["VPScheduler ddim vs DDIMScheduler"] = (
+        lambda: VPScheduler(**VP_DISCRETE, sampler="ddim", clip_sample=False),
+        lambda: DDIMScheduler(**VP_DISCRETE, clip_sample=False))
     return pairs
 
 

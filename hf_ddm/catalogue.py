@@ -1,11 +1,14 @@
-"""The sampler catalogue, in one place: every sampler hf_ddm offers, by name, and which of them make sense
-for a model -- decided by the process the model was trained with (the scheduler saved in its folder),
-never by the model's name. Read by the Space, ``benchmarks/eval_quality.py`` (``--scheduler NAME``) and
-``benchmarks/bench_samplers.py``.
+"""The sampler catalogue, in one place: every sampler hf_ddm offers, by name and by label, and which of
+them make sense for a model -- decided by the process the model was trained with (the scheduler saved in its
+folder), never by the model's name. Read by the Space (its sampler menu and compare mode),
+``benchmarks/eval_quality.py`` (``--scheduler NAME``) and ``benchmarks/bench_samplers.py``.
 
-* ``SAMPLERS``: name -> ``SamplerSpec`` (scheduler class, config overrides, model calls per step);
-  ``make_scheduler(name, config)`` builds one from a model's scheduler config.
-* ``catalogue(scheduler)``: label -> ``Sampler`` for one model, ordered for a UI:
+* ``SAMPLERS``: name -> ``SamplerSpec`` -- one table. Its hf_ddm entries are the variants of
+  ``hf_ddm.solver_registry`` (a solver added there appears here, in the Space and in the benchmark without
+  an edit); diffusers' schedulers follow. ``make_scheduler(name, config)`` builds one from a model's
+  scheduler config.
+* ``catalogue(scheduler)``: label -> ``Sampler`` for one model, the entries of ``SAMPLERS`` that have a
+  label and serve the model's process family, in table order:
 
   - discrete VP (``VPScheduler`` / any diffusers DDPM-DDIM-... config, any beta schedule): DDPM
     ancestral, DDIM (eta 0 and 1), diffusers' DPM-Solver++ and UniPC, and every ``SDEScheduler``
@@ -22,51 +25,87 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional, Tuple
 
-from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
-
+from .solver_registry import SCHEDULER_KEYS, SOLVERS
 from .schedulers.diffusers_configs import MODEL_KEYS
-from .schedulers.sde import SOLVERS, SDEScheduler
+from .schedulers.sde import SDEScheduler
 from .schedulers.ve import VEScheduler
 from .schedulers.vp import VPScheduler
 
 AS_SAVED = "as saved (the model's own scheduler)"
+# Process families (``process_family``) each scheduler class can serve. diffusers' VP schedulers run a
+# VP SDE on its discrete counterpart, but only for models that predict what they read (not a score).
+FAMILIES = {
+    "VPScheduler": ("vp",),
+    "VEScheduler": ("ve",),
+    "SDEScheduler": ("vp", "sde:vp", "sde:subvp", "sde:ve"),
+    "diffusers": ("vp", "sde:vp"),
+}
+# Config keys that pick a sampler rather than describe the model: a sampler built from a model's config
+# drops them and sets its own.
+SAMPLER_CHOICE_KEYS = ("sampler", "eta", "solver", "predictor")
 
 
 @dataclass(frozen=True)
 class SamplerSpec:
-    """A named sampler: ``module.cls.from_config(model_config, **overrides)``."""
+    """A named sampler: ``module.cls.from_config(model_config, **overrides)``. ``label``: its name in the
+    Space (None: by name only); ``families``: the process families it is offered for."""
 
     module: str
     cls: str
     overrides: Dict[str, object] = field(default_factory=dict)
     nfe_per_step: int = 1  # model evaluations per requested step (Heun, predictor-corrector: 2)
+    label: Optional[str] = None
+    families: Tuple[str, ...] = ()
 
     def make(self, config):
         scheduler_cls = getattr(importlib.import_module(self.module), self.cls)
-        config = {k: v for k, v in dict(config).items() if k not in ("sampler", "eta", "solver", "predictor")}
+        config = {k: v for k, v in dict(config).items() if k not in SAMPLER_CHOICE_KEYS}
         return scheduler_cls.from_config(config, **self.overrides)
 
 
-_HF = "hf_ddm.schedulers"
+_MODULES = {"SDEScheduler": "hf_ddm.schedulers.sde", "VPScheduler": "hf_ddm.schedulers.vp",
+            "VEScheduler": "hf_ddm.schedulers.ve"}
+
+
+def _registry_specs() -> Dict[str, SamplerSpec]:
+    """Every variant of every registered solver, hf_ddm's discrete schedulers first (the Space's order)."""
+    out = {}
+    for scheduler in ("VPScheduler", "VEScheduler", "SDEScheduler"):
+        for solver in SOLVERS.values():
+            for v in solver.variants:
+                if v.scheduler != scheduler:
+                    continue
+                overrides = {SCHEDULER_KEYS[scheduler]: solver.config_name(scheduler), **v.overrides}
+                # VEScheduler's correct_steps are Langevin calls of its own; in SDEScheduler only ``pc`` has them.
+                correctors = solver.correctors or scheduler == "VEScheduler"
+                nfe = solver.calls_per_step + (int(overrides.get("correct_steps", 1)) if correctors else 0)
+                out[v.name] = SamplerSpec(_MODULES[scheduler], scheduler, overrides, nfe, v.label,
+                                          v.families or FAMILIES[scheduler])
+    return out
+
+
+def _diffusers(cls: str, overrides=None, nfe: int = 1, label: Optional[str] = None) -> SamplerSpec:
+    return SamplerSpec("diffusers", cls, dict(overrides or {}), nfe, label, FAMILIES["diffusers"] if label else ())
+
+
+_REGISTRY = _registry_specs()
+_VP_AND_VE = {k: v for k, v in _REGISTRY.items() if v.cls != "SDEScheduler"}
 SAMPLERS: Dict[str, SamplerSpec] = {
-    "vp-ddpm": SamplerSpec(f"{_HF}.vp", "VPScheduler", {"sampler": "ddpm"}),
-    "vp-ddim": SamplerSpec(f"{_HF}.vp", "VPScheduler", {"sampler": "ddim"}),
-    "ve-ancestral": SamplerSpec(f"{_HF}.ve", "VEScheduler", {"predictor": "ancestral"}),
-    "ve-reverse_diffusion": SamplerSpec(f"{_HF}.ve", "VEScheduler", {"predictor": "reverse_diffusion"}),
-    **{f"sde-{s}": SamplerSpec(f"{_HF}.sde", "SDEScheduler", {"solver": s},
-                               nfe_per_step={"ode_heun": 2, "pc": 2}.get(s, 1)) for s in SOLVERS},
-    "sde-multistep3": SamplerSpec(f"{_HF}.sde", "SDEScheduler", {"solver": "multistep", "solver_order": 3}),
-    "ddpm": SamplerSpec("diffusers", "DDPMScheduler"),
-    "ddim": SamplerSpec("diffusers", "DDIMScheduler"),
-    "dpm++": SamplerSpec("diffusers", "DPMSolverMultistepScheduler"),
-    "dpm++-karras": SamplerSpec("diffusers", "DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
-    "euler": SamplerSpec("diffusers", "EulerDiscreteScheduler"),
-    "euler-a": SamplerSpec("diffusers", "EulerAncestralDiscreteScheduler"),
-    "heun": SamplerSpec("diffusers", "HeunDiscreteScheduler", nfe_per_step=2),
-    "unipc": SamplerSpec("diffusers", "UniPCMultistepScheduler"),
+    **_VP_AND_VE,
+    "dpm++": _diffusers("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"},
+                        label="DPM-Solver++(2M) (diffusers)"),
+    "unipc": _diffusers("UniPCMultistepScheduler", label="UniPC (diffusers)"),
+    **{k: v for k, v in _REGISTRY.items() if v.cls == "SDEScheduler"},
+    "ddpm": _diffusers("DDPMScheduler"),
+    "ddim": _diffusers("DDIMScheduler"),
+    "dpm++-karras": _diffusers("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "euler": _diffusers("EulerDiscreteScheduler"),
+    "euler-a": _diffusers("EulerAncestralDiscreteScheduler"),
+    "heun": _diffusers("HeunDiscreteScheduler", nfe=2),
 }
+UNIFORM_2M = SAMPLERS["sde-multistep-uniform"].label
 
 
 def make_scheduler(name: str, config):
@@ -97,9 +136,6 @@ def process_family(scheduler) -> str:
     return "other"
 
 
-UNIFORM_2M = "ODE: DPM-Solver++(2M), steps uniform in t (hf_ddm)"
-
-
 def schedule_config(config) -> dict:
     """A DDPMScheduler-style config (what VPScheduler and diffusers' multistep solvers read); from a
     discrete-schedule SDEScheduler's config, its schedule (model) keys only."""
@@ -113,33 +149,28 @@ def schedule_config(config) -> dict:
     return {k: v for k, v in config.items() if not k.startswith("_") and k not in ("sampler", "eta")}
 
 
-def _sde_solvers(base_kwargs: dict) -> Dict[str, Sampler]:
-    base_kwargs = {k: v for k, v in base_kwargs.items() if not k.startswith("_")}
-
-    def make(**kw):
-        return lambda: SDEScheduler(**{**base_kwargs, **kw})
-
-    return {
-        "SDE: Euler-Maruyama (reverse SDE)": Sampler("", make(solver="euler_maruyama")),
-        "SDE: reverse diffusion": Sampler("", make(solver="reverse_diffusion")),
-        "SDE: ancestral": Sampler("", make(solver="ancestral")),
-        "SDE: predictor-corrector (reverse diffusion + 1 Langevin)": Sampler(
-            "", make(solver="pc", correct_steps=1), nfe_per_step=2
-        ),
-        "ODE: probability-flow Euler": Sampler("", make(solver="ode_euler")),
-        "ODE: probability-flow Heun (2 NFE/step)": Sampler("", make(solver="ode_heun"), nfe_per_step=2),
-        "ODE: multistep DPM-Solver++(2M) (hf_ddm)": Sampler("", make(solver="multistep", solver_order=2)),
-        "ODE: multistep DPM-Solver++(3M) (hf_ddm)": Sampler("", make(solver="multistep", solver_order=3)),
-    }
-
-
-def _diffusers_multistep(discrete_config: dict) -> Dict[str, Sampler]:
-    return {
-        "DPM-Solver++(2M) (diffusers)": Sampler(
-            "", lambda: DPMSolverMultistepScheduler.from_config(discrete_config, algorithm_type="dpmsolver++")
-        ),
-        "UniPC (diffusers)": Sampler("", lambda: UniPCMultistepScheduler.from_config(discrete_config)),
-    }
+def _model_configs(family: str, base_config: dict) -> Dict[str, Optional[dict]]:
+    """The config each scheduler class reads a model from, by class ("diffusers": any diffusers scheduler);
+    None where the class cannot serve this model."""
+    base = {k: v for k, v in base_config.items() if not k.startswith("_")}
+    if family == "vp":
+        discrete = schedule_config(base_config)
+        # Every SDE / ODE solver on exactly this discrete schedule, whatever its betas.
+        on_schedule = {k: v for k, v in SDEScheduler.from_config(discrete).config.items() if not k.startswith("_")}
+        return {"VPScheduler": discrete, "diffusers": discrete, "SDEScheduler": on_schedule}
+    if family == "ve":
+        return {"VEScheduler": base}
+    if family.startswith("sde:"):
+        configs = {"SDEScheduler": {k: v for k, v in base.items() if k not in ("solver", "correct_steps", "solver_order")}}
+        if family == "sde:vp" and base.get("prediction_type", "epsilon") in ("epsilon", "sample", "v_prediction"):
+            # The VP SDE's discrete counterpart: T steps of beta_i = beta(t_i) / T; timesteps i ~ t * T.
+            T = int(round(float(base.get("timestep_scale") or 1000.0)))
+            configs["diffusers"] = dict(
+                num_train_timesteps=T, beta_schedule="linear", beta_start=float(base.get("beta_min", 0.1)) / T,
+                beta_end=float(base.get("beta_max", 20.0)) / T, prediction_type=base.get("prediction_type", "epsilon"),
+            )
+        return configs
+    return {}
 
 
 def catalogue(scheduler) -> Dict[str, Sampler]:
@@ -150,52 +181,21 @@ def catalogue(scheduler) -> Dict[str, Sampler]:
                           nfe_per_step=int(getattr(scheduler, "order", 1) or 1))
     }
     family = process_family(scheduler)
-    if family == "vp":
-        cfg = vp_cfg = schedule_config(base_config)
-        out["DDPM ancestral (VPScheduler)"] = Sampler("", lambda: VPScheduler.from_config(vp_cfg, sampler="ddpm"))
-        out["DDIM, eta=0 (VPScheduler)"] = Sampler(
-            "", lambda: VPScheduler.from_config(vp_cfg, sampler="ddim", eta=0.0))
-        out["DDIM, eta=1 (VPScheduler)"] = Sampler(
-            "", lambda: VPScheduler.from_config(vp_cfg, sampler="ddim", eta=1.0))
-        out.update(_diffusers_multistep(cfg))
-        # Every SDE / ODE solver on exactly this discrete schedule, whatever its betas.
-        sde_cfg = dict(SDEScheduler.from_config(cfg).config)
-        out.update(_sde_solvers(sde_cfg))
-        # A trained discrete-time model at few steps: steps evenly spaced in train time, no extra final
-        # denoising call (the DPM-Solver authors' advice for guided sampling; diffusers' linspace grid).
-        # Shipped ldm_class, CFG 3, 6 steps: mean |x - x_100 steps| 0.028 vs 0.18 on the log-SNR grid;
-        # 10 steps 0.011 vs 0.022; 20 steps 0.005 vs 0.006 (benchmarks/results/samplers.md).
-        out[UNIFORM_2M] = Sampler("", lambda: SDEScheduler.from_config(
-            sde_cfg, solver="multistep", solver_order=2, time_grid="uniform", denoise_final=False))
-    elif family == "ve":
-        cfg = {k: v for k, v in base_config.items() if not k.startswith("_")}
-
-        def ve(predictor, correct):
-            return lambda: VEScheduler.from_config({**cfg, "predictor": predictor, "correct_steps": correct})
-
-        out["SMLD ancestral (VEScheduler)"] = Sampler("", ve("ancestral", 0))
-        out["reverse diffusion (VEScheduler)"] = Sampler("", ve("reverse_diffusion", 0))
-        out["PC: ancestral + Langevin corrector (VEScheduler)"] = Sampler("", ve("ancestral", 1), nfe_per_step=2)
-        out["PC: reverse diffusion + Langevin corrector (VEScheduler)"] = Sampler(
-            "", ve("reverse_diffusion", 1), nfe_per_step=2)
-    elif family.startswith("sde:"):
-        kwargs = {k: v for k, v in base_config.items() if not k.startswith("_")}
-        for k in ("solver", "correct_steps", "solver_order"):
-            kwargs.pop(k, None)
-        out.update(_sde_solvers(kwargs))
-        if family == "sde:vp" and kwargs.get("prediction_type", "epsilon") in ("epsilon", "sample", "v_prediction"):
-            # The VP SDE's discrete counterpart: T steps of beta_i = beta(t_i) / T; timesteps i ~ t * T.
-            T = int(round(float(kwargs.get("timestep_scale", 1000.0))))
-            discrete = dict(
-                num_train_timesteps=T, beta_schedule="linear", beta_start=float(kwargs.get("beta_min", 0.1)) / T,
-                beta_end=float(kwargs.get("beta_max", 20.0)) / T, prediction_type=kwargs.get("prediction_type", "epsilon"),
-            )
-            out.update(_diffusers_multistep(discrete))
-    return {label: Sampler(label, s.make, s.nfe_per_step) for label, s in out.items()}
+    configs = _model_configs(family, base_config)
+    specs = list(SAMPLERS.values())
+    if family.startswith("sde:"):  # a continuous model's own solvers first, diffusers' (on a counterpart) after
+        specs.sort(key=lambda spec: spec.module == "diffusers")
+    for spec in specs:
+        config = configs.get("diffusers" if spec.module == "diffusers" else spec.cls)
+        if spec.label is None or family not in spec.families or config is None:
+            continue
+        out[spec.label] = Sampler(spec.label, lambda spec=spec, config=config: spec.make(config), spec.nfe_per_step)
+    return out
 
 
 def labels(scheduler) -> List[str]:
     return list(catalogue(scheduler))
 
 
-__all__ = ["AS_SAVED", "UNIFORM_2M", "schedule_config", "SAMPLERS", "SamplerSpec", "Sampler", "make_scheduler", "catalogue", "labels", "process_family"]
+__all__ = ["AS_SAVED", "UNIFORM_2M", "schedule_config", "SAMPLERS", "SamplerSpec", "Sampler", "make_scheduler", "catalogue",
+           "labels", "process_family"]

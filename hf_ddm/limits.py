@@ -78,6 +78,121 @@ def check_batch_size(value, name: str = "batch_size") -> int:
     return check_int(name, value, 1, MAX_BATCH_SIZE, "MAX_BATCH_SIZE")
 
 
+# ------------------------------------------------------------------------------------------------
+# Scheduler arguments: one rule per argument, whichever scheduler takes it.
+# ------------------------------------------------------------------------------------------------
+
+SDES = ("vp", "subvp", "ve")
+SDE_ALIASES = ("sub-vp", "sub_vp")  # spellings of sub-VP that configs in the wild use
+TIME_GRIDS = ("uniform", "rho", "log_snr")
+VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
+TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+MAX_CORRECT_STEPS = 1_000
+
+
+def check_choice(name: str, value, choices: Sequence):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+    return value
+
+
+def check_x0_processing(clip_sample, clip_sample_range, thresholding, dynamic_thresholding_ratio, sample_max_value):
+    """The config checks of diffusers' x0 clipping / dynamic thresholding keys."""
+    if clip_sample and not clip_sample_range > 0:
+        raise ValueError(f"clip_sample_range must be > 0, got {clip_sample_range}")
+    if thresholding and not 0 < dynamic_thresholding_ratio <= 1:
+        raise ValueError(f"dynamic_thresholding_ratio must be in (0, 1], got {dynamic_thresholding_ratio}")
+    if thresholding and not sample_max_value >= 1:
+        raise ValueError(f"sample_max_value must be >= 1, got {sample_max_value}")
+
+
+def check_eta(eta, solver=None, owner: str = "this scheduler") -> float:
+    """DDIM's ``eta`` as a float: finite and >= 0, and > 0 only for a solver that takes it (every other
+    solver's noise is fixed by its formula: an eta it would ignore is refused, not dropped)."""
+    try:
+        value = float(eta)
+    except (TypeError, ValueError):
+        raise ValueError(f"eta must be a finite number >= 0, got {eta!r}") from None
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"eta must be a finite number >= 0, got {eta}")
+    if value > 0 and solver is not None and not solver.takes_eta:
+        from .solver_registry import SOLVERS
+
+        takers = [s.name for s in SOLVERS.values() if s.takes_eta]
+        raise ValueError(f"eta={eta} cannot be honoured by {owner}'s solver {solver.name!r}: its noise is fixed by "
+                         f"the solver. eta is DDIM's: use solver {takers} (VPScheduler: sampler='ddim'), or eta=0")
+    return value
+
+
+def check_scheduler_args(scheduler: str, discrete: bool = True, **args) -> None:
+    """The constructor arguments of hf_ddm's schedulers (``scheduler``: the class name), checked in one
+    place: an argument has one meaning and one range in whichever scheduler takes it. ``discrete``: the
+    process has a finite train grid (VP / VE schedulers, a diffusers schedule in SDEScheduler). Checks that
+    need the built process (``log_snr_min`` against its log-SNR) stay with it."""
+    from .processes import check_beta_range, check_prediction_type, check_sigma_range
+
+    from .solver_registry import SCHEDULER_KEYS, for_config
+
+    get = args.get
+    if "sde" in args:
+        check_choice("sde", args["sde"], SDES + SDE_ALIASES)
+    key = SCHEDULER_KEYS[scheduler]
+    solver = for_config(scheduler, args[key]) if key in args else None
+    for name, choices in (("time_grid", TIME_GRIDS), ("variance_type", VARIANCE_TYPES),
+                          ("timestep_spacing", TIMESTEP_SPACINGS)):
+        if name in args:
+            check_choice(name, args[name], choices)
+    if "prediction_type" in args:
+        check_prediction_type(args["prediction_type"])
+        if scheduler == "VPScheduler" and args["prediction_type"] == "score":
+            raise ValueError("prediction_type='score' is not supported by VPScheduler: discrete VP models predict "
+                             "epsilon, sample or v_prediction; use the SDE scheduler for score models")
+    if "num_train_timesteps" in args:
+        check_int("num_train_timesteps", args["num_train_timesteps"], 2 if discrete else 1)
+    if get("trained_betas") is not None and len(args["trained_betas"]) != args["num_train_timesteps"]:
+        raise ValueError(f"trained_betas has {len(args['trained_betas'])} entries but "
+                         f"num_train_timesteps={args['num_train_timesteps']}")
+    if "solver_order" in args and not (isinstance(args["solver_order"], int) and 1 <= args["solver_order"] <= 3):
+        raise ValueError(f"solver_order must be 1, 2 or 3, got {args['solver_order']!r}")
+    if "correct_steps" in args:
+        check_int("correct_steps", args["correct_steps"], 0, MAX_CORRECT_STEPS, "MAX_CORRECT_STEPS")
+        correctors = args["correct_steps"] > 0 and (scheduler == "VEScheduler" or (solver and solver.correctors))
+        if correctors and not (get("snr", 0) > 0 and math.isfinite(args["snr"])):
+            raise ValueError(f"snr must be a finite number > 0 for the Langevin corrector, got {get('snr')}")
+    if "eta" in args:
+        check_eta(args["eta"], solver, scheduler)
+    if "rho" in args:
+        check_positive_float("rho", args["rho"])
+    if get("log_snr_min") is not None and not math.isfinite(args["log_snr_min"]):
+        raise ValueError(f"log_snr_min must be a finite number or None, got {args['log_snr_min']}")
+    if "clip_sample" in args:
+        check_x0_processing(args["clip_sample"], args["clip_sample_range"], args["thresholding"],
+                            args["dynamic_thresholding_ratio"], args["sample_max_value"])
+    if scheduler == "SDEScheduler":
+        _check_sde_time(args, discrete)
+    if scheduler == "VEScheduler" or get("sde") == "ve":
+        check_sigma_range(args["sigma_min"], args["sigma_max"])
+    elif "beta_min" in args and not discrete:
+        check_beta_range(args["beta_min"], args["beta_max"])
+
+
+def _check_sde_time(args: dict, discrete: bool) -> None:
+    """SDEScheduler's process-time arguments: a diffusers schedule is a discrete VP one whose model takes its
+    train timestep; a continuous process needs a positive scale, and (VP / sub-VP) a start above t = 0."""
+    sde, scale, eps = args["sde"], args["timestep_scale"], args["sampling_eps"]
+    if discrete and sde != "vp":
+        raise ValueError(f"beta_schedule / trained_betas describe a discrete VP schedule: they need sde='vp', got sde={sde!r}")
+    if discrete and scale is not None and float(scale) != args["num_train_timesteps"] - 1:
+        raise ValueError(f"timestep_scale={scale}: a discrete schedule's model takes its train timestep, so "
+                         f"timestep_scale must be num_train_timesteps - 1 = {args['num_train_timesteps'] - 1} (or None)")
+    if scale is not None and not (float(scale) > 0 and math.isfinite(float(scale))):
+        raise ValueError(f"timestep_scale must be > 0, got {scale}")
+    if eps is not None and not 0 <= eps < 1:
+        raise ValueError(f"sampling_eps must be in [0, 1), got {eps}")
+    if eps == 0 and sde != "ve" and not discrete:
+        raise ValueError("sampling_eps must be > 0 for VP / sub-VP (s(0) = 0: the score is singular)")
+
+
 def as_class_ids(class_labels, num_ids=None, name: str = "class_labels", null_id=None) -> torch.Tensor:
     """``class_labels`` as a long tensor of ids in [0, num_ids): integer tensors / ints / lists pass,
     integral floats are converted, fractional or non-finite floats and bools are refused (a float label
@@ -100,5 +215,6 @@ def as_class_ids(class_labels, num_ids=None, name: str = "class_labels", null_id
     return ids
 
 
-__all__ = ["MAX_CHANNELS", "MAX_SAMPLE_SIZE", "MAX_INFERENCE_STEPS", "MAX_BATCH_SIZE", "check_int", "check_positive_float",
-           "check_channels", "check_sample_size_config", "check_step_count", "check_batch_size", "as_class_ids"]
+__all__ = ["MAX_CHANNELS", "MAX_SAMPLE_SIZE", "MAX_INFERENCE_STEPS", "MAX_BATCH_SIZE", "MAX_CORRECT_STEPS", "check_int",
+           "check_positive_float", "check_channels", "check_sample_size_config", "check_step_count", "check_batch_size",
+           "check_choice", "check_x0_processing", "check_eta", "check_scheduler_args", "as_class_ids"]

@@ -14,3 +14,53 @@ def test_schedule_config_refuses_a_continuous_sde():
         schedule_config(SDEScheduler(sde="subvp").config)
     discrete = schedule_config(SDEScheduler.from_config(VPScheduler(beta_schedule="squaredcos_cap_v2").config).config)
     assert discrete["beta_schedule"] == "squaredcos_cap_v2"
+
+
+FAMILY_SCHEDULERS = {
+    "vp": lambda: VPScheduler(),
+    "vp (a diffusers schedule in SDEScheduler)": lambda: _sde().from_config(VPScheduler().config),
+    "sde:vp": lambda: _sde()(sde="vp"),
+    "sde:subvp": lambda: _sde()(sde="subvp"),
+    "sde:ve": lambda: _sde()(sde="ve"),
+    "ve": lambda: _ve()(),
+}
+
+
+def _sde():
+    from hf_ddm.schedulers.sde import SDEScheduler
+
+    return SDEScheduler
+
+
+def _ve():
+    from hf_ddm.schedulers.ve import VEScheduler
+
+    return VEScheduler
+
+
+@pytest.mark.parametrize("family", list(FAMILY_SCHEDULERS))
+def test_every_entry_builds_and_counts_the_model_calls_it_makes(family):
+    from hf_ddm.catalogue import catalogue
+
+    for label, entry in catalogue(FAMILY_SCHEDULERS[family]()).items():
+        sched = entry.make()
+        assert entry.nfe_per_step == getattr(sched, "order", 1), label
+
+
+def test_the_catalogue_is_one_table_and_offers_every_registered_solver():
+    """Each label is one entry of SAMPLERS (one name); every SDEScheduler variant of the registry is offered."""
+    from hf_ddm.catalogue import SAMPLERS, catalogue
+    from hf_ddm.solver_registry import SOLVERS
+
+    offered = set()
+    for make in FAMILY_SCHEDULERS.values():
+        offered |= set(catalogue(make()))
+    labelled = [spec.label for spec in SAMPLERS.values() if spec.label]
+    assert len(labelled) == len(set(labelled))
+    assert offered - {"as saved (the model's own scheduler)"} == set(labelled)
+    for solver in SOLVERS.values():
+        for variant in solver.variants:
+            spec = SAMPLERS[variant.name]
+            assert spec.label == variant.label
+            model = FAMILY_SCHEDULERS["ve" if spec.cls == "VEScheduler" else "vp"]()
+            assert spec.make(model.config).solver is solver, variant.name

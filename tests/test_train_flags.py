@@ -75,3 +75,28 @@ def test_vae_path_and_pretrained_model_path_take_hub_ids_from_the_cache(tmp_path
         load_frozen_vae("someone/not-cached")
     with pytest.raises(ConfigError, match="--pretrained_model_path .* is not a folder"):
         build_model(UNet, {}, os.path.join(str(tmp_path), "missing"))
+
+
+@pytest.mark.parametrize("scheduler, solver, key, value", [
+    ("vp", "ddim", "sampler", "ddim"),  # the scheduler's own name for a solver
+    ("vp", "ode_euler", "sampler", "ddim"),  # the registry's name for the same solver
+    ("ve", "reverse_diffusion", "predictor", "reverse_diffusion"),  # used to be dropped silently
+    ("sde", "ode_heun", "solver", "ode_heun"),
+])
+def test_solver_flag_sets_the_validation_sampler_under_the_key_its_scheduler_reads(scheduler, solver, key, value):
+    from hf_ddm.training.components import build_scheduler
+
+    args = parse("train_ddpm", "--scheduler", scheduler, "--solver", solver,
+                 *(["--prediction_type", "score"] if scheduler == "ve" else []))
+    assert getattr(build_scheduler(args).config, key) == value
+
+
+@pytest.mark.parametrize("scheduler, solver", [("vp", "multistep"), ("ve", "ode_euler"), ("sde", "rk45")])
+def test_solver_flag_a_scheduler_cannot_run_is_refused_naming_its_solvers(scheduler, solver):
+    from hf_ddm.training import ConfigError
+    from hf_ddm.training.components import build_scheduler
+
+    args = parse("train_ddpm", "--scheduler", scheduler, "--solver", solver,
+                 *(["--prediction_type", "score"] if scheduler == "ve" else []))
+    with pytest.raises(ConfigError, match=f"--solver '{solver}'.*one of"):
+        build_scheduler(args)

@@ -8,6 +8,11 @@ terms of those, so one training loop serves every process:
     t = scheduler.sample_training_timesteps(batch_size)
     noisy = scheduler.add_noise(x0, noise, t)
     loss = scheduler.training_loss(model(noisy, t).sample, x0, noise, t)
+
+And the policies every scheduler's ``step`` follows, written here once: where a step's noise comes from
+(``noise_source``: ``variance_noise`` or a draw from ``generator``, never both), that an update into the
+clean data adds none (``next_sample``), and which ``eta`` a solver may be given (``step_eta``). Argument
+checks live in ``hf_ddm.limits``, solver dispatch in ``hf_ddm.solver_registry``.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from typing import Optional
 import torch
 from diffusers.utils import BaseOutput
 
-from ..processes import NoiseProcess, append_dims, check_prediction_type, from_x0_eps, to_x0_eps
+from ..limits import check_eta, check_x0_processing
+from ..processes import NoiseProcess, Point, append_dims, check_prediction_type, from_x0_eps, to_x0_eps
+from ..solvers import noise_like, with_noise
 
 
 @dataclass
@@ -50,14 +57,20 @@ def threshold_sample(x0: torch.Tensor, ratio: float, max_value: float) -> torch.
     return (torch.clamp(flat, -s, s) / s).reshape(x0.shape).to(dtype)
 
 
-def check_x0_processing(clip_sample, clip_sample_range, thresholding, dynamic_thresholding_ratio, sample_max_value):
-    """The config checks of diffusers' x0 clipping / dynamic thresholding keys."""
-    if clip_sample and not clip_sample_range > 0:
-        raise ValueError(f"clip_sample_range must be > 0, got {clip_sample_range}")
-    if thresholding and not 0 < dynamic_thresholding_ratio <= 1:
-        raise ValueError(f"dynamic_thresholding_ratio must be in (0, 1], got {dynamic_thresholding_ratio}")
-    if thresholding and not sample_max_value >= 1:
-        raise ValueError(f"sample_max_value must be >= 1, got {sample_max_value}")
+class NoiseSource:
+    """The noise of one ``step`` call: ``variance_noise`` when the caller gives it (diffusers' keyword),
+    else a draw from ``generator`` (a list: one per batch item). Drawn only when asked for, so a step that
+    adds no noise leaves the generator where it was."""
+
+    def __init__(self, sample: torch.Tensor, generator=None, variance_noise: Optional[torch.Tensor] = None):
+        if variance_noise is not None:
+            if generator is not None:
+                raise ValueError("pass either generator or variance_noise to step, not both")
+            ProcessSchedulerMixin._check_step_inputs(variance_noise, sample)
+        self.sample, self.generator, self.given = sample, generator, variance_noise
+
+    def __call__(self) -> torch.Tensor:
+        return self.given if self.given is not None else noise_like(self.sample, self.generator)
 
 
 class ProcessSchedulerMixin:
@@ -153,6 +166,23 @@ class ProcessSchedulerMixin:
             eps = to_x0_eps(x0, sample, a, s, "sample")[1]
         return x0, eps
 
+    # --- the step policies every scheduler shares ---------------------------------------------------
+    @staticmethod
+    def next_sample(mean: torch.Tensor, std, into: Point, noise: NoiseSource, drawn: Optional[torch.Tensor] = None):
+        """The sample after an update of (mean, std): the mean alone where the update lands on the clean
+        data -- DDPM's Algorithm 2 (z = 0 at the last step), score_sde's noise removal: noise there would
+        be the last step's std added to the finished sample -- or where the update is deterministic; else
+        mean + std * z, with z = ``drawn`` (noise a solver drew itself) or a draw from ``noise``."""
+        if into.clean or (isinstance(std, float) and std == 0.0):
+            return mean
+        return with_noise(mean, std, drawn if drawn is not None else noise())
+
+    def step_eta(self, eta, solver, default: float = 0.0) -> float:
+        """The ``eta`` a step runs with: stock pipelines pass DDIM's ``eta`` to every scheduler
+        (``DDIMPipeline``: 0.0), so None means ``default`` and 0 is always accepted; eta > 0 only reaches a
+        solver that takes it, any other refuses it (its noise is fixed) rather than ignoring it."""
+        return check_eta(default if eta is None else eta, solver, type(self).__name__)
+
     def _check_initial_noise(self, sample: torch.Tensor):
         """At the first step of a loop: was the starting noise scaled by ``init_noise_sigma``? Stock
         ``DDPMPipeline`` ignores it, and a VE process started from N(0, 1) instead of N(0, sigma_max^2)
@@ -190,4 +220,5 @@ class ProcessSchedulerMixin:
             raise ValueError(f"prediction_type must be one of {tuple(allowed)} here, got {prediction_type!r}")
 
 
-__all__ = ["SchedulerOutput", "ProcessSchedulerMixin", "integer_timesteps", "threshold_sample", "check_x0_processing"]
+__all__ = ["SchedulerOutput", "ProcessSchedulerMixin", "NoiseSource", "integer_timesteps", "threshold_sample",
+           "check_x0_processing"]

@@ -32,9 +32,10 @@ training helpers use (``timestep_to_t`` / ``t_to_timestep``).
 threshold every x0 estimate; each solver then uses the epsilon consistent with it.
 
 **step keywords of stock pipelines.** ``generator`` and ``return_dict`` as diffusers.
-``eta``: DDIM's stochasticity; honoured by ``solver="ode_euler"`` (which is DDIM: eta = 0 the ODE,
-eta = 1 DDPM's posterior variance); every other solver has its own fixed noise, so there ``eta``
-must be 0 or None (``DDIMPipeline``'s default 0.0 passes) and anything else is a ``ValueError``.
+``eta``: DDIM's stochasticity; honoured by the solvers whose registry entry takes it (``ode_euler``,
+which is DDIM: eta = 0 the ODE, eta = 1 DDPM's posterior variance); every other solver has its own fixed
+noise, so there ``eta`` must be 0 or None (``DDIMPipeline``'s default 0.0 passes) and anything else is a
+``ValueError`` (``ProcessSchedulerMixin.step_eta``).
 ``use_clipped_model_output``: accepted and a no-op -- hf_ddm's solvers always use the epsilon
 consistent with the clipped x0 (diffusers' ``True``). ``variance_noise``: the noise to add instead of
 a draw (stochastic solvers).
@@ -55,37 +56,15 @@ through the process's log-SNR inverse), "log_snr" (uniform in lambda = log(a/s);
 exact mixture benchmark it is the best grid for the multistep, reverse-diffusion and ancestral
 samplers at 10-20 NFE, and close to "rho" for the ODE Euler sampler; see benchmarks/).
 
-**Solvers** (``solver``):
+**Solvers** (``solver``): every entry of ``hf_ddm.solver_registry.SOLVERS`` (its ``label`` says what
+each is; the formulas and why they take the form they do are in ``hf_ddm.solvers``). Solvers with more
+than one model call per step -- Heun's corrector at the next grid point, ``pc``'s ``correct_steps``
+Langevin corrections before each predictor step -- emit one entry of ``timesteps`` per call, as diffusers'
+HeunDiscreteScheduler repeats timesteps, so the plain loop above runs them; ``order`` is the model calls
+per step. ``solver_order`` (1..3) is the multistep solvers' order, ``snr`` the corrector's target.
 
-* ``euler_maruyama``: reverse SDE dx = [f x - g^2 score] dt + g dw, first order in t, with the
-  linear part in x integrated exactly (stable at any step length).
-* ``reverse_diffusion``: Song's reverse-diffusion predictor built on the *exact* transition
-  x_t = r x_t' + G z between grid points (``process.transition``):
-  x_t' = (x_t + G^2 score) / r + G z. For VE (r = 1) this is SMLD's predictor; for VP it matches
-  score_sde's (2 - sqrt(1 - beta)) x + beta score to first order in beta but never forms a
-  "beta" > 1, and sub-VP uses its own transition instead of degrading to Euler-Maruyama. The mean is
-  exactly the posterior mean of q(x_t' | x_t, x0_hat); only the noise differs from ``ancestral``.
-* ``ancestral``: sample q(x_t' | x_t, x0_hat) (``process.posterior``), DDPM's sampler for any process.
-* ``ode_euler`` / ``ode_heun``: the probability-flow ODE in EDM's process-independent form
-  d(x/a)/d sigma = (x/a - x0_hat)/sigma, sigma = s/a, integrated with its linear part exact. Euler
-  here equals DDIM and DPM-Solver++(1). Heun (``solvers.Heun``: trapezoid on x0_hat in lambda, EDM's
-  Heun to second order but bounded at any step length) emits each timestep after the first twice
-  (``order = 2``), like diffusers' HeunDiscreteScheduler; its last step into clean data is Euler.
-* ``pc``: predictor-corrector: at each grid point ``correct_steps`` Langevin corrections
-  (``solvers.langevin_step``, target ``snr``), then a reverse-diffusion predictor step. The corrector
-  evaluations are extra entries of ``timesteps`` so the plain loop runs them. score_sde's VP step-size
-  factor alpha_i = 1 - beta_i is generalised to the exact r^2 = (a_t / a_next)^2 of the transition to
-  the next grid point (a_next = 1 for clean data): it is 1 - beta dt to first order, is exactly 1
-  for VE (where score_sde uses 1), stays in (0, 1] on any grid (score_sde's goes negative when
-  beta/N > 1), and works for sub-VP (score_sde's corrector crashes there).
-* ``multistep``: DPM-Solver++(1/2/3M) in lambda with data prediction (``solvers.dpmpp_multistep_coefficients``),
-  written only in (a, s) so VP, sub-VP and VE share it. Lower order at the first steps (no history),
-  at the final steps (last step into clean data is first order; with N < 15 the last two steps are at
-  most second order), as diffusers does for stability, and wherever the step ratios make the
-  multistep weights large (``solvers.DPMSolverPP``).
-
-Every update formula lives in ``hf_ddm.solvers``; this class owns the grid, the evaluation plan and
-the model-output conversion.
+Every update formula lives in ``hf_ddm.solvers`` and every solver's plan of model calls in
+``hf_ddm.solver_registry``; this class owns the grid and the model-output conversion.
 
 **Small step counts.** Every solver returns bounded samples at any N >= 1: each update integrates
 the linear part of its equation exactly (Euler-Maruyama and Heun included, see ``hf_ddm.solvers``),
@@ -105,46 +84,17 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
 
-from ..limits import check_int, check_step_count
-from ..processes import (
-    CLEAN,
-    ContinuousVP,
-    DiscreteScheduleVP,
-    Point,
-    check_beta_range,
-    check_prediction_type,
-    check_sigma_range,
-    make_continuous_process,
-)
-from ..solvers import (
-    DPMSolverPP,
-    Heun,
-    ancestral,
-    ddim,
-    euler_maruyama,
-    langevin,
-    noise_like,
-    reverse_diffusion,
-    with_noise,
-)
-from .base import ProcessSchedulerMixin, SchedulerOutput, check_x0_processing
+from ..limits import SDES, TIME_GRIDS, check_scheduler_args, check_step_count
+from ..processes import CLEAN, ContinuousVP, DiscreteScheduleVP, Point, make_continuous_process
+from ..solver_registry import NAMES, STOCHASTIC, StepContext, get
+from .base import NoiseSource, ProcessSchedulerMixin, SchedulerOutput
 from .diffusers_configs import is_vp_schedule_config, load_config_dict, vp_schedule_kwargs
 
-SDES = ("vp", "subvp", "ve")
-SOLVERS = ("euler_maruyama", "reverse_diffusion", "ancestral", "ode_euler", "ode_heun", "pc", "multistep")
-TIME_GRIDS = ("uniform", "rho", "log_snr")
-STOCHASTIC_SOLVERS = ("euler_maruyama", "reverse_diffusion", "ancestral", "pc")
-_SINGLE_STEP_RULES = {
-    "euler_maruyama": euler_maruyama,
-    "reverse_diffusion": reverse_diffusion,
-    "pc": reverse_diffusion,
-    "ancestral": ancestral,
-}
-# A plan entry: (kind, i) -- what step() does at that position of ``timesteps``; i indexes the grid.
-#   "step"    single-stage solver update from grid point i to i + 1 (model evaluated at t_i)
-#   "heun1"   Heun's predictor from i to i + 1 (model at t_i)
-#   "heun2"   Heun's corrector for the step i -> i + 1 (model at t_{i+1})
-#   "correct" Langevin corrector at grid point i (model at t_i)
+# Public names of 0.1.0, now read from the registry.
+SOLVERS = NAMES
+STOCHASTIC_SOLVERS = STOCHASTIC
+# A plan entry: (stage, i) -- the stepper's stage run at that position of ``timesteps``, for the grid step
+# i -> i + 1 (``solver_registry.Stepper``: the model is called at t_i, or at t_{i+1} for its AT_NEXT stages).
 
 
 def as_step_count(value, name: str = "num_inference_steps") -> int:
@@ -215,65 +165,30 @@ class SDEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
         sample_max_value: float = 1.0,
         log_snr_min: Optional[float] = -5.1,
     ):
-        if sde not in SDES and sde not in ("sub-vp", "sub_vp"):
-            raise ValueError(f"sde must be one of {SDES}, got {sde!r}")
-        if solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-        if time_grid not in TIME_GRIDS:
-            raise ValueError(f"time_grid must be one of {TIME_GRIDS}, got {time_grid!r}")
-        check_prediction_type(prediction_type)
-        check_x0_processing(clip_sample, clip_sample_range, thresholding, dynamic_thresholding_ratio, sample_max_value)
         discrete = beta_schedule is not None or trained_betas is not None
-        if sde == "ve":
-            check_sigma_range(sigma_min, sigma_max)
-        elif not discrete:
-            check_beta_range(beta_min, beta_max)
-        if discrete and sde != "vp":
-            raise ValueError(f"beta_schedule / trained_betas describe a discrete VP schedule: they need sde='vp', got sde={sde!r}")
-        if not (isinstance(solver_order, int) and 1 <= solver_order <= 3):
-            raise ValueError(f"solver_order must be 1, 2 or 3, got {solver_order!r}")
-        if isinstance(correct_steps, bool) or not isinstance(correct_steps, int) or correct_steps < 0:
-            raise ValueError(f"correct_steps must be an integer >= 0, got {correct_steps!r}")
         self.snr = float(corrector_snr if corrector_snr is not None else snr)
-        if solver == "pc" and correct_steps > 0 and not (self.snr > 0 and math.isfinite(self.snr)):
-            raise ValueError(f"snr must be a finite number > 0 for the corrector, got {self.snr}")
-        if not (rho > 0 and math.isfinite(rho)):
-            raise ValueError(f"rho must be a finite number > 0, got {rho}")
-        check_int("num_train_timesteps", num_train_timesteps, 1)
-        check_int("correct_steps", correct_steps, 0, 1000)
-        if log_snr_min is not None and not math.isfinite(log_snr_min):
-            raise ValueError(f"log_snr_min must be a finite number or None, got {log_snr_min}")
-
+        check_scheduler_args(
+            "SDEScheduler", discrete, sde=sde, solver=solver, time_grid=time_grid, prediction_type=prediction_type,
+            num_train_timesteps=num_train_timesteps, trained_betas=trained_betas, solver_order=solver_order,
+            correct_steps=correct_steps, snr=self.snr, rho=rho, log_snr_min=log_snr_min, beta_min=beta_min,
+            beta_max=beta_max, sigma_min=sigma_min, sigma_max=sigma_max, clip_sample=clip_sample,
+            clip_sample_range=clip_sample_range, thresholding=thresholding,
+            dynamic_thresholding_ratio=dynamic_thresholding_ratio, sample_max_value=sample_max_value,
+            timestep_scale=timestep_scale, sampling_eps=sampling_eps,
+        )
         if discrete:
-            if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, int) or num_train_timesteps < 2:
-                raise ValueError(f"num_train_timesteps must be an integer >= 2, got {num_train_timesteps!r}")
-            if trained_betas is not None and len(trained_betas) != num_train_timesteps:
-                raise ValueError(
-                    f"trained_betas has {len(trained_betas)} entries but num_train_timesteps={num_train_timesteps}"
-                )
             self.process = DiscreteScheduleVP.from_schedule(
                 num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
                 beta_schedule=beta_schedule or "linear", trained_betas=trained_betas,
                 rescale_betas_zero_snr=rescale_betas_zero_snr,
             )
-            scale = float(num_train_timesteps - 1)
-            if timestep_scale is not None and float(timestep_scale) != scale:
-                raise ValueError(
-                    f"timestep_scale={timestep_scale}: a discrete schedule's model takes its train timestep, "
-                    f"so timestep_scale must be num_train_timesteps - 1 = {scale:g} (or None)"
-                )
+            scale = float(num_train_timesteps - 1)  # the model takes its train timestep
         else:
             self.process = make_continuous_process(sde, beta_min, beta_max, sigma_min, sigma_max)
             scale = 1000.0 if timestep_scale is None else float(timestep_scale)
-        if not (scale > 0 and math.isfinite(scale)):
-            raise ValueError(f"timestep_scale must be > 0, got {timestep_scale}")
         self.timestep_scale = scale
         default_eps = 0.0 if discrete else (1e-5 if sde == "ve" else 1e-3)
         eps = default_eps if sampling_eps is None else sampling_eps
-        if not 0 <= eps < 1:
-            raise ValueError(f"sampling_eps must be in [0, 1), got {sampling_eps}")
-        if eps == 0 and sde != "ve" and not discrete:
-            raise ValueError("sampling_eps must be > 0 for VP / sub-VP (s(0) = 0: the score is singular)")
         self.sampling_eps = float(eps)
         if log_snr_min is not None and isinstance(self.process, (ContinuousVP, DiscreteScheduleVP)):
             top = float(self.process.log_snr(torch.tensor(max(eps, self.process.t_min), dtype=torch.float64)))
@@ -281,15 +196,15 @@ class SDEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
                 raise ValueError(f"log_snr_min={log_snr_min} must lie below the process's log-SNR at sampling_eps "
                                  f"({top:.3g}): the grid would start where sampling ends")
         self.init_noise_sigma = float(self.process.prior_std)
-        self.order = {"ode_heun": 2, "pc": 1 + correct_steps}.get(solver, 1)
+        self.solver = get(solver)
+        self.order = self.solver.model_calls(self.config)  # diffusers' `order`: model calls per step
 
         self.num_inference_steps: Optional[int] = None
         self.timesteps: Optional[torch.Tensor] = None
         self._plan: List[Tuple[str, int]] = []
         self._step_index: Optional[int] = None
         self._begin_index: Optional[int] = None
-        self._heun = Heun()
-        self._multistep = DPMSolverPP(solver_order)
+        self._stepper = self.solver.make_stepper(self.config)
 
     @property
     def is_discrete_schedule(self) -> bool:
@@ -375,23 +290,13 @@ class SDEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
         """Build the grid and the evaluation plan; ``timesteps`` lists one entry per model call."""
         n = as_step_count(num_inference_steps)
         self._points = points = self._grid_points(n)
-        solver, plan = self.config.solver, []
-        for i in range(n):
-            if solver == "ode_heun":
-                plan.append(("heun1", i))
-                if not points[i + 1].clean:  # Heun corrector needs a model call at t_{i+1}; into clean: Euler
-                    plan.append(("heun2", i))
-            elif solver == "pc":
-                plan += [("correct", i)] * self.config.correct_steps + [("step", i)]
-            else:
-                plan.append(("step", i))
+        plan = [(stage, i) for i in range(n) for stage in self._stepper.stages(self.config, points[i + 1].clean)]
         self._plan = plan
-        t_eval = [points[i + 1].t if kind == "heun2" else points[i].t for kind, i in plan]
+        t_eval = [self._eval_point(k).t for k in range(len(plan))]
         self.timesteps = self.t_to_timestep(torch.tensor(t_eval, dtype=torch.float64)).float().to(device)
         self.num_inference_steps = n
         self._step_index, self._begin_index = None, None
-        self._heun.reset()
-        self._multistep.reset()
+        self._stepper.reset()
 
     @property
     def num_model_evaluations(self) -> int:
@@ -406,8 +311,8 @@ class SDEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
         return torch.tensor([p.s / p.a for p in (self._eval_point(k) for k in range(len(self._plan)))])
 
     def _eval_point(self, k) -> Point:
-        kind, i = self._plan[k]
-        return self._points[i + 1] if kind == "heun2" else self._points[i]
+        stage, i = self._plan[k]
+        return self._points[i + 1] if stage in self._stepper.AT_NEXT else self._points[i]
 
     # --- the diffusers loop -------------------------------------------------------------------------
     @property
@@ -436,20 +341,8 @@ class SDEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
             raise ValueError(f"timestep {value} is not in the schedule (scheduler.timesteps after set_timesteps)")
         k = hits[0]
         if self._step_index is not None:  # jumped: multistep history / Heun state no longer valid
-            self._heun.reset()
-            self._multistep.reset()
+            self._stepper.reset()
         return k
-
-    def _check_eta(self, eta) -> float:
-        eta = 0.0 if eta is None else float(eta)
-        if not (eta >= 0 and math.isfinite(eta)):
-            raise ValueError(f"eta must be a finite number >= 0, got {eta}")
-        if eta > 0 and self.config.solver != "ode_euler":
-            raise ValueError(
-                f"eta={eta} cannot be honoured by solver={self.config.solver!r}: its noise is fixed by the solver. "
-                "eta is DDIM's: use solver='ode_euler' (DDIM), or eta=0"
-            )
-        return eta
 
     def step(
         self,
@@ -465,42 +358,18 @@ class SDEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
         """One model evaluation's update. Keywords as diffusers' stock pipelines pass them (see the
         module docstring for what ``eta`` and ``use_clipped_model_output`` mean here)."""
         self._check_step_inputs(model_output, sample)
-        eta = self._check_eta(eta)
-        if variance_noise is not None:
-            if generator is not None:
-                raise ValueError("pass either generator or variance_noise to step, not both")
-            self._check_step_inputs(variance_noise, sample)
+        eta = self.step_eta(eta, self.solver)
+        noise = NoiseSource(sample, generator, variance_noise)
         k = self._locate(timestep)
         if k == 0:
             self._check_initial_noise(sample)
-        kind, i = self._plan[k]
+        stage, i = self._plan[k]
         cur, nxt = self._points[i], self._points[i + 1]
-        here = nxt if kind == "heun2" else cur
+        here = self._eval_point(k)
         x0, eps = self.denoised(model_output, sample, here.a, here.s)
-
-        def draw():
-            return variance_noise if variance_noise is not None else noise_like(sample, generator)
-
-        if kind == "correct":
-            noise = draw()
-            mean, std = langevin(sample, x0, eps, cur, snr=self.snr, scale=(cur.a / nxt.a) ** 2, noise=noise)
-        elif kind == "heun1":
-            mean, std = self._heun.predict(sample, x0, eps, cur, nxt)
-        elif kind == "heun2":
-            mean, std = self._heun.correct(sample, x0, eps, cur, nxt)
-        elif self.config.solver == "multistep":
-            final_steps = self.num_inference_steps < 15 and i >= self.num_inference_steps - 2
-            mean, std = self._multistep(sample, x0, eps, cur, nxt, final_steps=final_steps)
-        elif self.config.solver == "ode_euler":
-            mean, std = ddim(sample, x0, eps, cur, nxt, eta=eta)
-        else:
-            mean, std = _SINGLE_STEP_RULES[self.config.solver](sample, x0, eps, cur, nxt)
-        if kind == "correct":
-            prev = with_noise(mean, std, noise)
-        elif nxt.clean:  # the last update into clean data is noise-free (score_sde's noise removal)
-            prev = mean
-        else:
-            prev = with_noise(mean, std, draw() if not (isinstance(std, float) and std == 0.0) else None)
+        ctx = StepContext(i, self.num_inference_steps, eta, noise)
+        mean, std, drawn = self._stepper(stage, sample, x0, eps, cur, nxt, ctx)
+        prev = self.next_sample(mean, std, cur if stage in self._stepper.STAY else nxt, noise, drawn)
 
         self._step_index = k + 1
         if not return_dict:
@@ -508,4 +377,4 @@ class SDEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
         return SchedulerOutput(prev_sample=prev, pred_original_sample=x0)
 
 
-__all__ = ["SDEScheduler", "SDES", "SOLVERS", "TIME_GRIDS", "as_step_count"]
+__all__ = ["SDEScheduler", "SDES", "SOLVERS", "STOCHASTIC_SOLVERS", "TIME_GRIDS", "as_step_count"]

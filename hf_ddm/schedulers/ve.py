@@ -56,18 +56,15 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_sde_ve import SdeVeOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from ..processes import CLEAN, DiscreteVE, Point, check_sigma_range, convert, to_x0_eps
-from ..solvers import ancestral, langevin, noise_like, reverse_diffusion, with_noise
-from .base import ProcessSchedulerMixin, SchedulerOutput, integer_timesteps
+from ..limits import check_scheduler_args
+from ..processes import CLEAN, DiscreteVE, Point, convert
+from ..solver_registry import for_config, names_in
+from ..solvers import langevin, with_noise
+from .base import NoiseSource, ProcessSchedulerMixin, SchedulerOutput, integer_timesteps
 from .diffusers_configs import is_vp_schedule_config, load_config_dict
-from .vp import (
-    check_choice,
-    check_custom_timesteps,
-    lookup_step_index,
-    spaced_timesteps,
-)
+from .vp import check_custom_timesteps, lookup_step_index, spaced_timesteps
 
-PREDICTORS = ("ancestral", "reverse_diffusion")
+PREDICTORS = names_in("VEScheduler")  # ("reverse_diffusion", "ancestral")
 _SDE_VE_KEYS = {"num_train_timesteps", "snr", "sigma_min", "sigma_max", "sampling_eps", "correct_steps"}
 
 
@@ -96,15 +93,11 @@ class VEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
         predictor: str = "ancestral",
         prediction_type: str = "score",
     ):
-        check_choice("predictor", predictor, PREDICTORS)
-        self._check_prediction_type(prediction_type)
-        check_sigma_range(sigma_min, sigma_max)
-        if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, int) or num_train_timesteps < 2:
-            raise ValueError(f"num_train_timesteps must be an integer >= 2, got {num_train_timesteps!r}")
-        if isinstance(correct_steps, bool) or not isinstance(correct_steps, int) or correct_steps < 0:
-            raise ValueError(f"correct_steps must be an integer >= 0, got {correct_steps!r}")
-        if correct_steps > 0 and not snr > 0:
-            raise ValueError(f"snr must be > 0 when correct_steps > 0, got {snr}")
+        check_scheduler_args(
+            "VEScheduler", predictor=predictor, prediction_type=prediction_type, sigma_min=sigma_min,
+            sigma_max=sigma_max, num_train_timesteps=num_train_timesteps, correct_steps=correct_steps, snr=snr,
+        )
+        self.solver = for_config("VEScheduler", predictor)
 
         self.process = DiscreteVE.geometric(sigma_min, sigma_max, num_train_timesteps)
         self.sigmas_train = self.process.sigmas
@@ -211,8 +204,7 @@ class VEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
         ``eta`` and ``use_clipped_model_output`` are accepted for stock pipelines' loops: the noise of
         SMLD's predictor and corrector is fixed, so ``eta`` must be 0 or None (a ``ValueError``
         otherwise); VE has no x0 clipping, so ``use_clipped_model_output`` does nothing."""
-        if eta is not None and eta != 0:
-            raise ValueError(f"eta={eta} cannot be honoured by VEScheduler: its predictor's noise is fixed (use eta=0)")
+        self.step_eta(eta, self.solver)
         i = self._sync_step_index(timestep)
         self._check_step_inputs(model_output, sample)
         if i == 0:
@@ -234,19 +226,21 @@ class VEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
 
     def _correct(self, model_output, j, sample, generator):
         cur, _ = self._points(j)
-        x0, eps = to_x0_eps(model_output, sample, 1.0, cur.s, self.config.prediction_type)
-        noise = noise_like(sample, generator)
-        mean, std = langevin(sample, x0, eps, cur, snr=self.config.snr, noise=noise)
-        return with_noise(mean, std, noise), x0
+        x0, eps = self.denoised(model_output, sample, 1.0, cur.s)
+        z = NoiseSource(sample, generator)()  # the corrector's step size depends on its noise
+        mean, std = langevin(sample, x0, eps, cur, snr=self.config.snr, noise=z)
+        return self.next_sample(mean, std, cur, None, z), x0
 
     def _predict(self, model_output, j, sample, generator, noise_at_end: bool):
+        """(sample at the next level, its mean, x0_hat). ``noise_at_end``: ScoreSdeVeScheduler.step_pred's
+        contract -- noise at every level, the clean one included -- instead of the shared noise-free end."""
         cur, nxt = self._points(j)
-        x0, eps = to_x0_eps(model_output, sample, 1.0, cur.s, self.config.prediction_type)
-        rule = ancestral if self.config.predictor == "ancestral" else reverse_diffusion
-        mean, std = rule(sample, x0, eps, cur, nxt)
-        if nxt.clean and not noise_at_end:
-            return mean, mean, x0
-        return with_noise(mean, std, noise_like(sample, generator)), mean, x0
+        x0, eps = self.denoised(model_output, sample, 1.0, cur.s)
+        mean, std = self.solver.rule(sample, x0, eps, cur, nxt)
+        noise = NoiseSource(sample, generator)
+        if noise_at_end:
+            return with_noise(mean, std, noise()), mean, x0
+        return self.next_sample(mean, std, nxt, noise), mean, x0
 
     # --- ScoreSdeVeScheduler-style methods ---------------------------------------------------------------
     def step_pred(
@@ -294,7 +288,7 @@ class VEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
                 raise ValueError(f"step_correct needs timestep= to convert a {pt!r} model output to a score")
             _, s = self._marginal_on(sample, integer_timesteps(timestep))
             score = convert(model_output, sample, 1.0, s, pt, "score")
-        noise = noise_like(sample, generator)
+        noise = NoiseSource(sample, generator)()
         s = 1.0  # any s: the rule reads the score back as eps / -s
         mean, std = langevin(sample, None, -s * score, Point(1.0, s), snr=self.config.snr, noise=noise)
         prev = with_noise(mean, std, noise)

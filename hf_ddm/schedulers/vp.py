@@ -43,21 +43,20 @@ any other diffusers beta-schedule scheduler's) gives the ``"ddpm"`` default. An 
 
 from __future__ import annotations
 
-import math
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Union
 
 import numpy as np
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
 
+from ..limits import TIMESTEP_SPACINGS, VARIANCE_TYPES, check_choice, check_scheduler_args  # noqa: F401 (0.1.0 names)
 from ..processes import CLEAN, DiscreteVP, Point
-from ..solvers import ancestral, ddim, noise_like, posterior_variance, transition, with_noise
-from .base import ProcessSchedulerMixin, SchedulerOutput, check_x0_processing, threshold_sample
+from ..solver_registry import for_config, names_in
+from ..solvers import posterior_variance, transition
+from .base import NoiseSource, ProcessSchedulerMixin, SchedulerOutput
 
-SAMPLERS = ("ddpm", "ddim")
-VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
-TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
+SAMPLERS = names_in("VPScheduler")  # ("ddpm", "ddim"): the registry's ancestral and ode_euler
 VP_PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 _DDIM_CONFIG_CLASSES = ("DDIMScheduler", "DDIMParallelScheduler")
 
@@ -65,13 +64,6 @@ _DDIM_CONFIG_CLASSES = ("DDIMScheduler", "DDIMParallelScheduler")
 # ------------------------------------------------------------------------------------------------
 # Helpers shared by the discrete schedulers (VP here, VE in ve.py).
 # ------------------------------------------------------------------------------------------------
-
-
-def check_choice(name: str, value, choices: Sequence):
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
-    return value
-
 
 def spaced_timesteps(num_train_timesteps: int, num_inference_steps, spacing: str = "linspace", steps_offset: int = 0):
     """diffusers' three timestep spacings (DDPMScheduler/DDIMScheduler.set_timesteps), descending int64."""
@@ -168,24 +160,14 @@ class VPScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
         sampler: str = "ddpm",
         eta: float = 0.0,
     ):
-        check_choice("sampler", sampler, SAMPLERS)
-        check_choice("variance_type", variance_type, VARIANCE_TYPES)
-        check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
-        if prediction_type == "score":
-            raise ValueError(
-                "prediction_type='score' is not supported by VPScheduler: discrete VP models predict "
-                f"{VP_PREDICTION_TYPES}; use the SDE scheduler for score models"
-            )
-        self._check_prediction_type(prediction_type, VP_PREDICTION_TYPES)
-        if not (eta >= 0 and math.isfinite(eta)):
-            raise ValueError(f"eta must be a finite number >= 0, got {eta}")
-        if eta > 0 and sampler != "ddim":
-            raise ValueError(f"eta={eta} is DDIM's and would be ignored by sampler={sampler!r}; use sampler='ddim'")
-        check_x0_processing(clip_sample, clip_sample_range, thresholding, dynamic_thresholding_ratio, sample_max_value)
-        if trained_betas is not None and len(trained_betas) != num_train_timesteps:
-            raise ValueError(
-                f"trained_betas has {len(trained_betas)} entries but num_train_timesteps={num_train_timesteps}"
-            )
+        check_scheduler_args(
+            "VPScheduler", sampler=sampler, variance_type=variance_type, timestep_spacing=timestep_spacing,
+            prediction_type=prediction_type, eta=eta, num_train_timesteps=num_train_timesteps,
+            trained_betas=trained_betas, clip_sample=clip_sample, clip_sample_range=clip_sample_range,
+            thresholding=thresholding, dynamic_thresholding_ratio=dynamic_thresholding_ratio,
+            sample_max_value=sample_max_value,
+        )
+        self.solver = for_config("VPScheduler", sampler)
 
         self.process = DiscreteVP.from_schedule(
             num_train_timesteps=num_train_timesteps,
@@ -278,31 +260,21 @@ class VPScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
         ):
             model_output, predicted_variance = torch.split(model_output, sample.shape[1], dim=1)
         self._check_step_inputs(model_output, sample)
-        if variance_noise is not None:
-            if generator is not None:
-                raise ValueError("pass either generator or variance_noise to step, not both")
-            self._check_step_inputs(variance_noise, sample)
+        noise = NoiseSource(sample, generator, variance_noise)
+        # None: config.eta (DDIM's); DDIMPipeline's default eta=0.0 passes the DDPM sampler too.
+        eta = self.step_eta(eta, self.solver, default=cfg.eta if self.solver.takes_eta else 0.0)
         cur, nxt = self._points[i]
         x0, eps = self.denoised(model_output, sample, cur.a, cur.s, clipped_eps=bool(use_clipped_model_output))
-
-        if cfg.sampler == "ddim":
-            eta = cfg.eta if eta is None else float(eta)
-            mean, std = ddim(sample, x0, eps, cur, nxt, eta=eta)
-            if eta > 0:
-                noise = variance_noise if variance_noise is not None else noise_like(sample, generator)
-                prev = with_noise(mean, std, noise)
-            else:
-                prev = mean
-        else:
-            if eta:  # DDIMPipeline passes eta=0.0 by default: that (and None) means "as configured"
-                raise ValueError(f"eta={eta} is DDIM's: VPScheduler(sampler='ddpm') draws DDPM's posterior noise; "
-                                 "use sampler='ddim' for eta > 0")
-            mean, std = ancestral(sample, x0, eps, cur, nxt, variance=self._ddpm_variance(predicted_variance, cur, nxt))
-            prev = mean
-            if int(timestep) > 0 or variance_noise is not None:  # diffusers' draw rule: keeps generators aligned
-                noise = variance_noise if variance_noise is not None else noise_like(sample, generator)
-                if not nxt.clean:  # the step to clean data is noise-free (DDPM Algorithm 2)
-                    prev = with_noise(mean, std, noise)
+        options = {"eta": eta} if self.solver.takes_eta else {}
+        if "variance" in self.solver.options:
+            options["variance"] = self._ddpm_variance(predicted_variance, cur, nxt)
+        mean, std = self.solver.rule(sample, x0, eps, cur, nxt, **options)
+        # diffusers' draw rule -- DDPM draws wherever timestep > 0 (the last step into clean data included,
+        # where the noise is then not added), DDIM wherever it adds noise -- so a generator shared with
+        # DDPMScheduler / DDIMScheduler stays aligned. No draw, no noise.
+        noisy = self.solver.stochastic or isinstance(std, torch.Tensor) or std > 0
+        drawn = noise() if noisy and (int(timestep) > 0 or variance_noise is not None) else None
+        prev = self.next_sample(mean, std if drawn is not None else 0.0, nxt, noise, drawn)
         if not return_dict:
             return (prev, x0)
         return SchedulerOutput(prev_sample=prev, pred_original_sample=x0)

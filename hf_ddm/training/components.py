@@ -8,7 +8,6 @@ contract (``set_timesteps`` / ``scale_model_input`` / ``step``).
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
 import os
@@ -16,21 +15,31 @@ from typing import Optional, Tuple
 
 import torch
 
+from ..schedulers.sde import SDEScheduler
+from ..schedulers.ve import VEScheduler
+from ..schedulers.vp import VPScheduler
+from ..solver_registry import resolve
 from .args import ConfigError
 
-SCHEDULERS = {
-    "vp": ("hf_ddm.schedulers.vp", "VPScheduler"),
-    "ve": ("hf_ddm.schedulers.ve", "VEScheduler"),
-    "sde": ("hf_ddm.schedulers.sde", "SDEScheduler"),
-}
+SCHEDULERS = {"vp": VPScheduler, "ve": VEScheduler, "sde": SDEScheduler}
 
 
 def scheduler_class(name: str):
-    module, cls = SCHEDULERS[name]
+    if name not in SCHEDULERS:
+        raise ConfigError(f"--scheduler {name!r}: choose one of {list(SCHEDULERS)}")
+    return SCHEDULERS[name]
+
+
+def validation_solver(cls, solver: str) -> dict:
+    """The config entry that makes ``cls`` sample with ``--solver``: a solver of the registry by its name
+    (``ode_euler``) or by the scheduler's own name for it (VPScheduler's ``ddim``), set under the key that
+    scheduler reads (``solver``, ``sampler`` or ``predictor``); a solver that does not run there is a
+    ConfigError naming the ones that do."""
     try:
-        return getattr(importlib.import_module(module), cls)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"--scheduler {name}: {module}.{cls} is not available in this hf_ddm ({e})") from e
+        key, value = resolve(cls.__name__, solver)
+    except ValueError as e:
+        raise ConfigError(f"--solver {solver!r}: {e}") from e
+    return {key: value}
 
 
 def _accepted_kwargs(cls, kwargs: dict) -> dict:
@@ -57,8 +66,8 @@ def build_scheduler(args, latent: bool = False):
     wanted = {"prediction_type": args.prediction_type, "num_train_timesteps": args.num_train_timesteps}
     if args.scheduler == "sde":
         wanted["sde"] = args.sde
-    if getattr(args, "solver", None):  # SDEScheduler calls it `solver`, VPScheduler `sampler`
-        wanted["solver"] = wanted["sampler"] = args.solver
+    if getattr(args, "solver", None):
+        wanted.update(validation_solver(cls, args.solver))
     if getattr(args, "beta_schedule", None):
         wanted["beta_schedule"] = args.beta_schedule
     if latent:
@@ -203,6 +212,6 @@ def validation_images(pipeline, generator: torch.Generator, args, **call_kwargs)
                     **call_kwargs).images
 
 
-__all__ = ["resolve_pretrained", "build_scheduler", "copy_scheduler", "scheduler_class", "unet_kwargs_from_args", "check_spatial",
+__all__ = ["resolve_pretrained", "build_scheduler", "copy_scheduler", "scheduler_class", "validation_solver", "unet_kwargs_from_args", "check_spatial",
            "build_model", "load_frozen_vae", "vae_down_factor", "latent_geometry", "validation_images",
            "read_model_config"]
