@@ -108,8 +108,8 @@ class MultistepStepper(Stepper):
     """DPM-Solver++(kM) (``DPMSolverPP``); the last two steps of a short run (< 15 steps) at most
     second order (diffusers' ``lower_order_final``)."""
 
-    def __init__(self, order: int):
-        self.multistep = DPMSolverPP(order)
+    def __init__(self, order: int, stochastic: bool = False):
+        self.multistep = DPMSolverPP(order, stochastic=stochastic)
 
     def __call__(self, stage, x, x0, eps, cur, nxt, ctx):
         final_steps = ctx.num_steps < 15 and ctx.step >= ctx.num_steps - 2
@@ -222,6 +222,11 @@ SOLVERS: Dict[str, Solver] = {s.name: s for s in (
                      Variant("sde-multistep-uniform", "ODE: DPM-Solver++(2M), steps uniform in t (hf_ddm)",
                              overrides={"solver_order": 2, "time_grid": "uniform", "denoise_final": False},
                              families=("vp",)))),
+    Solver("multistep_sde", "reverse SDE, SDE-DPM-Solver++(2M) in log-SNR (diffusers' sde-dpmsolver++)",
+           stochastic=True, order=2, calls_per_step=1, state="x0 history",
+           make_stepper=lambda config: MultistepStepper(config.solver_order, stochastic=True),
+           variants=(Variant("sde-multistep_sde", "SDE: multistep DPM-Solver++(2M) SDE (hf_ddm)",
+                             overrides={"solver_order": 2}),)),
 )}
 
 NAMES: Tuple[str, ...] = tuple(SOLVERS)

@@ -181,16 +181,22 @@ class DPMSolverPP:
     """DPM-Solver++(1/2/3M): exponential integrator in lambda = log(a/s) with data prediction, written
     only in (a, s), so every process shares it. Order 1 is ``ddim`` with eta = 0.
 
+    ``stochastic=True``: SDE-DPM-Solver++(1/2M) (Lu et al. 2022, diffusers' ``sde-dpmsolver++``), the same
+    integrator for the reverse SDE: the integrating factor is e^{-2h} instead of e^{-h} and the step adds
+    noise of std s' sqrt(1 - e^{-2h}). Its order 1 is the posterior draw ``ancestral``; it is at most
+    second order (a higher ``order`` runs 2M), the variant Lu et al. analyse.
+
     Order is lowered (i) at the start (no history), (ii) into clean data (h = inf: first order),
     (iii) on the last two steps of short runs (< 15 steps; diffusers' ``lower_order_final``) and
     (iv) wherever the step ratios make the multistep weights large: the order whose weights amplify
     most, sum |c_j| / |sum c_j|, above ``max_amplification`` is dropped (on a uniform-in-t grid the
     last steps shrink fast in lambda, and 3M's weights there reach (11, -21, 11))."""
 
-    def __init__(self, order: int = 2, max_amplification: float = 4.0):
+    def __init__(self, order: int = 2, max_amplification: float = 4.0, stochastic: bool = False):
         if order not in (1, 2, 3):
             raise ValueError(f"solver_order must be 1, 2 or 3, got {order!r}")
-        self.order, self.max_amplification = order, max_amplification
+        self.order = min(order, 2) if stochastic else order
+        self.max_amplification, self.stochastic = max_amplification, stochastic
         self.reset()
 
     def reset(self):
@@ -208,7 +214,8 @@ class DPMSolverPP:
         history = [lam] + list(lambdas_prev)
         h_prev = [history[j] - history[j + 1] for j in range(len(history) - 1)]
         while True:
-            c_x, c_m = dpmpp_multistep_coefficients(nxt.s / cur.s, nxt.a, h, h_prev[: order - 1], order)
+            c_x, c_m = dpmpp_multistep_coefficients(nxt.s / cur.s, nxt.a, h, h_prev[: order - 1], order,
+                                                    self.stochastic)
             amp = sum(abs(c) for c in c_m) / max(abs(sum(c_m)), 1e-30)
             if order == 1 or amp <= self.max_amplification:
                 return order, c_x, c_m
@@ -220,15 +227,17 @@ class DPMSolverPP:
         history = [x0] + [m for m, _ in self._history]
         self._history = ([(x0, cur.log_snr)] + self._history)[: self.order - 1]
         if order == 1:
-            return ddim(x, x0, eps, cur, nxt)
+            return ancestral(x, x0, eps, cur, nxt) if self.stochastic else ddim(x, x0, eps, cur, nxt)
         out = history[0] * c_m[0]
         out.add_(x, alpha=c_x)
         for coef, m in zip(c_m[1:], history[1:]):
             out.add_(m, alpha=coef)
-        return out, 0.0
+        h = nxt.log_snr - cur.log_snr
+        return out, (nxt.s * (-math.expm1(-2.0 * h)) ** 0.5 if self.stochastic else 0.0)
 
 
-def dpmpp_multistep_coefficients(s_ratio: float, a_next: float, h: float, h_prev=(), order: int = 1):
+def dpmpp_multistep_coefficients(s_ratio: float, a_next: float, h: float, h_prev=(), order: int = 1,
+                                 stochastic: bool = False):
     """Coefficients (c_x, [c_0, c_1, ...]) of one DPM-Solver++ multistep update
 
         x_{t'} = c_x * x_t + sum_j c_j * x0_hat_j,
@@ -240,6 +249,8 @@ def dpmpp_multistep_coefficients(s_ratio: float, a_next: float, h: float, h_prev
     steps (most recent first). Order 1 is x' = (s'/s) x + a' (1 - e^{-h}) x0 (= DDIM); orders 2 and 3
     are DPM-Solver++(2M) (midpoint form) and (3M), exactly as Lu et al. / diffusers write them.
     A step to clean data (s' = 0, h = inf) must be order 1 and gives x' = a' x0_hat.
+    ``stochastic``: SDE-DPM-Solver++ (orders 1, 2), the same weights with the integrating factor e^{-2h}:
+    c_x = (s'/s) e^{-h}, 1 - e^{-h} -> 1 - e^{-2h} (the noise it adds is the caller's, ``DPMSolverPP``).
     """
     if not 1 <= order <= 3 or len(h_prev) < order - 1:
         raise ValueError(f"order must be in 1..3 with order-1 previous steps, got order={order}, h_prev={h_prev}")
@@ -247,8 +258,10 @@ def dpmpp_multistep_coefficients(s_ratio: float, a_next: float, h: float, h_prev
         if order != 1:
             raise ValueError("a step to clean data (h = inf) must be first order")
         return 0.0, [a_next]
-    big_a = -math.expm1(-h)  # 1 - e^{-h}
-    c_x = s_ratio
+    if stochastic and order > 2:
+        raise ValueError("SDE-DPM-Solver++ is written here to order 2")
+    big_a = -math.expm1(-2.0 * h) if stochastic else -math.expm1(-h)  # 1 - e^{-2h} (SDE), 1 - e^{-h} (ODE)
+    c_x = s_ratio * math.exp(-h) if stochastic else s_ratio
     if order == 1:
         return c_x, [a_next * big_a]
     r0 = h_prev[0] / h

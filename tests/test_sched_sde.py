@@ -14,7 +14,7 @@ N_SAMPLES = 1000
 # Steps per solver that put its discretisation error below the noise floor (first-order SDE
 # solvers need many steps; they are first order in h).
 STEPS = {"euler_maruyama": 150, "reverse_diffusion": 150, "ancestral": 100, "ode_euler": 60, "ode_heun": 25,
-         "pc": 100, "multistep": 30}
+         "pc": 100, "multistep": 30, "multistep_sde": 30}
 
 
 def run(sched, mix, steps, n=N_SAMPLES, seed=0, dtype=torch.float32, generator=None, prediction_type=None):
