@@ -111,6 +111,17 @@ def _with_install_guard(code: str) -> str:
     return "".join(lines[: first.lineno - 1]) + _install_guard() + "\n" + "".join(lines[first.lineno - 1:])
 
 
+def class_name_index(names: List[str], name) -> Optional[int]:
+    """The index of class ``name`` in ``names``: the exact name, else the one name equal to it ignoring case
+    and surrounding spaces ("sneaker" is "Sneaker", as the Space reads it); None when there is none or two."""
+    if not isinstance(name, str):
+        return None
+    if name in names:
+        return names.index(name)
+    folded = [i for i, n in enumerate(names) if isinstance(n, str) and n.strip().casefold() == name.strip().casefold()]
+    return folded[0] if len(folded) == 1 else None
+
+
 class HfDdmPipeline(DiffusionPipeline):
     """Base class of hf_ddm's pipelines (not itself a pipeline)."""
 
@@ -247,10 +258,11 @@ class HfDdmPipeline(DiffusionPipeline):
         ):
             names = list(getattr(self.config, "class_names", None) or [])
             wanted = [class_labels] if isinstance(class_labels, str) else list(class_labels)
-            unknown = [n for n in wanted if n not in names]
+            ids = [class_name_index(names, n) for n in wanted]
+            unknown = [n for n, i in zip(wanted, ids) if i is None]
             if unknown:
                 raise ValueError(f"class_labels {unknown} are not among this pipeline's class_names {names}")
-            return torch.tensor([names.index(n) for n in wanted], dtype=torch.long)
+            return torch.tensor(ids, dtype=torch.long)
         return as_class_ids(class_labels).reshape(-1)
 
     def check_class_labels(self, class_labels, batch_size: int, num_classes: Optional[int] = None):
@@ -392,4 +404,4 @@ class HfDdmPipeline(DiffusionPipeline):
             )
 
 
-__all__ = ["HfDdmPipeline", "OUTPUT_TYPES", "INSTALL_HINT", "is_hub_id", "strip_local_origins"]
+__all__ = ["HfDdmPipeline", "class_name_index", "OUTPUT_TYPES", "INSTALL_HINT", "is_hub_id", "strip_local_origins"]

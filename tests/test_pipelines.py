@@ -270,6 +270,9 @@ def test_class_conditioned_latent_pipeline(tmp_path):
     by_name = loaded(class_labels=["class 9", "class 3"], generator=torch.Generator().manual_seed(0), **kw).images
     by_id = loaded(class_labels=[9, 3], generator=torch.Generator().manual_seed(0), **kw).images
     torch.testing.assert_close(by_name, by_id)
+    # Any case, as the Space reads them ("sneaker" for "Sneaker").
+    by_case = loaded(class_labels=["CLASS 9", " class 3 "], generator=torch.Generator().manual_seed(0), **kw).images
+    torch.testing.assert_close(by_case, by_id)
     with pytest.raises(ValueError, match="class_names"):
         loaded(class_labels=["dog"], num_inference_steps=2)
     with pytest.raises(ValueError, match="class_labels"):
@@ -409,3 +412,13 @@ def test_push_to_hub_uploads_the_complete_folder(tmp_path, monkeypatch):
     pipe.save_pretrained(tmp_path / "out", push_to_hub=True, repo_id="someone/tiny")
     assert seen["repo"] == "someone/tiny" and seen["to"] == "someone/tiny"
     assert {"model_index.json", "pixel_pipeline.py", "unet", "scheduler"} <= set(seen["files"])
+
+
+def test_class_names_match_exactly_first_then_ignoring_case_when_that_is_unambiguous():
+    from hf_ddm.pipeline_utils import class_name_index
+
+    names = ["Sneaker", "Bag", "bag"]
+    assert class_name_index(names, "sneaker") == 0 and class_name_index(names, " SNEAKER") == 0
+    assert class_name_index(names, "bag") == 2 and class_name_index(names, "Bag") == 1
+    assert class_name_index(names, "BAG") is None  # two names fold to it: no guess
+    assert class_name_index(names, "dog") is None and class_name_index(names, 3) is None

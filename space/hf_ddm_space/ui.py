@@ -28,6 +28,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from hf_ddm.pipeline_utils import class_name_index
 from hf_ddm.schedulers.sde import STOCHASTIC_SOLVERS
 
 from .registry import SPECS, LoadedModel, Registry, env_var
@@ -305,11 +306,10 @@ class SpaceApp:
         names = list(model.class_names or [])
         if class_name in (None, "", CYCLE):
             return [k % model.num_classes for k in range(n)]
-        # Names match case-insensitively: the Space README's own example sends "sneaker" for "Sneaker".
-        lowered = [str(c).strip().lower() for c in names]
-        wanted = str(class_name).strip().lower()
-        if wanted in lowered:
-            return [lowered.index(wanted)] * n
+        # Names match as the pipelines match them (any case): the Space README's example sends "sneaker".
+        found = class_name_index(names, str(class_name))
+        if found is not None:
+            return [found] * n
         try:
             idx = _as_int(class_name, "class", 0, model.num_classes - 1)
         except gr.Error:
@@ -729,14 +729,14 @@ def build_demo(app: Optional[SpaceApp] = None, default_model: str = "ddpm", prel
                   inputs=[model_dd, sampler_dd, steps, guidance, class_dd, prompt, seed, num_images, animation,
                           frame_every],
                   outputs=[gallery, trajectory, info], api_name="generate", concurrency_limit="default",
-                  concurrency_id="sampling")
+                  concurrency_id="sampling", show_progress_on=[gallery])  # one bar, over the images it makes
         model_dd.change(app.compare_choices, inputs=model_dd, outputs=compare_dd, api_name=False,
                         concurrency_limit=None, show_progress="hidden")
         # One concurrency group with /generate: lim.concurrency bounds the sampling requests of both kinds.
         compare_btn.click(app.compare_cancellable,
                           inputs=[model_dd, compare_dd, steps, guidance, class_dd, prompt, seed, num_images],
                           outputs=[compare_gallery, compare_info], api_name="compare", concurrency_limit="default",
-                          concurrency_id="sampling")
+                          concurrency_id="sampling", show_progress_on=[compare_gallery])
         gr.Markdown(
             f"Limits per request: {lim.max_images} images, {lim.max_steps} steps, guidance ≤ {lim.max_guidance:g}, "
             f"{lim.max_compare} samplers in a comparison; "
