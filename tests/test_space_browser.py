@@ -144,6 +144,28 @@ def test_generate_in_the_browser(server, driver, tmp_path):
         shutil.copyfile(tmp_path / "space.png", target)
 
 
+def test_one_progress_bar_over_the_gallery_while_generating(server, driver):
+    """The progress of a generation shows once, over the gallery: not a second time over the run info, and
+    not over the trajectory box (which, with the animation off, it used to cover)."""
+    driver.get(server)
+    wait = WebDriverWait(driver, 60)
+    button = wait.until(EC.element_to_be_clickable((By.ID, "generate-btn")))
+    set_number(driver, "steps", 400)
+    set_number(driver, "num-images", 8)
+    count = ("return Array.from(document.querySelectorAll('.progress-text, .eta-bar, .progress-level'))"
+             ".filter(e => e.offsetParent !== null).map(e => (e.closest('[id]') || {}).id || '')")
+    button.click()
+    seen, deadline = [], time.time() + 120
+    while time.time() < deadline and "model evaluations" not in driver.find_element(By.ID, "run-info").text:
+        seen.append(driver.execute_script(count))
+        time.sleep(0.05)
+    shown = [s for s in seen if s]
+    assert shown, "no progress was shown during a 400-step generation"
+    hosts = {h for s in shown for h in s}
+    assert "trajectory" not in hosts and "run-info" not in hosts, hosts
+    assert hosts <= {"gallery"}, hosts
+
+
 def test_bad_request_shows_an_error_and_the_app_keeps_working(server, driver, tmp_path):
     driver.get(server)
     wait = WebDriverWait(driver, 60)
