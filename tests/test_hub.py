@@ -175,7 +175,13 @@ def test_offline_push_stops_before_training_and_names_the_fix(tmp_path):
 
 
 def _fake_hub(monkeypatch, create=None):
-    """HfApi's calls recorded in order (no network); ``create`` replaces create_repo."""
+    """HfApi's calls recorded in order (no network); ``create`` replaces create_repo. The Hub counts as online
+    whatever the environment says (``HF_HUB_OFFLINE=1`` is a common setting; huggingface_hub reads it once, at
+    import), so these tests reach the paths they are about."""
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     calls = []
 
     class Repo:

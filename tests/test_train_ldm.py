@@ -27,13 +27,22 @@ def ldm_args(data, vae, out, *extra):
 
 
 @pytest.mark.parametrize("conditioning", ["none", "class", "text"])
-def test_ldm_end_to_end_and_pipeline_loads(idx_data, vae_dir, tmp_path, conditioning):
+def test_ldm_end_to_end_and_pipeline_loads(idx_data, vae_dir, tmp_path, conditioning, capfd):
     require_scheduler("vp")
     out = tmp_path / "ldm"
     _, summary = run_script("train_ldm", ldm_args(idx_data, vae_dir, out, "--conditioning", conditioning,
                                                   "--max_train_steps", "2", "--validation_steps", "1",
-                                                  "--random_flip", "--use_ema"))
+                                                  "--random_flip", "--use_ema", "--latent_cache_dir",
+                                                  tmp_path / f"cache_{conditioning}"))
     assert summary["global_step"] == 2 and (out / "samples" / "step_0000002.png").exists()
+    # It says what it is doing while it builds the latent cache, and, last, where the pipeline is and how to load it.
+    printed = capfd.readouterr()
+    printed = printed.out + printed.err
+    assert "latent cache: encoding" in printed and "img" in printed  # the tqdm bar's unit
+    last = printed.strip().splitlines()[-3:]
+    assert last[0] == f"saved the pipeline in {out}", last
+    assert f"DiffusionPipeline.from_pretrained({str(out)!r}, trust_remote_code=True)" in last[1]
+    assert f"LatentDiffusionPipeline.from_pretrained({str(out)!r})" in last[2]
     from diffusers import DiffusionPipeline
 
     pipe = DiffusionPipeline.from_pretrained(out, trust_remote_code=True)  # the folder carries its pipeline code

@@ -189,5 +189,26 @@ def push_to_hub(output_dir: str, args) -> str:
     return repo_id
 
 
-__all__ = ["write_model_card", "push_to_hub", "check_hub_access", "upload_checkpoint", "public_path",
+def saved_message(output_dir: str, repo_id: Optional[str] = None) -> str:
+    """What a finished run prints last: where its model is and how to load it (and the Hub page when pushed)."""
+    index = os.path.join(output_dir, "model_index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            cls = json.load(f)["_class_name"][1]
+        where = repo_id or output_dir
+        text = (f"saved the pipeline in {output_dir}\n"
+                f"  load it: DiffusionPipeline.from_pretrained({where!r}, trust_remote_code=True)  (hf_ddm not needed)\n"
+                f"       or: from hf_ddm.pipelines import {cls}; {cls}.from_pretrained({where!r})")
+    else:
+        with open(os.path.join(output_dir, "config.json")) as f:
+            cls = json.load(f)["_class_name"]
+        module = {"VAE": "hf_ddm.models.vae", "NoisyClassifier": "hf_ddm.models.classifier"}.get(cls, "hf_ddm.models")
+        text = (f"saved the model in {output_dir}\n"
+                f"  load it: from {module} import {cls}; {cls}.from_pretrained({(repo_id or output_dir)!r})")
+    if repo_id:
+        text += f"\n  on the Hub: https://huggingface.co/{repo_id}"
+    return text
+
+
+__all__ = ["write_model_card", "saved_message", "push_to_hub", "check_hub_access", "upload_checkpoint", "public_path",
            "public_config", "card_metadata", "pipeline_usage", "model_usage", "build_card", "UPLOAD_IGNORE"]

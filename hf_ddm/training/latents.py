@@ -36,9 +36,13 @@ def cache_key(vae, dataset, info, flip: bool) -> str:
 
 
 @torch.no_grad()
-def encode_dataset(vae, dataset, batch_size: int = 64, flip: bool = False, device=None) -> dict:
-    """{'mean', 'logvar' (N, C, h, w) float32, ['mean_flip', 'logvar_flip'], ['class_labels']}."""
+def encode_dataset(vae, dataset, batch_size: int = 64, flip: bool = False, device=None, progress: bool = False) -> dict:
+    """{'mean', 'logvar' (N, C, h, w) float32, ['mean_flip', 'logvar_flip'], ['class_labels']}. ``progress``: a
+    tqdm bar with the rate and time left (the full Fashion-MNIST takes minutes on a CPU)."""
+    from tqdm.auto import tqdm
+
     device = device or next(vae.parameters()).device
+    bar = tqdm(total=len(dataset), desc="latent cache: encoding", unit="img", disable=not progress)
     out = {"mean": [], "logvar": []}
     if flip:
         out.update(mean_flip=[], logvar_flip=[])
@@ -53,6 +57,8 @@ def encode_dataset(vae, dataset, batch_size: int = 64, flip: bool = False, devic
             out["logvar" + suffix].append(post.logvar.float().cpu())
         if "class_labels" in batch:
             labels.append(batch["class_labels"])
+        bar.update(x.shape[0])
+    bar.close()
     res = {k: torch.cat(v).contiguous() for k, v in out.items()}
     if labels:
         res["class_labels"] = torch.cat(labels)
@@ -72,7 +78,9 @@ def load_or_build_cache(vae, dataset, info, cache_dir: str, flip: bool, accelera
             if not main:  # the main process failed to write it; encode locally rather than hang
                 return encode_dataset(vae, dataset, batch_size, flip), path
             os.makedirs(cache_dir, exist_ok=True)
-            tensors = encode_dataset(vae, dataset, batch_size, flip)
+            print(f"latent cache: encoding {len(dataset)} images once with the frozen VAE into {path} "
+                  "(later runs on the same VAE and data read it)", flush=True)
+            tensors = encode_dataset(vae, dataset, batch_size, flip, progress=True)
             tmp = f"{path}.tmp-{os.getpid()}"
             save_file(tensors, tmp, metadata={"source": info.display, "flip": str(flip), "examples": str(len(dataset))})
             os.replace(tmp, path)

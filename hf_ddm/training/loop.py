@@ -457,7 +457,7 @@ def save_final(run: Run, args, data_info, num_examples: int, elapsed: float) -> 
     from accelerate.utils import gather_object
 
     from ..pipeline_utils import strip_local_origins
-    from .hub import push_to_hub, write_model_card
+    from .hub import push_to_hub, saved_message, write_model_card
 
     accelerator, out = run.accelerator, args.output_dir
     accelerator.wait_for_everyone()
@@ -492,8 +492,8 @@ def save_final(run: Run, args, data_info, num_examples: int, elapsed: float) -> 
         write_model_card(out, args, run.task, data_info, summary)
         with open(os.path.join(out, "train_summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
-        if args.push_to_hub:
-            push_to_hub(out, args)
+        repo_id = push_to_hub(out, args) if args.push_to_hub else None
+        print(saved_message(out, repo_id), flush=True)
     accelerator.wait_for_everyone()
     return summary
 
