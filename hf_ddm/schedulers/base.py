@@ -24,7 +24,7 @@ import torch
 from diffusers.utils import BaseOutput
 
 from ..limits import check_eta, check_x0_processing
-from ..processes import NoiseProcess, Point, append_dims, check_prediction_type, from_x0_eps, to_x0_eps
+from ..processes import NoiseProcess, Point, append_dims, from_x0_eps, to_x0_eps
 from ..solvers import noise_like, with_noise
 
 
@@ -146,9 +146,6 @@ class ProcessSchedulerMixin:
         a, s = self.marginal(timesteps)
         return a.to(like.device, like.dtype), s.to(like.device, like.dtype)
 
-    def _to_x0_eps(self, model_output, sample, a, s):
-        return to_x0_eps(model_output, sample, a, s, self.config.prediction_type)
-
     def denoised(self, model_output, sample, a, s, clipped_eps: bool = True):
         """(x0_hat, eps_hat) from a model output, with the config's x0 clipping or dynamic thresholding
         (diffusers' ``clip_sample`` / ``thresholding`` keys, where the scheduler has them). With
@@ -212,12 +209,6 @@ class ProcessSchedulerMixin:
                 f"model_output has shape {tuple(model_output.shape)} but sample has shape {tuple(sample.shape)}; "
                 "they must match"
             )
-
-    @staticmethod
-    def _check_prediction_type(prediction_type: str, allowed=None):
-        check_prediction_type(prediction_type)
-        if allowed is not None and prediction_type not in allowed:
-            raise ValueError(f"prediction_type must be one of {tuple(allowed)} here, got {prediction_type!r}")
 
 
 __all__ = ["SchedulerOutput", "ProcessSchedulerMixin", "NoiseSource", "integer_timesteps", "threshold_sample",
