@@ -308,3 +308,18 @@ def test_shipped_conditional_folders_default_to_their_recommended_guidance(name,
     text = (folder / "README.md").read_text()
     assert f"Without `guidance_scale` the pipeline uses {scale:g}" in text
     assert "guidance_scale=" not in _usage_code(text)  # the snippet relies on the default
+
+
+def test_saved_message_names_the_folder_and_how_to_load_it(tmp_path):
+    from hf_ddm.training.hub import saved_message
+
+    pipe, vae, other = tmp_path / "pipe", tmp_path / "vae", tmp_path / "other"
+    for d in (pipe, vae, other):
+        d.mkdir()
+    (pipe / "model_index.json").write_text(json.dumps({"_class_name": ["pixel_pipeline", "PixelDiffusionPipeline"]}))
+    (vae / "config.json").write_text(json.dumps({"_class_name": "VAE"}))
+    text = saved_message(str(pipe), "me/tiny")
+    assert text.startswith(f"saved the pipeline in {pipe}") and "PixelDiffusionPipeline.from_pretrained('me/tiny')" in text
+    assert text.endswith("https://huggingface.co/me/tiny")
+    assert f"from hf_ddm.models.vae import VAE; VAE.from_pretrained({str(vae)!r})" in saved_message(str(vae))
+    assert saved_message(str(other)) == f"saved the run in {other}"

@@ -199,6 +199,8 @@ def saved_message(output_dir: str, repo_id: Optional[str] = None) -> str:
         text = (f"saved the pipeline in {output_dir}\n"
                 f"  load it: DiffusionPipeline.from_pretrained({where!r}, trust_remote_code=True)  (hf_ddm not needed)\n"
                 f"       or: from hf_ddm.pipelines import {cls}; {cls}.from_pretrained({where!r})")
+    elif not os.path.isfile(os.path.join(output_dir, "config.json")):  # a task that saves no model of its own
+        text = f"saved the run in {output_dir}"
     else:
         with open(os.path.join(output_dir, "config.json")) as f:
             cls = json.load(f)["_class_name"]
