@@ -128,6 +128,9 @@ class SDEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
             diffusers' x0 clipping / dynamic thresholding.
         log_snr_min: VP processes only, "log_snr" / "rho" grids: start the grid at this log-SNR when the
             process reaches below it (cosine, zero-SNR schedules); None starts at t = 1 always.
+        optimized_timesteps: ``{"5": [model timesteps], ...}``: per step count, the steps
+            ``set_timesteps(5)`` runs instead of ``time_grid``'s (``hf_ddm.optimize_steps`` finds them for a
+            model; ``python -m hf_ddm.few_step`` writes them into a saved folder). None: none.
     """
 
     _compatibles = ["ScoreSdeVeScheduler", "ScoreSdeVpScheduler"] + [e.name for e in KarrasDiffusionSchedulers]
@@ -164,6 +167,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
         dynamic_thresholding_ratio: float = 0.995,
         sample_max_value: float = 1.0,
         log_snr_min: Optional[float] = -5.1,
+        optimized_timesteps: Optional[dict] = None,
     ):
         discrete = beta_schedule is not None or trained_betas is not None
         self.snr = float(corrector_snr if corrector_snr is not None else snr)
@@ -196,6 +200,18 @@ class SDEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
                 raise ValueError(f"log_snr_min={log_snr_min} must lie below the process's log-SNR at sampling_eps "
                                  f"({top:.3g}): the grid would start where sampling ends")
         self.init_noise_sigma = float(self.process.prior_std)
+        self._optimized = {}
+        for n, ts in (optimized_timesteps or {}).items():
+            # Checked here, at load, not at the first set_timesteps that asks for them.
+            steps = [float(v) for v in torch.as_tensor(ts, dtype=torch.float64).flatten().tolist()]
+            self._check_timesteps(steps)
+            if len(steps) != check_step_count(int(n), "optimized_timesteps key"):
+                raise ValueError(f"optimized_timesteps[{n!r}] must list {n} timesteps, got {len(steps)}")
+            self._optimized[int(n)] = steps
+        if optimized_timesteps:
+            # JSON keys are strings: store them so whatever the caller passed, so that a config saved and
+            # loaded again is the same config.
+            self.register_to_config(optimized_timesteps={str(n): self._optimized[n] for n in sorted(self._optimized)})
         self.solver = get(solver)
         self.order = self.solver.model_calls(self.config)  # diffusers' `order`: model calls per step
 
@@ -286,10 +302,73 @@ class SDEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
         ts = self._time_grid(n if denoise else n + 1)
         return [self.process.point(t) for t in ts.tolist()] + ([CLEAN] if denoise else [])
 
-    def set_timesteps(self, num_inference_steps: int, device: Union[str, torch.device, None] = None):
-        """Build the grid and the evaluation plan; ``timesteps`` lists one entry per model call."""
-        n = as_step_count(num_inference_steps)
-        self._points = points = self._grid_points(n)
+    def _check_timesteps(self, timesteps) -> torch.Tensor:
+        """Model timesteps given by a caller as process times (float64): strictly decreasing, within
+        [sampling_eps, t_max]."""
+        ts = self.timestep_to_t(torch.as_tensor(timesteps, dtype=torch.float64).flatten())
+        lo, hi = max(self.sampling_eps, self.process.t_min), self.process.t_max
+        tol = 1e-6
+        if ts.numel() == 0 or not torch.isfinite(ts).all():
+            raise ValueError(f"timesteps must be a non-empty list of finite numbers, got {list(timesteps)}")
+        if (ts[1:] >= ts[:-1]).any():
+            raise ValueError("timesteps must be strictly decreasing (one entry per step, as diffusers' "
+                             f"set_timesteps(timesteps=...)), got {(ts * self.timestep_scale).tolist()}")
+        if ts[0] > hi + tol or ts[-1] < lo - tol:
+            raise ValueError(f"timesteps must lie in [{lo * self.timestep_scale:.6g}, {hi * self.timestep_scale:.6g}] "
+                             f"(sampling_eps to t_max, in model timesteps), got {(ts * self.timestep_scale).tolist()}")
+        return ts.clamp(lo, hi)
+
+    def _points_at(self, timesteps=None, sigmas=None) -> List[Point]:
+        """The grid of a caller's steps, with diffusers' meaning. ``timesteps``: the N model timesteps the
+        steps start at; the last step ends where this scheduler's grids end (the clean estimate with
+        ``denoise_final``, else ``sampling_eps``). ``sigmas``: N + 1 noise levels sigma = s/a, the last the
+        end (0: the clean estimate)."""
+        if timesteps is not None:
+            ts = self._check_timesteps(timesteps)
+            end = max(self.sampling_eps, self.process.t_min)
+            if self.config.denoise_final:
+                return [self.process.point(t) for t in ts.tolist()] + [CLEAN]
+            if float(ts[-1]) <= end:
+                raise ValueError(f"with denoise_final=False the steps end at sampling_eps "
+                                 f"({end * self.timestep_scale:.6g}); the last timestep must lie above it")
+            return [self.process.point(t) for t in ts.tolist() + [end]]
+        sig = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
+        if sig.numel() < 2 or not torch.isfinite(sig).all() or (sig[1:] >= sig[:-1]).any() or sig[-1] < 0:
+            raise ValueError("sigmas must be N + 1 >= 2 finite, strictly decreasing noise levels s/a >= 0 (the last "
+                             f"the end; 0 = the clean estimate), got {sig.tolist()}")
+        clean = bool(sig[-1] == 0)
+        noisy = sig[:-1] if clean else sig
+        ts = self.process.time_at_log_snr(-torch.log(noisy))
+        # time_at_log_snr clamps to the process's range: a sigma outside it would silently become another one.
+        a, s = self.process.marginal(ts)
+        if not torch.allclose(s / a, noisy, rtol=1e-4):
+            raise ValueError(f"sigmas must lie within this process's noise levels "
+                             f"[{float(s[-1] / a[-1]):.6g}, ...]; got {sig.tolist()}")
+        return [self.process.point(t) for t in ts.tolist()] + ([CLEAN] if clean else [])
+
+    def set_timesteps(self, num_inference_steps: Optional[int] = None, device: Union[str, torch.device, None] = None,
+                      timesteps: Optional[List[float]] = None, sigmas: Optional[List[float]] = None):
+        """Build the grid and the evaluation plan; ``timesteps`` lists one entry per model call.
+
+        Exactly one of: ``num_inference_steps`` (the config's ``optimized_timesteps`` for that count when it
+        has them, else ``time_grid``'s N steps), ``timesteps`` (the N model timesteps the steps start at,
+        strictly decreasing, as diffusers' ``set_timesteps(timesteps=...)``; a solver with several model calls
+        per step repeats them in ``self.timesteps``, as diffusers' Heun does) or ``sigmas`` (N + 1 noise levels
+        s/a, the last 0 for the clean estimate, as diffusers' Euler ``set_timesteps(sigmas=...)``)."""
+        given = [name for name, v in (("num_inference_steps", num_inference_steps), ("timesteps", timesteps),
+                                      ("sigmas", sigmas)) if v is not None]
+        if len(given) != 1:
+            raise ValueError(f"pass exactly one of num_inference_steps, timesteps or sigmas to set_timesteps, got {given or 'none'}")
+        if num_inference_steps is not None:
+            n = as_step_count(num_inference_steps)
+            if n in self._optimized:
+                points = self._points_at(timesteps=self._optimized[n])
+            else:
+                points = self._grid_points(n)
+        else:
+            points = self._points_at(timesteps, sigmas)
+            n = as_step_count(len(points) - 1, "len(timesteps)")
+        self._points = points
         plan = [(stage, i) for i in range(n) for stage in self._stepper.stages(self.config, points[i + 1].clean)]
         self._plan = plan
         t_eval = [self._eval_point(k).t for k in range(len(plan))]
