@@ -37,9 +37,8 @@ def test_ldm_end_to_end_and_pipeline_loads(idx_data, vae_dir, tmp_path, conditio
     assert summary["global_step"] == 2 and (out / "samples" / "step_0000002.png").exists()
     # It says what it is doing while it builds the latent cache, and, last, where the pipeline is and how to load it.
     printed = capfd.readouterr()
-    printed = printed.out + printed.err
-    assert "latent cache: encoding" in printed and "img" in printed  # the tqdm bar's unit
-    last = printed.strip().splitlines()[-3:]
+    assert "latent cache: encoding" in printed.out and "img/s" in printed.err  # the line, then tqdm's bar
+    last = printed.out.strip().splitlines()[-3:]
     assert last[0] == f"saved the pipeline in {out}", last
     assert f"DiffusionPipeline.from_pretrained({str(out)!r}, trust_remote_code=True)" in last[1]
     assert f"LatentDiffusionPipeline.from_pretrained({str(out)!r})" in last[2]
