@@ -3,6 +3,7 @@
 Pipelines live in ``hf_ddm.pipelines`` (imported on demand: they pull in the whole stack).
 """
 
+from .few_step import OptimizedSteps, optimize_steps
 from .mixture import GaussianMixture, sliced_wasserstein
 from .models import VAE, NoisyClassifier, UNet
 from .processes import (

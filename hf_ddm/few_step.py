@@ -1,0 +1,324 @@
+"""Time steps optimized for one model: few-step sampling that looks like many steps.
+
+    from hf_ddm import optimize_steps
+    found = optimize_steps(unet, pipe.scheduler, [4, 5, 6, 8, 10], sample_shape=(16, 3, 32, 32))
+    pipe.scheduler = SDEScheduler.from_config(pipe.scheduler.config, optimized_timesteps=as_config(found))
+    pipe(num_inference_steps=5)                          # runs found[5].timesteps
+    DPMSolverMultistepScheduler.from_config(cfg).set_timesteps(timesteps=found[5].timesteps)  # diffusers too
+
+**What is minimised.** The calibration objective of a list of N steps is the mean over a calibration batch
+(noise drawn from ``seed``) of the per-sample RMS distance between the N-step sample of the scheduler's
+solver -- run by the scheduler itself, ``set_timesteps(timesteps=...)`` -- and a fine-step reference from
+the same noise (the teacher: DPM-Solver++(3M) on ~``candidates * teacher_substeps`` steps).
+
+**How.** GITS (Chen et al. 2024, "On the trajectory regularity of ODE-based diffusion sampling"): the
+probability-flow ODE's trajectories are regular enough that a step that is accurate on the teacher's
+trajectory of a few calibration samples is accurate for the model's other samples. So
+
+1. the teacher is run once through ``candidates`` candidate times (log-SNR spaced, plus the scheduler's
+   own N-step grid; integers on a diffusers train schedule, so diffusers' ``timesteps=`` takes the result),
+   keeping the sample and the model's output at each: ~``candidates * teacher_substeps`` model calls,
+   shared by every N asked for;
+2. every jump i -> j between candidates is scored by the local error of the solver's own update (the
+   registry's stepper, so the formula is the one the scheduler runs) started on the teacher's trajectory at
+   i and compared with the teacher at j. A multistep solver's update also depends on the point before i
+   (its history), so its jumps are scored per (previous, i, j): the DP state is the last jump, not the last
+   point. Solvers with more than one model call per step (Heun) are scored with their first-order
+   predictor (DDIM), which needs no model call off the trajectory. This costs no model calls;
+3. dynamic programming gives the N-jump path from the start to the end with the least summed local error;
+4. the path of least *local* error need not give the least *end-to-end* error (errors propagate), so the
+   start grid and the DP's path are both run end to end, the better kept, and then refined by coordinate
+   search on the end-to-end objective (move one step to the neighbouring candidate, keep it if the
+   objective drops; ``refine_calls`` model calls at most). The result is never worse than the scheduler's
+   own grid on the calibration objective.
+
+Why not LD3 (fitting the steps by gradient descent through the sampler)? It needs gradients through the
+model (memory, a GPU for real models) and minutes of training; the DP needs only forward calls -- a few
+hundred -- and gives the global optimum of its surrogate; the refinement closes most of the rest on the
+true objective. Stochastic solvers are refused: their error to a deterministic reference is not a property
+of the steps.
+
+``python -m hf_ddm.few_step FOLDER --nfe 4 5 6 8 10`` writes the result into a saved pipeline folder's
+scheduler config (``optimized_timesteps``), which ``SDEScheduler.set_timesteps(N)`` then runs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from .adapter import call_model, process_view
+from .limits import check_int, check_step_count
+from .processes import CLEAN
+from .solver_registry import StepContext, get
+
+# The teacher: the most accurate deterministic solver of the registry at many steps.
+TEACHER = dict(solver="multistep", solver_order=3)
+
+
+@dataclass
+class OptimizedSteps:
+    """One step count's result. ``timesteps``: the N model timesteps for ``set_timesteps(timesteps=...)``
+    (hf_ddm's SDEScheduler, diffusers' DPMSolverMultistep / UniPC / Euler / DDPM ...); ``sigmas``: the same
+    steps as N + 1 noise levels s/a (the last 0: the clean estimate) for diffusers' ``sigmas=``."""
+
+    num_inference_steps: int
+    timesteps: List[float]
+    sigmas: List[float]
+    solver: str
+    error: float  # calibration objective of ``timesteps``
+    start_timesteps: List[float]  # the scheduler's own grid for N (what set_timesteps(N) ran before)
+    start_error: float  # ... and its calibration objective
+    dp_error: float  # the DP path's calibration objective (before refinement)
+    model_calls: int  # calibration cost of this N: the teacher's calls (shared by all N of one call) + its own
+    seconds: float  # CPU seconds (process time, all threads) of the same: teacher and scoring + its own search
+    history: List[Tuple[int, float]] = field(default_factory=list)  # (model calls so far, best error)
+
+
+def as_config(results: Mapping[int, OptimizedSteps]) -> Dict[str, List[float]]:
+    """``{N: OptimizedSteps}`` as the value of SDEScheduler's ``optimized_timesteps`` config key."""
+    return {str(n): list(r.timesteps) for n, r in sorted(results.items())}
+
+
+class _Counted:
+    """The model as a tensor-returning callable with fixed keyword arguments, counting its calls."""
+
+    def __init__(self, model, kwargs):
+        self.model, self.kwargs, self.calls = model, dict(kwargs or {}), 0
+
+    def __call__(self, x, timestep):
+        self.calls += 1
+        return call_model(self.model, x, timestep, **self.kwargs)
+
+
+def _sample(scheduler, model: _Counted, noise: torch.Tensor, timesteps) -> torch.Tensor:
+    """The plain diffusers loop over ``timesteps`` (the steps' starts), driven by the scheduler."""
+    scheduler.set_timesteps(timesteps=timesteps)
+    x = noise
+    for t in scheduler.timesteps:
+        x = scheduler.step(model(scheduler.scale_model_input(x, t), t), t, x).prev_sample
+    return x
+
+
+def _error(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Per-sample RMS distance (B,), in float64."""
+    return (x.double() - ref.double()).flatten(1).pow(2).mean(1).sqrt()
+
+
+def _scheduler(scheduler, solver, overrides):
+    from .schedulers.sde import SDEScheduler
+
+    # Any scheduler or config the adapter reads; a diffusers VP one becomes SDEScheduler on its exact schedule.
+    base = scheduler if isinstance(scheduler, SDEScheduler) else process_view(scheduler, "continuous")
+    if not isinstance(base, SDEScheduler):
+        raise ValueError(f"scheduler: optimize_steps runs SDEScheduler's solvers; {type(base).__name__} is not one")
+    if solver is not None:
+        overrides = {**overrides, "solver": solver}
+    return SDEScheduler.from_config(dict(base.config), **overrides)
+
+
+def _candidates(sched, n_candidates: int, starts: Sequence[Sequence[float]]) -> torch.Tensor:
+    """Candidate step starts (model timesteps, decreasing): a log-SNR grid from where the scheduler starts
+    down to sampling_eps -- integers on a diffusers train schedule, what diffusers' ``timesteps=`` takes --
+    merged with the scheduler's own grids as they are (so each is a path of the DP and of the search)."""
+    from .schedulers.sde import SDEScheduler
+
+    grid = SDEScheduler.from_config(dict(sched.config), time_grid="log_snr", denoise_final=True,
+                                    optimized_timesteps=None, **{"solver": "ode_euler"})
+    grid.set_timesteps(n_candidates)
+    ts = grid.timesteps.double()
+    if sched.is_discrete_schedule:
+        ts = ts.round()
+    return torch.unique(torch.cat([ts] + [torch.as_tensor(s, dtype=torch.float64) for s in starts])).flip(0)
+
+
+def optimize_steps(
+    model: Callable,
+    scheduler,
+    num_inference_steps: Union[int, Sequence[int]],
+    *,
+    sample_shape: Sequence[int],
+    solver: Optional[str] = None,
+    model_kwargs: Optional[Mapping] = None,
+    seed: int = 0,
+    candidates: int = 40,
+    teacher_substeps: int = 5,
+    refine_calls: Optional[int] = None,
+    dtype: torch.dtype = torch.float32,
+    device: Union[str, torch.device, None] = None,
+    **scheduler_overrides,
+) -> Union[OptimizedSteps, Dict[int, OptimizedSteps]]:
+    """The N time steps that bring ``scheduler``'s solver closest to a fine-step solution on a calibration
+    batch, for ``model`` (see the module docstring for the method and the objective).
+
+    Args:
+        model: any ``model(x, timestep, **model_kwargs)`` -> tensor or an output with ``.sample`` (an hf_ddm
+            or diffusers U-Net, the mixture oracle, a function applying classifier-free guidance).
+        scheduler: an SDEScheduler (its solver, grid and options), or any diffusers VP scheduler / config
+            (then SDEScheduler on exactly its schedule, with SDEScheduler's defaults).
+        num_inference_steps: N, or several (one teacher run serves them all; then a dict N -> result).
+        sample_shape: the calibration batch's shape, batch first (e.g. (16, 3, 32, 32)).
+        solver: a solver of ``hf_ddm.solver_registry`` (None: the scheduler's); deterministic ones only.
+        model_kwargs: passed to every model call (class labels, text embeddings: the conditioning and
+            guidance the steps are optimized for).
+        seed: the calibration noise's seed; the same seed gives the same steps.
+        candidates: size of the log-SNR candidate grid the steps are chosen from.
+        teacher_substeps: teacher steps per candidate interval (teacher calls ~ candidates * substeps).
+        refine_calls: model calls the end-to-end refinement may spend per N (None: 40 N^2, i.e. about two
+            sweeps over the N steps; 0: none, the better of the DP's path and the start grid).
+        scheduler_overrides: SDEScheduler config keys to change first (``time_grid``, ``denoise_final``,
+            ``solver_order`` ...).
+    """
+    counts = [num_inference_steps] if isinstance(num_inference_steps, (int, np.integer)) else list(num_inference_steps)
+    counts = [check_step_count(n) for n in counts]
+    check_int("candidates", candidates, 3)
+    check_int("teacher_substeps", teacher_substeps, 1)
+    start_clock = time.process_time()
+    sched = _scheduler(scheduler, solver, scheduler_overrides)
+    spec = sched.solver
+    if spec.stochastic:
+        raise ValueError(f"solver {spec.name!r} draws noise at every step: the steps are optimized for a "
+                         "deterministic solver (ode_euler, ode_heun, multistep)")
+    counted = _Counted(model, model_kwargs)
+    shape = tuple(sample_shape)
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype).to(device)
+    noise = noise * sched.init_noise_sigma
+
+    # The start grids: what set_timesteps(N) runs now (a saved optimized list included).
+    starts = {}
+    for n in counts:
+        sched.set_timesteps(n)  # its grid points but the end are the steps' starts
+        starts[n] = sched.t_to_timestep(torch.tensor([p.t for p in sched._points[:-1]], dtype=torch.float64))
+    cand = _candidates(sched, candidates, list(starts.values()))
+
+    # 1. The teacher through every candidate: its sample and the model's (x0, eps) at each.
+    from .schedulers.sde import SDEScheduler
+
+    teacher = SDEScheduler.from_config(dict(sched.config), optimized_timesteps=None, **TEACHER)
+    t_c = teacher.timestep_to_t(cand)
+    lam = teacher.process.log_snr(t_c)
+    fine = [float(t_c[0])]
+    for k in range(len(cand) - 1):  # substeps evenly in log-SNR inside each candidate interval
+        inner = torch.linspace(float(lam[k]), float(lam[k + 1]), teacher_substeps + 1, dtype=torch.float64)[1:-1]
+        fine += teacher.process.time_at_log_snr(inner).tolist() + [float(t_c[k + 1])]
+    denoise = bool(sched.config.denoise_final)
+    end = max(sched.sampling_eps, sched.process.t_min)
+    if not denoise and fine[-1] <= end + 1e-12:
+        fine, n_eval = fine[:-1], len(cand) - 1  # the last candidate is where the steps end: not a start
+    else:
+        n_eval = len(cand)
+    fine_ts = teacher.t_to_timestep(torch.tensor(fine, dtype=torch.float64))
+    teacher.set_timesteps(timesteps=fine_ts)
+    xs, x0s, epss = [], [], []
+    x = noise
+    for k, t in enumerate(teacher.timesteps):
+        out = counted(x, t)
+        if k % teacher_substeps == 0 and len(xs) < n_eval:
+            a, s = teacher.marginal(t)
+            x0, eps = sched.denoised(out, x, float(a), float(s))  # the scheduler's own x0 processing
+            xs.append(x), x0s.append(x0), epss.append(eps)
+        x = teacher.step(out, t, x).prev_sample
+    reference = x
+    teacher_calls = counted.calls
+    points = [sched.process.point(float(t)) for t in t_c[:n_eval]] + [CLEAN if denoise else sched.process.point(end)]
+    xs.append(reference)
+    n_nodes = len(points)  # evaluated candidates 0..T-1, the end T
+
+    # 2. Local errors of every jump on the teacher's trajectory (no model calls).
+    scorer = spec if spec.calls_per_step == 1 else get("ode_euler")
+    stepper = scorer.make_stepper(sched.config)
+    ctx = StepContext(1, 10**6, 0.0, None)  # mid-run: no lowered final order, no noise
+    with_history = scorer.state == "x0 history"
+
+    def local(i, j, p=None):
+        stepper.reset()
+        if p is not None:  # the history the update would carry: the previous start's x0
+            stepper("step", xs[p], x0s[p], epss[p], points[p], points[i], ctx)
+        mean = stepper("step", xs[i], x0s[i], epss[i], points[i], points[j], ctx)[0]
+        return float(_error(mean, xs[j]).mean())
+
+    first = np.full((n_nodes, n_nodes), np.inf)  # first[i, j]: a jump with no history (the run's first)
+    for i in range(n_nodes - 1):
+        for j in range(i + 1, n_nodes):
+            first[i, j] = local(i, j)
+    later = np.full((n_nodes, n_nodes, n_nodes), np.inf)  # later[p, i, j]: a jump after p -> i
+    for p in range(n_nodes - 2):
+        for i in range(p + 1, n_nodes - 1):
+            for j in range(i + 1, n_nodes):
+                later[p, i, j] = local(i, j, p) if with_history else first[i, j]
+
+    def dp_path(n):
+        """Start 0 -> end T in n jumps, least summed local error; states are the last jump (p, i)."""
+        T = n_nodes - 1
+        if n == 1:
+            return [0, T]
+        cost = np.full((n_nodes, n_nodes), np.inf)
+        cost[0] = first[0]
+        back = []
+        for _ in range(n - 1):
+            total = cost[:, :, None] + later  # [p, i, j]
+            arg = total.argmin(0)  # best p for each (i, j)
+            cost = np.take_along_axis(total, arg[None], 0)[0]
+            back.append(arg)
+        if not np.isfinite(cost[:, T]).any():
+            raise ValueError(f"{n} steps need at least {n + 1} candidate times; raise `candidates`")
+        i, j = int(cost[:, T].argmin()), T
+        path = [j, i]
+        for arg in reversed(back):
+            i, j = int(arg[i, j]), i
+            path.append(i)
+        return path[::-1]
+
+    # 3-4. The DP's path, the start grid, and refinement, on the end-to-end objective.
+    index = {float(v): k for k, v in enumerate(cand.tolist())}
+    shared_seconds = time.process_time() - start_clock  # teacher + scoring: charged in full to every N
+    results = {}
+    for n in counts:
+        clock, calls0 = time.process_time(), counted.calls
+        history = []
+
+        def objective(path):
+            ts = cand[path[:-1]]
+            return float(_error(_sample(sched, counted, noise, ts), reference).mean())
+
+        start_path = [index[float(v)] for v in starts[n].tolist()]
+        start_path.append(n_nodes - 1)
+        start_err = objective(start_path)
+        path = dp_path(n)
+        dp_err = objective(path)
+        best, best_err = (path, dp_err) if dp_err < start_err else (start_path, start_err)
+        history.append((counted.calls - calls0, best_err))
+        budget = 40 * n * n if refine_calls is None else int(refine_calls)
+        spent = lambda: counted.calls - calls0  # noqa: E731
+        for stride in (2, 1):
+            improved = True
+            while improved and spent() < budget:
+                improved = False
+                for m in range(1, n):  # every step but the first (the start) and the end
+                    for d in (-stride, stride):
+                        k = best[m] + d
+                        if not best[m - 1] < k < best[m + 1] or spent() >= budget:
+                            continue
+                        trial = best[:m] + [k] + best[m + 1:]
+                        err = objective(trial)
+                        if err < best_err:
+                            best, best_err, improved = trial, err, True
+                            history.append((spent(), best_err))
+                            break
+        ts = cand[best[:-1]]
+        sched.set_timesteps(timesteps=ts)
+        sig = [p.s / p.a for p in sched._points]
+        results[n] = OptimizedSteps(
+            num_inference_steps=n, timesteps=ts.tolist(), sigmas=sig, solver=spec.name, error=best_err,
+            start_timesteps=cand[start_path[:-1]].tolist(), start_error=start_err, dp_error=dp_err,
+            model_calls=teacher_calls + spent(),
+            seconds=shared_seconds + time.process_time() - clock, history=history)
+    return results[counts[0]] if isinstance(num_inference_steps, (int, np.integer)) else results
+
+
+__all__ = ["OptimizedSteps", "as_config", "optimize_steps"]

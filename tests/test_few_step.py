@@ -1,0 +1,159 @@
+"""Optimized time steps (hf_ddm.few_step) and SDEScheduler's custom steps, on the exact mixture oracle."""
+
+import pytest
+import torch
+from diffusers import DPMSolverMultistepScheduler, HeunDiscreteScheduler
+
+from hf_ddm import optimize_steps
+from hf_ddm.few_step import as_config
+from hf_ddm.mixture import GaussianMixture
+from hf_ddm.schedulers import SDEScheduler
+
+LINEAR = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
+COSINE = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+MIX = GaussianMixture([[-1.0, -0.5], [1.0, -0.5], [0.0, 1.0]], 0.05, [0.5, 0.3, 0.2])
+STEPS = [999, 850, 600, 400, 250, 120, 40]
+# Small enough for a test (~1 s each), large enough that the DP has room: 24 candidates, 3 teacher substeps.
+FAST = dict(candidates=24, teacher_substeps=3, sample_shape=(128, 2))
+
+
+def run(sched, noise, **set_kw):
+    """The plain diffusers loop on the exact model of ``sched``'s schedule."""
+    sched.set_timesteps(**set_kw)
+    model, x = MIX.model(sched), noise.clone()
+    for t in sched.timesteps:
+        x = sched.step(model(sched.scale_model_input(x, t), t), t, x).prev_sample
+    return x
+
+
+def noise(seed, n=1000):
+    return torch.randn(n, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def error(x, ref):
+    return float((x - ref).pow(2).mean(1).sqrt().mean())
+
+
+@pytest.fixture(scope="module")
+def optimized():
+    sched = SDEScheduler.from_config(LINEAR, solver="multistep", solver_order=2)
+    return sched, optimize_steps(MIX.model(sched), sched, [4, 5], seed=0, **FAST)
+
+
+# --- custom steps: diffusers' meaning -------------------------------------------------------------------
+
+
+def test_custom_timesteps_match_diffusers_dpmsolver():
+    """timesteps=: the N step starts, the last step into the clean estimate -- what DPMSolverMultistepScheduler
+    does with the same list; on integer timesteps both are the same DPM-Solver++(2M), so the samples agree."""
+    ours = SDEScheduler.from_config(LINEAR, solver="multistep", solver_order=2)
+    theirs = DPMSolverMultistepScheduler(**LINEAR)
+    x0 = noise(0)
+    a, b = run(ours, x0, timesteps=STEPS), run(theirs, x0, timesteps=STEPS)
+    assert ours.timesteps.tolist() == theirs.timesteps.tolist() == STEPS
+    assert (a - b).abs().max() < 1e-4
+    # The same steps as diffusers' noise levels (sigmas=, N + 1 of them, 0 = the clean end): the same run.
+    c = run(ours, x0, sigmas=theirs.sigmas.double().tolist())
+    assert (c - a).abs().max() < 1e-4
+
+
+def test_custom_timesteps_repeat_for_multi_call_solvers_as_diffusers_heun():
+    ours = SDEScheduler.from_config(LINEAR, solver="ode_heun")
+    theirs = HeunDiscreteScheduler(**LINEAR)
+    ours.set_timesteps(timesteps=STEPS)
+    theirs.set_timesteps(timesteps=STEPS)
+    assert ours.timesteps.tolist() == theirs.timesteps.tolist()
+    assert ours.num_model_evaluations == 2 * len(STEPS) - 1  # no corrector into the clean data
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(num_inference_steps=5, timesteps=STEPS), "exactly one"),
+    (dict(), "exactly one"),
+    (dict(timesteps=[999, 500, 600]), "decreasing"),
+    (dict(timesteps=[1500, 500]), "lie in"),
+    (dict(sigmas=[100.0, 1.0, 2.0]), "decreasing"),
+    (dict(sigmas=[1e6, 1.0, 0.0]), "noise levels"),
+])
+def test_custom_steps_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SDEScheduler.from_config(LINEAR).set_timesteps(**kwargs)
+
+
+def test_custom_timesteps_without_final_denoise_end_at_sampling_eps():
+    sched = SDEScheduler(sde="vp", denoise_final=False)
+    sched.set_timesteps(timesteps=[1000.0, 500.0, 100.0])
+    assert sched.num_model_evaluations == 3
+    with pytest.raises(ValueError, match="sampling_eps"):
+        sched.set_timesteps(timesteps=[1000.0, 500.0, 1.0])  # 1.0 = sampling_eps 1e-3 * 1000: no step left
+
+
+# --- optimize_steps ---------------------------------------------------------------------------------------
+
+
+def test_optimized_never_worse_than_its_start_on_the_calibration_objective(optimized):
+    """Recomputed here, independently: the calibration noise (seed 0, the batch optimize_steps drew), a
+    400-step reference, each grid run through the scheduler's own timesteps=."""
+    sched, results = optimized
+    x0 = torch.randn(FAST["sample_shape"], generator=torch.Generator().manual_seed(0)).double()
+    fine = SDEScheduler.from_config(LINEAR, solver="multistep", solver_order=3)
+    ref = run(fine, x0, num_inference_steps=400)
+    for n, r in results.items():
+        assert len(r.timesteps) == n and len(r.sigmas) == n + 1 and r.sigmas[-1] == 0
+        assert r.error <= r.start_error and r.error <= r.dp_error
+        start, opt = error(run(sched, x0, num_inference_steps=n), ref), error(run(sched, x0, timesteps=r.timesteps), ref)
+        assert start == pytest.approx(r.start_error, rel=0.05)
+        assert opt == pytest.approx(r.error, rel=0.05)
+        assert opt < 0.5 * start  # measured: 0.13x at 4 steps, 0.2x at 5
+
+
+def test_optimized_steps_hold_on_fresh_noise(optimized):
+    """Found on 128 calibration samples, they serve other samples: 1000 fresh draws (another seed)."""
+    sched, results = optimized
+    x0 = noise(7)
+    ref = run(SDEScheduler.from_config(LINEAR, solver="multistep", solver_order=3), x0, num_inference_steps=400)
+    for n, r in results.items():
+        assert error(run(sched, x0, timesteps=r.timesteps), ref) < 0.5 * error(run(sched, x0, num_inference_steps=n), ref)
+
+
+def test_optimize_steps_is_deterministic(optimized):
+    sched, results = optimized
+    again = optimize_steps(MIX.model(sched), sched, [4, 5], seed=0, **FAST)
+    for n, r in results.items():
+        assert again[n].timesteps == r.timesteps and again[n].error == r.error and again[n].history == r.history
+
+
+def test_optimized_steps_survive_save_and_load(optimized, tmp_path):
+    """Written into the config (optimized_timesteps), saved, loaded: set_timesteps(N) runs them, for
+    SDEScheduler and for a stock loop; other step counts keep the time grid; a config without them loads."""
+    sched, results = optimized
+    saved = SDEScheduler.from_config(sched.config, optimized_timesteps={5: results[5].timesteps, "4": results[4].timesteps})
+    saved.save_config(tmp_path)
+    loaded = SDEScheduler.from_pretrained(tmp_path)
+    public = lambda cfg: {k: v for k, v in cfg.items() if not k.startswith("_")}  # noqa: E731
+    assert public(loaded.config) == public(saved.config)
+    assert loaded.config.optimized_timesteps == as_config(results)
+    x0 = noise(3, 200)
+    for n, r in results.items():
+        assert torch.equal(run(loaded, x0, num_inference_steps=n), run(sched, x0, timesteps=r.timesteps))
+    loaded.set_timesteps(6)
+    sched.set_timesteps(6)
+    assert torch.equal(loaded.timesteps, sched.timesteps)
+    assert SDEScheduler.from_config({k: v for k, v in saved.config.items() if k != "optimized_timesteps"}).config.optimized_timesteps is None
+    with pytest.raises(ValueError, match="must list 5"):
+        SDEScheduler.from_config(LINEAR, optimized_timesteps={"5": [999, 500]})
+
+
+def test_optimize_steps_from_a_diffusers_config_and_other_solvers():
+    """A diffusers config is SDEScheduler on its schedule; Heun is scored by its predictor and refined on
+    the true objective; the cosine schedule starts where SDEScheduler's grid does."""
+    theirs = DPMSolverMultistepScheduler(**COSINE)
+    r = optimize_steps(MIX.model(theirs), theirs.config, 3, solver="ode_heun", refine_calls=100, **FAST)
+    assert r.solver == "ode_heun" and r.error <= r.start_error and len(r.timesteps) == 3
+    # The budget holds: teacher (<= 27 candidates x 3 substeps + 1) + 100 refinement calls + one run's overshoot.
+    assert r.model_calls <= 27 * 3 + 1 + 100 + 5
+
+
+def test_optimize_steps_refuses_stochastic_solvers():
+    sched = SDEScheduler.from_config(LINEAR, solver="ancestral")
+    with pytest.raises(ValueError, match="deterministic"):
+        optimize_steps(MIX.model(sched), sched, 5, sample_shape=(8, 2))
