@@ -321,4 +321,94 @@ def optimize_steps(
     return results[counts[0]] if isinstance(num_inference_steps, (int, np.integer)) else results
 
 
-__all__ = ["OptimizedSteps", "as_config", "optimize_steps"]
+
+# ------------------------------------------------------------------------------------------------
+# The command: optimized steps into a saved pipeline folder
+# ------------------------------------------------------------------------------------------------
+
+
+def pipeline_model(pipe, batch_size: int, guidance_scale: Optional[float] = None):
+    """(model_fn(x, t), sample shape) of an hf_ddm pipeline as its own loop calls it: an unconditional model
+    as it is; a class-conditional one on classes 0, 1, ... (cycled over the batch) with classifier-free
+    guidance at ``guidance_scale`` (None: the folder's ``default_guidance_scale``)."""
+    if getattr(pipe, "text_encoder", None) is not None:
+        raise ValueError("text-conditional folders: call optimize_steps with a model that applies your prompts")
+    shape = pipe.input_shape(batch_size)
+    num_classes = getattr(pipe.unet.config, "num_class_embeds", None)
+
+    def unet(x, t, **kwargs):
+        return call_model(pipe.unet, x, t, **kwargs)
+
+    if not num_classes:
+        return unet, shape, None
+    scale = pipe.guidance_scale_or_default(guidance_scale)
+    labels = torch.arange(batch_size) % num_classes
+    null = torch.full_like(labels, num_classes)  # the null class id the pipelines use
+    guided = pipe.guided_model_fn(unet, {"class_labels": labels}, {"class_labels": null}, scale)
+    # call_model hands over one timestep per sample; the guided batch is twice as long: pass the one value.
+    return (lambda x, t: guided(x, torch.as_tensor(t).reshape(-1)[0])), shape, scale
+
+
+def write_folder(folder: str, nfes: Sequence[int], batch_size: int = 16, guidance_scale: Optional[float] = None,
+                 seed: int = 0, **kwargs) -> Tuple[Dict[int, OptimizedSteps], Optional[float]]:
+    """Optimize the steps of the saved pipeline ``folder`` for each N of ``nfes`` and write them into its
+    scheduler config (``optimized_timesteps``; an SDEScheduler folder), merged with any already there.
+    Returns the results and the guidance scale they were found with (None: an unconditional model)."""
+    import json
+    import os
+
+    from . import pipelines
+    from .schedulers.sde import SDEScheduler
+
+    with open(os.path.join(folder, "model_index.json")) as f:
+        name = json.load(f)["_class_name"]
+    cls = getattr(pipelines, name[-1] if isinstance(name, list) else name, None)
+    if cls is None:
+        raise ValueError(f"{folder}: {name} is not an hf_ddm pipeline; call optimize_steps with its model instead")
+    pipe = cls.from_pretrained(folder, dtype=torch.float32)  # shipped weights may be fp16: calibrate in float32
+    if not isinstance(pipe.scheduler, SDEScheduler):
+        raise ValueError(f"{folder}: its scheduler is {type(pipe.scheduler).__name__}; optimized steps are read by "
+                         "SDEScheduler -- save the folder with SDEScheduler.from_config(pipe.scheduler.config) first")
+    pipe.unet.eval().requires_grad_(False)
+    model, shape, scale = pipeline_model(pipe, batch_size, guidance_scale)
+    with torch.no_grad():
+        found = optimize_steps(model, pipe.scheduler, list(nfes), sample_shape=shape, seed=seed, **kwargs)
+    path = os.path.join(folder, "scheduler", "scheduler_config.json")
+    with open(path) as f:
+        config = json.load(f)
+    config["optimized_timesteps"] = {**(config.get("optimized_timesteps") or {}), **as_config(found)}
+    SDEScheduler.from_config(config)  # what is written must load
+    with open(path, "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+        f.write("\n")
+    return found, scale
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m hf_ddm.few_step",
+                                description="Write optimized time steps into a saved pipeline folder's scheduler config.")
+    p.add_argument("folder")
+    p.add_argument("--nfe", nargs="+", type=int, default=[4, 5, 6, 8, 10], help="step counts to optimize")
+    p.add_argument("--batch-size", type=int, default=16, help="calibration batch")
+    p.add_argument("--guidance-scale", type=float, help="class-conditional folders (default: the folder's own)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--candidates", type=int, default=40)
+    p.add_argument("--refine-calls", type=int, help="per step count (default 40 N^2)")
+    args = p.parse_args(argv)
+    found, scale = write_folder(args.folder, args.nfe, args.batch_size, args.guidance_scale, args.seed,
+                                candidates=args.candidates, refine_calls=args.refine_calls)
+    guided = f", guidance scale {scale}" if scale is not None else ""
+    print(f"{args.folder}/scheduler/scheduler_config.json: optimized_timesteps for {sorted(found)}{guided}")
+    for n, r in sorted(found.items()):
+        print(f"  {n} steps: error {r.error:.4g} (its grid before: {r.start_error:.4g}), {r.model_calls} model calls, "
+              f"{r.seconds:.0f} CPU s: {[round(v, 2) for v in r.timesteps]}")
+    return 0
+
+
+__all__ = ["OptimizedSteps", "as_config", "optimize_steps", "pipeline_model", "write_folder"]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

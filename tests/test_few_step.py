@@ -157,3 +157,27 @@ def test_optimize_steps_refuses_stochastic_solvers():
     sched = SDEScheduler.from_config(LINEAR, solver="ancestral")
     with pytest.raises(ValueError, match="deterministic"):
         optimize_steps(MIX.model(sched), sched, 5, sample_shape=(8, 2))
+
+
+def test_command_writes_steps_a_loaded_folder_runs(tmp_path, capsys):
+    """python -m hf_ddm.few_step FOLDER: a class-conditional pixel folder (guided at its default scale) gets
+    optimized_timesteps in its scheduler config; the pipeline loaded again runs them at num_inference_steps=N."""
+    from hf_ddm.few_step import main
+    from hf_ddm.models import UNet
+    from hf_ddm.pipelines import PixelDiffusionPipeline
+
+    torch.manual_seed(0)
+    unet = UNet(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(16, 32), layers_per_block=1,
+                attention_levels=(1,), norm_num_groups=8, attention_head_dim=8, num_class_embeds=3)
+    pipe = PixelDiffusionPipeline(unet, SDEScheduler.from_config(LINEAR, time_grid="uniform", denoise_final=False))
+    pipe.register_default_guidance_scale(2.0)
+    pipe.save_pretrained(tmp_path / "pipe")
+    assert main([str(tmp_path / "pipe"), "--nfe", "3", "--batch-size", "4", "--candidates", "12",
+                 "--refine-calls", "30"]) == 0
+    assert "guidance scale 2.0" in capsys.readouterr().out
+    loaded = PixelDiffusionPipeline.from_pretrained(tmp_path / "pipe")
+    steps = loaded.scheduler.config.optimized_timesteps["3"]
+    seen = []
+    loaded(class_labels=[0, 1], num_inference_steps=3, output_type="pt",
+           callback_on_step_end=lambda p, i, t, kw: seen.append(float(t)) or {})
+    assert seen == pytest.approx(steps)
