@@ -337,7 +337,8 @@ class DiscreteScheduleVP(NoiseProcess):
     between; a ~ sigmoid(2 lambda)^1/2, s ~ sigmoid(-2 lambda)^1/2 keep a^2 + s^2 = 1 (VP) everywhere.
 
     Zero terminal SNR (``rescale_betas_zero_snr``: alphas_cumprod[-1] = 0, lambda = -inf) is clamped
-    to alphas_cumprod = 2^-24 at the last timestep, as diffusers' DDIM / Euler schedulers do.
+    to alphas_cumprod = 2^-24 at the last timestep, as diffusers' DDIM / Euler schedulers do; values above 0
+    (the cosine schedule ends at 2.4e-9) are kept as they are.
     """
 
     continuous = True
@@ -348,7 +349,12 @@ class DiscreteScheduleVP(NoiseProcess):
             raise ValueError("a discrete schedule needs at least 2 train timesteps")
         if not torch.isfinite(ac).all() or (ac > 1).any() or (ac < 0).any() or (ac[1:] > ac[:-1]).any():
             raise ValueError("alphas_cumprod must be finite, in [0, 1] and non-increasing")
-        ac = ac.clamp(min=2.0**-24)
+        if (ac == 0).any():
+            # Only an exact zero (zero terminal SNR) is replaced: by 2^-24, as diffusers' DDIM / Euler do, or
+            # below the last positive value where that is smaller. A small positive value (the cosine
+            # schedule's last, 2.4e-9) is the model's true noise level and is kept.
+            floor = min(2.0**-24, 0.5 * float(ac[ac > 0].min()))
+            ac = torch.where(ac > 0, ac, torch.full_like(ac, floor))
         self.alphas_cumprod = ac
         self.num_train_timesteps = ac.numel()
         self._lam = 0.5 * (torch.log(ac) - torch.log1p(-ac))
