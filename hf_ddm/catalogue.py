@@ -197,5 +197,47 @@ def labels(scheduler) -> List[str]:
     return list(catalogue(scheduler))
 
 
-__all__ = ["AS_SAVED", "UNIFORM_2M", "schedule_config", "SAMPLERS", "SamplerSpec", "Sampler", "make_scheduler", "catalogue",
+def solver_of(scheduler) -> Tuple[str, Optional[str]]:
+    """(scheduler class, the solver it runs) -- the registry's config key of its class, or diffusers' own
+    algorithm: what makes two samplers different algorithms rather than two grids of one."""
+    config = dict(scheduler.config)
+    key = SCHEDULER_KEYS.get(type(scheduler).__name__)
+    return type(scheduler).__name__, str(config.get(key) if key else config.get("algorithm_type"))
+
+
+def _public(config) -> dict:
+    return {k: v for k, v in dict(config).items() if not k.startswith("_")}
+
+
+# How a saved config's grid reads in a label (SDEScheduler's time_grid; diffusers' timestep_spacing).
+GRID_WORDS = {"log_snr": "steps uniform in log-SNR", "uniform": "steps uniform in t", "rho": "EDM rho-spaced steps",
+              "leading": "leading spacing", "trailing": "trailing spacing", "linspace": "linspace spacing"}
+
+
+def describe_saved(scheduler, samplers: Optional[Dict[str, Sampler]] = None) -> str:
+    """What "as saved" is for this model, in the catalogue's words: its solver's name (the label of the
+    catalogue entry that is the same scheduler, else the registry's) and its time grid."""
+    samplers = catalogue(scheduler) if samplers is None else samplers
+    saved = _public(scheduler.config)
+    name = None
+    for label, sampler in samplers.items():
+        made = sampler.make() if label != AS_SAVED else None
+        if made is not None and type(made) is type(scheduler) and _public(made.config) == saved:
+            name = label
+            break
+    cls, solver = solver_of(scheduler)
+    if name is None and solver in SOLVERS:
+        name = next((v.label for v in SOLVERS[solver].variants if v.label and v.scheduler == cls), solver)
+    if name is None:
+        name = cls if solver in (None, "None") else f"{cls} ({solver})"
+    name = name.replace(" (hf_ddm)", "")
+    grid = saved.get("time_grid") or saved.get("timestep_spacing")
+    if grid and "steps" not in name:
+        name = f"{name}, {GRID_WORDS.get(grid, f'{grid} grid')}"
+    if saved.get("optimized_timesteps"):
+        name += f"; optimized steps for N = {', '.join(str(k) for k in saved['optimized_timesteps'])}"
+    return name
+
+
+__all__ = ["AS_SAVED", "UNIFORM_2M", "solver_of", "describe_saved", "schedule_config", "SAMPLERS", "SamplerSpec", "Sampler", "make_scheduler", "catalogue",
            "labels", "process_family"]

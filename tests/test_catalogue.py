@@ -64,3 +64,28 @@ def test_the_catalogue_is_one_table_and_offers_every_registered_solver():
             assert spec.label == variant.label
             model = FAMILY_SCHEDULERS["ve" if spec.cls == "VEScheduler" else "vp"]()
             assert spec.make(model.config).solver is solver, variant.name
+
+
+SHIPPED = sorted(p for p in (__import__("pathlib").Path(__file__).resolve().parents[1] / "space" / "models").glob("*/scheduler"))
+
+
+@pytest.mark.parametrize("folder", SHIPPED, ids=lambda p: p.parent.name)
+def test_as_saved_names_its_solver_and_grid(folder):
+    from hf_ddm.catalogue import GRID_WORDS, describe_saved
+    from hf_ddm.schedulers.sde import SDEScheduler
+    from hf_ddm.solver_registry import SOLVERS
+
+    scheduler = SDEScheduler.from_pretrained(folder)
+    text = describe_saved(scheduler)
+    assert GRID_WORDS[scheduler.config.time_grid] in text, text
+    labels = [v.label for v in SOLVERS[scheduler.config.solver].variants if v.label]
+    assert any(label.split(" (")[0].split(", ")[0] in text for label in labels), (text, labels)
+
+
+def test_as_saved_of_a_config_no_entry_matches_falls_back_to_class_and_spacing():
+    from diffusers import DDIMScheduler
+
+    from hf_ddm.catalogue import describe_saved
+
+    assert describe_saved(DDIMScheduler(timestep_spacing="trailing")) == "DDIMScheduler, trailing spacing"
+

@@ -23,7 +23,7 @@ if SPACE_DIR not in sys.path:
 from hf_ddm_space import registry as registry_mod  # noqa: E402
 from hf_ddm_space.demo_models import build_pipeline  # noqa: E402
 from hf_ddm_space.registry import SPECS, Registry, load_pipeline, resolve  # noqa: E402
-from hf_ddm_space.samplers import AS_SAVED  # noqa: E402
+from hf_ddm_space.samplers import AS_SAVED, solver_of  # noqa: E402
 from hf_ddm_space.ui import CYCLE, DEFAULT_SAMPLER, Limits, SpaceApp, build_demo  # noqa: E402
 
 
@@ -141,7 +141,7 @@ def test_generate_every_model(app, model, extra):
 def test_samplers_run(app, model, sampler):
     gallery, _, info = run(app, model, sampler=sampler, steps=2, class_name=CYCLE)
     assert len(gallery) == 1
-    assert "model evaluations" in info and sampler in info
+    assert "model evaluations" in info and app.sampler_name(app.registry.get(model), sampler) in info
 
 
 def test_sampler_catalogue_follows_the_process(app):
@@ -707,7 +707,7 @@ def test_compare_choices_follow_the_model(app):
     for name in SPECS:
         update = app.compare_choices(name)
         model = app.registry.get(name)
-        assert update["choices"] == list(model.samplers)
+        assert [value for _text, value in update["choices"]] == list(model.samplers)
         assert len(update["value"]) == 2 and set(update["value"]) <= set(model.samplers)
         assert update["value"][0] == app.default_sampler(model)
 
@@ -780,3 +780,16 @@ def test_cancelled_compare_stops_its_work_between_steps(served, app, monkeypatch
     monkeypatch.undo()
     gallery, _ = client.predict("ddpm", [DDIM0, HEUN], 2, 1.0, None, "", 0, 1, api_name="/compare")
     assert len(gallery) == 2
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_default_comparison_is_two_algorithms_and_names_the_saved_one(app, name):
+    """Two grids of one solver give near-identical images: the preselected pair are two algorithms. The menu
+    shows "as saved" with the solver and grid it is; its value stays the catalogue key the API takes."""
+    model = app.registry.get(name)
+    picks = app.default_compare(model)
+    assert len(picks) == 2 and solver_of(model.samplers[picks[0]].make()) != solver_of(model.samplers[picks[1]].make())
+    shown = {value: text for text, value in app.sampler_choices(model)}
+    assert list(shown) == list(model.samplers)
+    assert shown[AS_SAVED].startswith("as saved: ") and len(shown[AS_SAVED]) > len("as saved: ") + 5
+

@@ -32,7 +32,7 @@ from hf_ddm.pipeline_utils import class_name_index
 from hf_ddm.schedulers.sde import STOCHASTIC_SOLVERS
 
 from .registry import SPECS, LoadedModel, Registry, env_var
-from .samplers import AS_SAVED, UNIFORM_2M
+from .samplers import AS_SAVED, UNIFORM_2M, describe_saved, solver_of
 
 logger = logging.getLogger("hf_ddm_space")
 
@@ -57,6 +57,9 @@ DEFAULT_SAMPLER = {
 # Euler-Maruyama's FD keeps falling with the step count (README, quality table).
 DEFAULT_STEPS = {"ve": 100, "sde:ve": 100}
 STOCHASTIC_STEPS = 100  # a saved stochastic SDE solver
+# Compare mode's second pick when the model's saved sampler is the default's algorithm: diffusers' best
+# multistep solver, the peer a visitor would otherwise use (another algorithm, not another grid of the same).
+COMPARE_WITH = "UniPC (diffusers)"
 
 
 def _env_int(name: str, default: int) -> int:
@@ -390,26 +393,32 @@ class SpaceApp:
 
     # --- compare mode ------------------------------------------------------------------------------------
     def default_compare(self, model: LoadedModel) -> List[str]:
-        """The comparison preselected for a model: its default sampler and the one it was saved with, or
-        the catalogue's next entry when those are the same."""
+        """The comparison preselected for a model: its default sampler and the first sampler of another
+        algorithm (two grids of one solver look alike): the one it was saved with, else ``COMPARE_WITH``,
+        else the catalogue's next."""
         picks = [self.default_sampler(model)]
-
-        def same(a: str, b: str) -> bool:  # a folder saved with the default sampler: compare with another
-            x, y = model.samplers[a].make(), model.samplers[b].make()
-            return type(x) is type(y) and {k: v for k, v in x.config.items() if not k.startswith("_")} == {
-                k: v for k, v in y.config.items() if not k.startswith("_")}
-
-        for label in [AS_SAVED, *model.samplers]:
+        first = solver_of(model.samplers[picks[0]].make())
+        for label in [AS_SAVED, COMPARE_WITH, *model.samplers]:
             if len(picks) == MIN_COMPARE:
                 break
-            if label in model.samplers and label not in picks and not same(label, picks[0]):
+            if label in model.samplers and label not in picks and solver_of(model.samplers[label].make()) != first:
                 picks.append(label)
         return picks
+
+    def sampler_name(self, model: LoadedModel, label: str) -> str:
+        """What a sampler is called on screen: its label; "as saved" with the solver and grid it stands for."""
+        if label != AS_SAVED:
+            return label
+        return f"as saved: {describe_saved(model.pipe.scheduler, model.samplers)}"
+
+    def sampler_choices(self, model: LoadedModel) -> List[Tuple[str, str]]:
+        """The menu: (name on screen, value) pairs; the value is the catalogue's key (what the API takes)."""
+        return [(self.sampler_name(model, label), label) for label in model.samplers]
 
     def compare_choices(self, model_name):
         """UI callback: the compare multiselect follows the model's catalogue."""
         model = self._model(model_name)
-        return gr.update(choices=list(model.samplers), value=self.default_compare(model))
+        return gr.update(choices=self.sampler_choices(model), value=self.default_compare(model))
 
     def _compare_selection(self, model: LoadedModel, samplers) -> List[str]:
         hi = self.limits.max_compare
@@ -475,8 +484,9 @@ class SpaceApp:
 
             arrays, nfe, wall, scheduler, _ = self._sample(model, label, steps, guidance_scale, labels, prompt, seed,
                                                            n, "off", 0, part, cancel)
-            gallery.append((image_grid(arrays), f"{label} · {nfe} NFE · {wall:.2f} s"))
-            rows.append(f"| {label} | `{type(scheduler).__name__}` | {nfe} | {wall:.2f} |")
+            name = self.sampler_name(model, label)
+            gallery.append((image_grid(arrays), f"{name} · {nfe} NFE · {wall:.2f} s"))
+            rows.append(f"| {name} | `{type(scheduler).__name__}` | {nfe} | {wall:.2f} |")
         progress(1.0, desc="done")
         what = ""
         if labels is not None:
@@ -542,7 +552,7 @@ class SpaceApp:
         lines = [
             f"**{n} image{'s' if n > 1 else ''} in {wall:.2f} s** (wall time) · "
             f"**{nfe} model evaluations**{self._per_call(model, guidance_scale)} · {steps} steps requested",
-            f"model: {model.spec.label} · sampler: {sampler_label} (`{type(scheduler).__name__}`) · "
+            f"model: {model.spec.label} · sampler: {self.sampler_name(model, sampler_label)} (`{type(scheduler).__name__}`) · "
             + self._request_line(model, guidance_scale, seed, n),
         ]
         if not model.trained:
@@ -643,7 +653,7 @@ class SpaceApp:
             "guided": "classifier scale s: 0 ignores the classifier, 1 = p(x|y), >1 sharper",
         }.get(model.kind, "not used: this model is unconditional")
         return (
-            gr.update(choices=list(model.samplers), value=self.default_sampler(model)),
+            gr.update(choices=self.sampler_choices(model), value=self.default_sampler(model)),
             gr.update(value=self.default_steps(model)),
             gr.update(choices=classes, value=classes[0] if classes else None, visible=bool(classes)),
             gr.update(visible=model.kind == "text", value=self.suggested_prompt(model)),
@@ -684,7 +694,7 @@ def build_demo(app: Optional[SpaceApp] = None, default_model: str = "ddpm", prel
             with gr.Column(scale=2):
                 model_dd = gr.Dropdown(app.model_choices(), value=default_model, label="Model", elem_id="model")
                 status = gr.Markdown(app.model_status(model), elem_id="model-status")
-                sampler_dd = gr.Dropdown(list(model.samplers), value=app.default_sampler(model), label="Sampler",
+                sampler_dd = gr.Dropdown(app.sampler_choices(model), value=app.default_sampler(model), label="Sampler",
                                          allow_custom_value=True)
                 with gr.Row():
                     steps = gr.Slider(1, lim.max_steps, value=app.default_steps(model), step=1, label="Steps",
@@ -706,7 +716,7 @@ def build_demo(app: Optional[SpaceApp] = None, default_model: str = "ddpm", prel
                                             info=f"0 = automatic; at most {lim.max_frames} frames")
                 run = gr.Button("Generate", variant="primary", elem_id="generate-btn")
                 with gr.Accordion("Compare samplers", open=False, elem_id="compare-accordion"):
-                    compare_dd = gr.Dropdown(list(model.samplers), value=app.default_compare(model), multiselect=True,
+                    compare_dd = gr.Dropdown(app.sampler_choices(model), value=app.default_compare(model), multiselect=True,
                                              max_choices=lim.max_compare, label=COMPARE_INPUT, elem_id="compare-samplers",
                                              info=f"{MIN_COMPARE}-{lim.max_compare}: each runs the settings above "
                                                   "(seed, class / prompt, steps, guidance, number of images)")
