@@ -100,10 +100,12 @@ def check_x0_processing(clip_sample, clip_sample_range, thresholding, dynamic_th
     """The config checks of diffusers' x0 clipping / dynamic thresholding keys."""
     if clip_sample and not clip_sample_range > 0:
         raise ValueError(f"clip_sample_range must be > 0, got {clip_sample_range}")
-    if thresholding and not 0 < dynamic_thresholding_ratio <= 1:
-        raise ValueError(f"dynamic_thresholding_ratio must be in (0, 1], got {dynamic_thresholding_ratio}")
-    if thresholding and not sample_max_value >= 1:
-        raise ValueError(f"sample_max_value must be >= 1, got {sample_max_value}")
+    # diffusers' ranges: a quantile in [0, 1] (0: the threshold is 1, plain clipping), and any largest
+    # threshold > 0 (below 1 it is the threshold itself: x0 clipped to it and rescaled to [-1, 1]).
+    if thresholding and not 0 <= dynamic_thresholding_ratio <= 1:
+        raise ValueError(f"dynamic_thresholding_ratio must be in [0, 1], got {dynamic_thresholding_ratio}")
+    if thresholding and not (sample_max_value > 0 and math.isfinite(sample_max_value)):
+        raise ValueError(f"sample_max_value must be a finite number > 0, got {sample_max_value}")
 
 
 def check_eta(eta, solver=None, owner: str = "this scheduler") -> float:

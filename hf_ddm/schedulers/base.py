@@ -57,12 +57,43 @@ def threshold_sample(x0: torch.Tensor, ratio: float, max_value: float) -> torch.
     return (torch.clamp(flat, -s, s) / s).reshape(x0.shape).to(dtype)
 
 
+def check_generator(generator, batch_size: int) -> None:
+    """``generator``: None, a ``torch.Generator``, or a list of them, one per batch item (diffusers' rule)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if isinstance(generator, (list, tuple)) and all(isinstance(g, torch.Generator) for g in generator):
+        if len(generator) != batch_size:
+            raise ValueError(f"generator: a list of generators needs one per batch item ({batch_size}), "
+                             f"got {len(generator)}")
+        return
+    raise TypeError(f"generator must be a torch.Generator, a list of them (one per batch item) or None, "
+                    f"got {type(generator).__name__}")
+
+
+def bind_step_args(owner: str, names, args, given: dict) -> dict:
+    """The positional arguments after ``sample`` of a ``step`` call, by the names of the diffusers class the
+    scheduler stands in for (``names``), merged into ``given`` (the keywords); Python's errors otherwise."""
+    if len(args) > len(names):
+        raise TypeError(f"{owner}.step takes at most {3 + len(names)} positional arguments "
+                        f"(model_output, timestep, sample, {', '.join(names)}), got {3 + len(args)}")
+    out = dict(given)
+    for name, value in zip(names, args):
+        if out.get(name, _UNSET) is not _UNSET:
+            raise TypeError(f"{owner}.step got multiple values for argument {name!r}")
+        out[name] = value
+    return out
+
+
+_UNSET = object()
+
+
 class NoiseSource:
     """The noise of one ``step`` call: ``variance_noise`` when the caller gives it (diffusers' keyword),
     else a draw from ``generator`` (a list: one per batch item). Drawn only when asked for, so a step that
     adds no noise leaves the generator where it was."""
 
     def __init__(self, sample: torch.Tensor, generator=None, variance_noise: Optional[torch.Tensor] = None):
+        check_generator(generator, sample.shape[0] if sample.ndim else 1)
         if variance_noise is not None:
             if generator is not None:
                 raise ValueError("pass either generator or variance_noise to step, not both")
@@ -203,7 +234,14 @@ class ProcessSchedulerMixin:
             )
 
     @staticmethod
-    def _check_step_inputs(model_output: torch.Tensor, sample: torch.Tensor):
+    def _check_step_inputs(model_output: torch.Tensor, sample: torch.Tensor, timestep=None):
+        for name, value in (("model_output", model_output), ("sample", sample)):
+            if not torch.is_tensor(value):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        if timestep is not None:
+            t = torch.as_tensor(timestep)
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                raise ValueError(f"timestep must be a finite number, got {timestep}")
         if model_output.shape != sample.shape:
             raise ValueError(
                 f"model_output has shape {tuple(model_output.shape)} but sample has shape {tuple(sample.shape)}; "
@@ -211,5 +249,5 @@ class ProcessSchedulerMixin:
             )
 
 
-__all__ = ["SchedulerOutput", "ProcessSchedulerMixin", "NoiseSource", "integer_timesteps", "threshold_sample",
+__all__ = ["SchedulerOutput", "ProcessSchedulerMixin", "NoiseSource", "check_generator", "bind_step_args", "integer_timesteps", "threshold_sample",
            "check_x0_processing"]

@@ -77,6 +77,37 @@ _WHY = {
 
 VP_PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
+# Configs of models that are not VP / VE diffusion models in hf_ddm's sense, told by a key they always carry.
+# EDM's: the network is preconditioned (c_in, c_skip, c_out around sigma_data) and called with c_noise(sigma);
+# flow matching's: x_t = (1 - t) x0 + t eps, a velocity model on another path (``use_dynamic_shifting`` and
+# ``use_flow_sigmas`` are also keys of DPM-Solver++ / UniPC / DEIS configs: refused by ``_ONLY_AT`` when on).
+_EDM_KEYS = ("sigma_data", "sigma_schedule")
+_FLOW_KEYS = ("shift", "base_shift", "max_shift", "base_image_seq_len", "max_image_seq_len",
+              "invert_sigmas", "stochastic_sampling")
+
+
+def refuse_other_parameterisations(config: Dict[str, Any], owner: str) -> None:
+    """A ValueError naming the key when ``config`` is an EDM or a flow-matching scheduler's: such a model read
+    as a VP / VE one would be sampled wrongly (diffusers itself only logs the unknown keys)."""
+    name = str(config.get("_class_name") or "")
+    edm = [k for k in _EDM_KEYS if k in config]
+    if edm or name.startswith("EDM"):
+        key = edm[0] if edm else "_class_name"
+        raise ValueError(
+            f"{owner}.from_config: {key}={config.get(key)!r} is an EDM scheduler's config (EDMEulerScheduler, "
+            "EDMDPMSolverMultistepScheduler): the model is EDM-preconditioned (c_in, c_skip, c_out around sigma_data) "
+            "and takes c_noise(sigma), which no hf_ddm scheduler reproduces. Sample it with the EDM scheduler it "
+            "was saved with."
+        )
+    flow = [k for k in _FLOW_KEYS if k in config]
+    if flow or name.startswith("FlowMatch") or config.get("use_flow_sigmas"):
+        key = flow[0] if flow else ("use_flow_sigmas" if config.get("use_flow_sigmas") else "_class_name")
+        raise ValueError(
+            f"{owner}.from_config: {key}={config.get(key)!r} is a flow-matching scheduler's config "
+            "(FlowMatchEulerDiscreteScheduler: SD3, Flux): the model predicts a velocity on x_t = (1 - t) x0 + t eps, "
+            "not a VP / VE diffusion model. Sample it with the flow-matching scheduler it was saved with."
+        )
+
 
 def load_config_dict(cls, config) -> Dict[str, Any]:
     """A config as a plain dict: a mapping, a FrozenDict, or -- as diffusers' schedulers accept -- the
@@ -91,6 +122,13 @@ def load_config_dict(cls, config) -> Dict[str, Any]:
 def is_vp_schedule_config(config: Dict[str, Any]) -> bool:
     """A diffusers discrete-VP scheduler config: one that names a beta schedule."""
     return any(k in config for k in ("beta_schedule", "trained_betas", "beta_start"))
+
+
+def sampler_settings(config: Dict[str, Any]) -> Dict[str, Any]:
+    """The keys of a diffusers config that only its own sampler reads (``SAMPLER_KEYS``, and the
+    ``_ONLY_AT`` keys at the values hf_ddm honours): kept, unused, in the hf_ddm scheduler's config, so that
+    ``X.from_config(scheduler.config)`` gives the checkpoint's own sampler back."""
+    return {k: v for k, v in config.items() if k in SAMPLER_KEYS or k in _ONLY_AT}
 
 
 def vp_schedule_kwargs(config: Dict[str, Any]) -> Dict[str, Any]:
@@ -126,4 +164,5 @@ def vp_schedule_kwargs(config: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
-__all__ = ["MODEL_KEYS", "SAMPLER_KEYS", "load_config_dict", "is_vp_schedule_config", "vp_schedule_kwargs"]
+__all__ = ["MODEL_KEYS", "SAMPLER_KEYS", "load_config_dict", "is_vp_schedule_config", "vp_schedule_kwargs",
+           "refuse_other_parameterisations", "sampler_settings"]

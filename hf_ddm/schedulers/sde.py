@@ -88,13 +88,20 @@ from ..limits import SDES, TIME_GRIDS, check_scheduler_args, check_step_count
 from ..processes import CLEAN, ContinuousVP, DiscreteScheduleVP, Point, make_continuous_process
 from ..solver_registry import NAMES, STOCHASTIC, StepContext, get
 from .base import NoiseSource, ProcessSchedulerMixin, SchedulerOutput
-from .diffusers_configs import is_vp_schedule_config, load_config_dict, vp_schedule_kwargs
+from .diffusers_configs import (is_vp_schedule_config, load_config_dict, refuse_other_parameterisations,
+                                sampler_settings, vp_schedule_kwargs)
 
 # Public names of 0.1.0, now read from the registry.
 SOLVERS = NAMES
 STOCHASTIC_SOLVERS = STOCHASTIC
 # A plan entry: (stage, i) -- the stepper's stage run at that position of ``timesteps``, for the grid step
 # i -> i + 1 (``solver_registry.Stepper``: the model is called at t_i, or at t_{i+1} for its AT_NEXT stages).
+
+
+# Keys only an SDEScheduler config has: a config holding one is ours, even where a round trip through a
+# diffusers class dropped ``sde`` (diffusers leaves out keys that were at their defaults).
+_OWN_KEYS = ("sde", "solver", "corrector_snr", "time_grid", "timestep_scale", "denoise_final", "log_snr_min",
+             "optimized_timesteps")
 
 
 def as_step_count(value, name: str = "num_inference_steps") -> int:
@@ -240,7 +247,9 @@ class SDEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
         """
         cfg = load_config_dict(cls, config)
         name = cfg.get("_class_name")
-        if "sde" not in cfg:  # a foreign config; in-memory diffusers configs carry no _class_name
+        own = name == cls.__name__ or any(k in cfg for k in _OWN_KEYS)
+        if not own:  # a foreign config; in-memory diffusers configs carry no _class_name
+            refuse_other_parameterisations(cfg, cls.__name__)
             # Its values (defaults included: sigma_max=1348 is what such a model was trained with)
             # describe the process, so carry them all rather than falling back to our defaults.
             cfg.pop("_use_default_values", None)
@@ -250,7 +259,10 @@ class SDEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
             elif name == "ScoreSdeVpScheduler" or (name is None and "beta_min" in cfg and "sigma_max" not in cfg):
                 kwargs = {"sde": "vp", "solver": "euler_maruyama", "prediction_type": "score", "time_grid": "uniform", **kwargs}
             elif is_vp_schedule_config(cfg):
-                cfg = {"sde": "vp", **vp_schedule_kwargs(cfg)}
+                # The model's keys become ours; the checkpoint's sampler settings ride along unused, so that
+                # switching back (``X.from_config(scheduler.config)``) gives the checkpoint's own sampler.
+                cfg = {"sde": "vp", **vp_schedule_kwargs(cfg), **sampler_settings(cfg),
+                       **({"_class_name": name} if name else {})}
         return super().from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     def __len__(self):
@@ -418,7 +430,11 @@ class SDEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
         hits = ((self.timesteps.cpu().double() - value).abs() <= tol).nonzero().flatten().tolist()
         if not hits:
             raise ValueError(f"timestep {value} is not in the schedule (scheduler.timesteps after set_timesteps)")
-        k = hits[0]
+        # A repeated timestep (Heun's corrector at t_{i+1}, then the next step's predictor there; PC's
+        # correctors and predictor at one t_i): a loop entering here (img2img's timesteps[t_start * order:]
+        # without set_begin_index) begins a step, never a stage that continues one -- diffusers' Heun likewise
+        # takes the second of two equal timesteps at the first step.
+        k = next((h for h in hits if self._plan[h][0] not in self._stepper.AT_NEXT), hits[0])
         if self._step_index is not None:  # jumped: multistep history / Heun state no longer valid
             self._stepper.reset()
         return k
@@ -429,14 +445,16 @@ class SDEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
         timestep: Union[float, torch.Tensor],
         sample: torch.Tensor,
         generator=None,
+        variance_noise: Optional[torch.Tensor] = None,
         return_dict: bool = True,
+        *,
         eta: Optional[float] = None,
         use_clipped_model_output: Optional[bool] = None,
-        variance_noise: Optional[torch.Tensor] = None,
     ) -> Union[SchedulerOutput, Tuple]:
-        """One model evaluation's update. Keywords as diffusers' stock pipelines pass them (see the
-        module docstring for what ``eta`` and ``use_clipped_model_output`` mean here)."""
-        self._check_step_inputs(model_output, sample)
+        """One model evaluation's update. Positional arguments as DPMSolverMultistepScheduler.step's
+        (generator, variance_noise, return_dict); ``eta`` and ``use_clipped_model_output`` -- keywords only,
+        as stock pipelines pass them -- see the module docstring."""
+        self._check_step_inputs(model_output, sample, timestep)
         eta = self.step_eta(eta, self.solver)
         noise = NoiseSource(sample, generator, variance_noise)
         k = self._locate(timestep)

@@ -61,7 +61,7 @@ from ..processes import CLEAN, DiscreteVE, Point, convert
 from ..solver_registry import for_config, names_in
 from ..solvers import langevin, with_noise
 from .base import NoiseSource, ProcessSchedulerMixin, SchedulerOutput, integer_timesteps
-from .diffusers_configs import is_vp_schedule_config, load_config_dict
+from .diffusers_configs import is_vp_schedule_config, load_config_dict, refuse_other_parameterisations
 from .vp import check_custom_timesteps, lookup_step_index, spaced_timesteps
 
 PREDICTORS = names_in("VEScheduler")  # ("reverse_diffusion", "ancestral")
@@ -114,6 +114,8 @@ class VEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
         """As ConfigMixin.from_config (a dict or a saved folder / json path). A VP config (one naming a
         beta schedule) is refused: a VP model's outputs mean nothing on a VE process."""
         config = load_config_dict(cls, config)
+        if "predictor" not in config and config.get("_class_name") != cls.__name__:
+            refuse_other_parameterisations(config, cls.__name__)
         if is_vp_schedule_config(config) or config.get("sde", "ve") != "ve":
             raise ValueError(
                 "VEScheduler.from_config got a VP scheduler config (it names a beta schedule or a VP sde): a model "
@@ -194,10 +196,11 @@ class VEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
         sample: torch.Tensor,
         generator=None,
         return_dict: bool = True,
+        *,
         eta: Optional[float] = None,
         use_clipped_model_output: Optional[bool] = None,
     ):
-        """A corrector step (the first ``correct_steps`` calls at a level) or the predictor step (the
+        """Positional arguments as ScoreSdeVeScheduler.step_pred's (generator, return_dict). A corrector step (the first ``correct_steps`` calls at a level) or the predictor step (the
         last call at a level), decided by ``step_index``. The final predictor step returns the clean
         sample's estimate without noise. ``generator`` may be a list, one per batch item.
 
@@ -205,8 +208,8 @@ class VEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
         SMLD's predictor and corrector is fixed, so ``eta`` must be 0 or None (a ``ValueError``
         otherwise); VE has no x0 clipping, so ``use_clipped_model_output`` does nothing."""
         self.step_eta(eta, self.solver)
+        self._check_step_inputs(model_output, sample, timestep)
         i = self._sync_step_index(timestep)
-        self._check_step_inputs(model_output, sample)
         if i == 0:
             self._check_initial_noise(sample)
         reps = 1 + self.config.correct_steps

@@ -43,6 +43,7 @@ any other diffusers beta-schedule scheduler's) gives the ``"ddpm"`` default. An 
 
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Union
 
 import numpy as np
@@ -54,7 +55,8 @@ from ..limits import TIMESTEP_SPACINGS, VARIANCE_TYPES, check_choice, check_sche
 from ..processes import CLEAN, DiscreteVP, Point
 from ..solver_registry import for_config, names_in
 from ..solvers import posterior_variance, transition
-from .base import NoiseSource, ProcessSchedulerMixin, SchedulerOutput
+from .diffusers_configs import load_config_dict, refuse_other_parameterisations
+from .base import NoiseSource, ProcessSchedulerMixin, SchedulerOutput, bind_step_args
 
 SAMPLERS = names_in("VPScheduler")  # ("ddpm", "ddim"): the registry's ancestral and ode_euler
 VP_PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
@@ -112,6 +114,8 @@ def lookup_step_index(index: Optional[dict], timestep) -> int:
     if t.numel() != 1:
         raise ValueError(f"timestep must be a single value, got shape {tuple(t.shape)}")
     v = t.item()
+    if not math.isfinite(v):
+        raise ValueError(f"timestep must be a finite number, got {v}")
     if float(v) != int(v) or int(v) not in index:
         raise ValueError(f"timestep {v} is not in the schedule set by set_timesteps: {sorted(index, reverse=True)}")
     return index[int(v)]
@@ -192,6 +196,10 @@ class VPScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
     # --- from_config: DDIM configs select the DDIM sampler -----------------------------------------
     @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
+        if config is not None and not hasattr(config, "sampler"):  # not our own in-memory config
+            cfg = load_config_dict(cls, config)
+            if "sampler" not in cfg and cfg.get("_class_name") != cls.__name__:
+                refuse_other_parameterisations(cfg, cls.__name__)
         if isinstance(config, dict) and "sampler" not in kwargs and "sampler" not in config and _is_ddim_config(config):
             kwargs["sampler"] = "ddim"
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
@@ -230,26 +238,49 @@ class VPScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
 
     def previous_timestep(self, timestep) -> torch.Tensor:
         """The timestep the step from ``timestep`` lands on (-1: clean data; 0 with set_alpha_to_one=False)."""
+        if self._index is None:
+            self._prepare(self.timesteps.cpu())
         return torch.tensor(self._prev[lookup_step_index(self._index, timestep)])
 
     # --- step -------------------------------------------------------------------------------------------
+    # The positional arguments after ``sample`` of the class each sampler stands in for: DDPMScheduler.step
+    # (generator, return_dict) and DDIMScheduler.step (eta, use_clipped_model_output, generator,
+    # variance_noise, return_dict), so ``step(m, t, x, 1.0)`` is eta = 1 under sampler="ddim" as in diffusers.
+    STEP_POSITIONAL = {"ddpm": ("generator", "return_dict"),
+                       "ddim": ("eta", "use_clipped_model_output", "generator", "variance_noise", "return_dict")}
+
     def step(
         self,
         model_output: torch.Tensor,
         timestep: Union[int, torch.Tensor],
         sample: torch.Tensor,
+        *args,
         generator=None,
-        return_dict: bool = True,
+        return_dict: Optional[bool] = None,
         eta: Optional[float] = None,
-        use_clipped_model_output: Optional[bool] = False,
+        use_clipped_model_output: Optional[bool] = None,
         variance_noise: Optional[torch.Tensor] = None,
     ):
         """One step from ``timestep`` to the next scheduled timestep (the clean data after the last).
 
-        ``generator`` may be a list with one generator per batch item. ``eta`` (DDIM only) overrides
-        ``config.eta``; ``use_clipped_model_output`` (DDIM) recomputes epsilon from the clipped x0;
-        ``variance_noise`` replaces the drawn noise (not together with ``generator``).
+        Positional arguments after ``sample`` are those of the diffusers class the sampler stands in for:
+        ``DDPMScheduler.step``'s (generator, return_dict) for ``"ddpm"``, ``DDIMScheduler.step``'s (eta,
+        use_clipped_model_output, generator, variance_noise, return_dict) for ``"ddim"``; every one is also
+        a keyword. ``generator`` may be a list with one generator per batch item. ``eta`` (DDIM only)
+        overrides ``config.eta``; ``use_clipped_model_output`` (DDIM) recomputes epsilon from the clipped
+        x0; ``variance_noise`` replaces the drawn noise (not together with ``generator``). Before
+        ``set_timesteps`` it steps on the full train grid (t -> t - 1), as DDPMScheduler does.
         """
+        if args:
+            kw = bind_step_args(type(self).__name__, self.STEP_POSITIONAL[self.config.sampler], args, {
+                k: v for k, v in (("generator", generator), ("return_dict", return_dict), ("eta", eta),
+                                  ("use_clipped_model_output", use_clipped_model_output),
+                                  ("variance_noise", variance_noise)) if v is not None})
+            generator, return_dict, eta = kw.get("generator"), kw.get("return_dict"), kw.get("eta")
+            use_clipped_model_output, variance_noise = kw.get("use_clipped_model_output"), kw.get("variance_noise")
+        return_dict = True if return_dict is None else return_dict
+        if self._index is None:  # no set_timesteps yet: the init-time grid, every train timestep
+            self._prepare(self.timesteps.cpu())
         i = lookup_step_index(self._index, timestep)
         cfg = self.config
         predicted_variance = None
