@@ -793,3 +793,21 @@ def test_default_comparison_is_two_algorithms_and_names_the_saved_one(app, name)
     assert list(shown) == list(model.samplers)
     assert shown[AS_SAVED].startswith("as saved: ") and len(shown[AS_SAVED]) > len("as saved: ") + 5
 
+
+def test_a_folder_with_optimized_steps_is_compared_as_saved_and_says_so(app):
+    import dataclasses
+
+    from hf_ddm.catalogue import catalogue, schedule_config
+    from hf_ddm.schedulers.sde import SDEScheduler
+
+    model = app.registry.get("ddpm")
+    saved = SDEScheduler.from_config(schedule_config(model.pipe.scheduler.config), solver="multistep",
+                                     time_grid="uniform", denoise_final=False,
+                                     optimized_timesteps={5: [999, 700, 400, 150, 30]})
+    optimized = dataclasses.replace(model, pipe=model.pipeline_with(saved), samplers=catalogue(saved))
+    assert app.default_compare(optimized) == [app.default_sampler(optimized), AS_SAVED]
+    assert app.sampler_name(optimized, AS_SAVED).endswith("optimized steps for N = 5")
+    scheduler = optimized.samplers[AS_SAVED].make()
+    scheduler.set_timesteps(5)
+    assert scheduler.timesteps.tolist() == [999, 700, 400, 150, 30]
+

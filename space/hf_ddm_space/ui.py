@@ -395,13 +395,16 @@ class SpaceApp:
     def default_compare(self, model: LoadedModel) -> List[str]:
         """The comparison preselected for a model: its default sampler and the first sampler of another
         algorithm (two grids of one solver look alike): the one it was saved with, else ``COMPARE_WITH``,
-        else the catalogue's next."""
+        else the catalogue's next. A folder with optimized steps: its saved sampler, whatever its algorithm."""
         picks = [self.default_sampler(model)]
         first = solver_of(model.samplers[picks[0]].make())
+        # A folder that carries optimized steps (hf_ddm.few_step) is compared as saved: those steps are its point.
+        optimized = bool(getattr(model.pipe.scheduler.config, "optimized_timesteps", None))
         for label in [AS_SAVED, COMPARE_WITH, *model.samplers]:
             if len(picks) == MIN_COMPARE:
                 break
-            if label in model.samplers and label not in picks and solver_of(model.samplers[label].make()) != first:
+            if label in model.samplers and label not in picks and (
+                    solver_of(model.samplers[label].make()) != first or (label == AS_SAVED and optimized)):
                 picks.append(label)
         return picks
 
