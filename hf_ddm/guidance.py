@@ -21,8 +21,11 @@ from .processes import append_dims
 
 
 def check_guidance_scale(guidance_scale: float, name: str = "guidance_scale") -> float:
-    value = float(guidance_scale)
-    if not math.isfinite(value):
+    try:
+        value = float(guidance_scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a finite number, got {guidance_scale!r}") from None
+    if isinstance(guidance_scale, bool) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {guidance_scale!r}")
     return value
 

@@ -156,11 +156,21 @@ def check_scheduler_args(scheduler: str, discrete: bool = True, **args) -> None:
                          f"num_train_timesteps={args['num_train_timesteps']}")
     if "solver_order" in args and not (isinstance(args["solver_order"], int) and 1 <= args["solver_order"] <= 3):
         raise ValueError(f"solver_order must be 1, 2 or 3, got {args['solver_order']!r}")
+    # The Langevin corrector's target signal-to-noise ratio: checked whatever the solver, so that a config
+    # does not carry a value that would break the moment a corrector runs.
+    for name in ("snr", "corrector_snr"):
+        if get(name) is not None:
+            check_positive_float(name, args[name])
     if "correct_steps" in args:
         check_int("correct_steps", args["correct_steps"], 0, MAX_CORRECT_STEPS, "MAX_CORRECT_STEPS")
-        correctors = args["correct_steps"] > 0 and (scheduler == "VEScheduler" or (solver and solver.correctors))
-        if correctors and not (get("snr", 0) > 0 and math.isfinite(args["snr"])):
-            raise ValueError(f"snr must be a finite number > 0 for the Langevin corrector, got {get('snr')}")
+        if solver is not None and solver.correctors and args["correct_steps"] == 0:
+            raise ValueError(f"correct_steps must be >= 1 for solver={solver.name!r} (its Langevin corrections per "
+                             "step); with none it is solver='reverse_diffusion'")
+    for name in ("beta_start", "beta_end"):
+        if name in args:
+            value = args[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
     if "eta" in args:
         check_eta(args["eta"], solver, scheduler)
     if "rho" in args:

@@ -138,6 +138,10 @@ class HfDdmPipeline(DiffusionPipeline):
         check_step_count(num_inference_steps)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if not (generator is None or isinstance(generator, torch.Generator) or (
+                isinstance(generator, (list, tuple)) and all(isinstance(g, torch.Generator) for g in generator))):
+            raise TypeError(f"generator must be a torch.Generator, a list of them (one per image) or None, got "
+                            f"{type(generator).__name__}")
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(
                 f"generator is a list of {len(generator)} generators but batch_size is {batch_size}; "
@@ -253,6 +257,14 @@ class HfDdmPipeline(DiffusionPipeline):
     # --- conditioning helpers ---------------------------------------------------------------------
     def class_ids(self, class_labels) -> torch.Tensor:
         """Class labels as a 1-D long tensor: ids (int, list, tensor) or names from ``config.class_names``."""
+        if class_labels is None:
+            raise ValueError("class_labels is required here: pass a class id or name, or a list of them (one per image)")
+        if isinstance(class_labels, (dict, set)) or (
+                isinstance(class_labels, (list, tuple)) and any(c is None or isinstance(c, (dict, list)) for c in class_labels)):
+            raise TypeError(f"class_labels must be a class id, a class name, or a list / tensor of them, got "
+                            f"{class_labels!r}")
+        if isinstance(class_labels, (list, tuple)) and not class_labels:
+            raise ValueError("class_labels is an empty list: pass one label for the batch or one per image")
         if isinstance(class_labels, str) or (
             isinstance(class_labels, (list, tuple)) and class_labels and isinstance(class_labels[0], str)
         ):

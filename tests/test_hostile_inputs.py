@@ -121,6 +121,33 @@ CASES = {
     "SDE set_timesteps 10**7": (lambda: SDEScheduler().set_timesteps(10**7), "num_inference_steps.*MAX_INFERENCE"),
     "VP set_timesteps True": (lambda: VPScheduler().set_timesteps(True), "num_inference_steps"),
     "VP ddpm sampler eta=1 (would be ignored)": (lambda: VPScheduler(sampler="ddpm", eta=1.0), "eta"),
+    # --- issue 24's list: silently accepted or obscure before ---
+    "SDE snr=0": (lambda: SDEScheduler(snr=0), "snr"),
+    "SDE corrector_snr=-1": (lambda: SDEScheduler(corrector_snr=-1), "corrector_snr"),
+    "SDE pc correct_steps=0": (lambda: SDEScheduler(solver="pc", correct_steps=0), "correct_steps.*reverse_diffusion"),
+    "VAE loss decoder_std=-1": (lambda: vae().loss(DATA[:, :, :4, :4].repeat(1, 1, 2, 2), decoder_std=-1), "decoder_std"),
+    "VAE loss decoder_std=0": (lambda: vae().loss(DATA[:, :, :4, :4].repeat(1, 1, 2, 2), decoder_std=0), "decoder_std"),
+    "VP num_train_timesteps=2.5": (lambda: VPScheduler(num_train_timesteps=2.5), "num_train_timesteps"),
+    "VP beta_start='abc'": (lambda: VPScheduler(beta_start="abc"), "beta_start"),
+    "SDE beta_end='abc'": (lambda: SDEScheduler(beta_schedule="linear", beta_end="abc"), "beta_end"),
+    "VP step at NaN": (lambda: _stepped(VPScheduler(), math.nan), "timestep.*finite"),
+    "SDE step at NaN": (lambda: _stepped(SDEScheduler(), math.nan), "timestep.*finite"),
+    "VE step at NaN": (lambda: _stepped(VEScheduler(), math.nan), "timestep.*finite"),
+    "VP add_noise timesteps of another batch": (lambda: VPScheduler().add_noise(X, X, torch.tensor([1, 2, 3])),
+                                                "timesteps.*one per sample"),
+    "SDE add_noise timesteps of another batch": (lambda: SDEScheduler().add_noise(X, X, torch.tensor([1.0, 2.0, 3.0])),
+                                                 "timesteps.*one per sample"),
+    "unet wrong channels": (lambda: unet()(torch.randn(2, 3, 8, 8), 5), "sample.*in_channels=1"),
+    "unet wrong rank": (lambda: unet()(torch.randn(2, 8, 8), 5), "sample.*4-D"),
+    "vae wrong channels": (lambda: vae().encode(torch.randn(2, 3, 8, 8)), "x.*in_channels=1"),
+    "classifier wrong channels": (lambda: classifier()(torch.randn(2, 2, 8, 8), 5), "sample.*in_channels=1"),
+    "pipeline class_labels=[]": (lambda: class_pipe()(class_labels=[], num_inference_steps=2), "class_labels"),
+    "guided class_labels=None": (lambda: guided_pipe()(class_labels=None, num_inference_steps=2), "class_labels"),
+    "pipeline guidance_scale='abc'": (lambda: class_pipe()(class_labels=[1], num_inference_steps=2,
+                                                           guidance_scale="abc"), "guidance_scale"),
+    "VP zero-SNR trailing with an epsilon model": (
+        lambda: VPScheduler(rescale_betas_zero_snr=True, timestep_spacing="trailing").set_timesteps(4),
+        "epsilon.*zero-terminal-SNR.*v_prediction"),
     # --- likelihoods ---
     "ode_log_likelihood t_start=0": (lambda: ode_log_likelihood(zero_model, SDEScheduler(), DATA, t_start=0),
                                      "t_start"),
@@ -135,6 +162,35 @@ CASES = {
     "ddpm_bound data far outside [-1, 1]": (lambda: ddpm_bound(zero_model, DDPMScheduler(), DATA * 50),
                                             "convention"),
 }
+
+
+def _stepped(sched, timestep):
+    sched.set_timesteps(3)
+    return sched.step(X, timestep, X)
+
+
+# Inputs of the wrong type: a TypeError naming the argument.
+TYPE_CASES = {
+    "pipeline generator='abc'": (lambda: class_pipe()(num_inference_steps=2, generator="abc"), "generator"),
+    "scheduler step generator='abc'": (lambda: _stepped_with(SDEScheduler(solver="euler_maruyama"), generator="abc"),
+                                       "generator"),
+    "pipeline class_labels={}": (lambda: class_pipe()(class_labels={}, num_inference_steps=2), "class_labels"),
+    "pipeline class_labels=[1, None]": (lambda: class_pipe()(class_labels=[1, None], num_inference_steps=2),
+                                        "class_labels"),
+    "VP step positional past DDPM's": (lambda: _stepped_with(VPScheduler(), None, True, 0.0), "at most 5"),
+}
+
+
+def _stepped_with(sched, *args, **kwargs):
+    sched.set_timesteps(3)
+    return sched.step(X, sched.timesteps[0], X, *args, **kwargs)
+
+
+@pytest.mark.parametrize("case", list(TYPE_CASES), ids=list(TYPE_CASES))
+def test_input_of_the_wrong_type_is_refused_by_name(case):
+    call, pattern = TYPE_CASES[case]
+    with pytest.raises(TypeError, match=pattern):
+        call()
 
 
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))

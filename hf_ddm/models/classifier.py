@@ -85,7 +85,7 @@ class NoisyClassifier(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         self.head = nn.Linear(self.encoder.out_channels, num_classes)
 
     def forward(self, sample: torch.Tensor, timestep, return_dict: bool = True) -> NoisyClassifierOutput | tuple:
-        check_sample_size(sample, len(self.config.block_out_channels))
+        check_sample_size(sample, len(self.config.block_out_channels), channels=self.config.in_channels)
         emb = F.silu(self.time_embedding(timestep, sample.shape[0], sample.device))
         h, _ = self.encoder(sample, emb, keep_skips=False)
         logits = self.head(F.silu(self.norm_out(h)).mean(dim=(2, 3)))

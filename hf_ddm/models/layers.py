@@ -462,10 +462,16 @@ def fast_layout(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" else x
 
 
-def check_sample_size(sample: torch.Tensor, num_levels: int, name: str = "sample") -> None:
-    """A model with ``num_levels`` levels halves H and W ``num_levels - 1`` times; skips must line up."""
+def check_sample_size(sample: torch.Tensor, num_levels: int, name: str = "sample", channels: int = None) -> None:
+    """A model with ``num_levels`` levels halves H and W ``num_levels - 1`` times; skips must line up.
+    ``channels``: the model's input channels, checked before a convolution fails on them."""
+    if not torch.is_tensor(sample):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(sample).__name__}")
     if sample.ndim != 4:
         raise ValueError(f"`{name}` must be 4-D (batch, channels, height, width); got shape {tuple(sample.shape)}.")
+    if channels is not None and sample.shape[1] != channels:
+        raise ValueError(f"`{name}` has {sample.shape[1]} channels but this model takes in_channels={channels}; "
+                         f"got shape {tuple(sample.shape)}.")
     factor = 2 ** (num_levels - 1)
     h, w = sample.shape[-2:]
     if h % factor or w % factor:

@@ -148,7 +148,7 @@ class UNet(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
             encoder_attention_mask: (B, L), 1 = attend to the token, 0 = ignore it (padding).
             return_dict: return ``UNetOutput`` (else a 1-tuple).
         """
-        check_sample_size(sample, len(self.config.block_out_channels))
+        check_sample_size(sample, len(self.config.block_out_channels), channels=self.config.in_channels)
         if self.config.cross_attention_dim is not None and encoder_hidden_states is None:
             raise ValueError("this UNet has cross-attention (`cross_attention_dim` is set): pass "
                              "`encoder_hidden_states` of shape (batch, tokens, cross_attention_dim).")

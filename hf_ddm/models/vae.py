@@ -121,7 +121,7 @@ class VAE(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
     @apply_forward_hook
     def encode(self, x: torch.Tensor, return_dict: bool = True) -> AutoencoderKLOutput | tuple:
         """Image -> posterior q(z|x) (``.latent_dist``: ``sample(generator)``, ``mode()``, ``kl()``, ``nll(z)``)."""
-        check_sample_size(x, len(self.config.block_out_channels), "x")
+        check_sample_size(x, len(self.config.block_out_channels), "x", channels=self.config.in_channels)
         h, _ = self.encoder(x, keep_skips=False)
         moments = self.encoder_out(h).contiguous()
         if self.quant_conv is not None:
@@ -158,6 +158,7 @@ class VAE(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         reparameterised Monte-Carlo estimate) unless ``sample_posterior=False`` (z = μ).
         Sums run over the pixels of each sample; results are averaged over the batch.
         """
+        check_positive_float("decoder_std", decoder_std)
         posterior = self.encode(sample).latent_dist
         z = posterior.sample(generator=generator) if sample_posterior else posterior.mode()
         recon = self.decode(z).sample

@@ -174,6 +174,9 @@ class ProcessSchedulerMixin:
     # --- helpers for step() -------------------------------------------------------------------------
     def _marginal_on(self, like: torch.Tensor, timesteps):
         timesteps = torch.as_tensor(timesteps, device=like.device)
+        if timesteps.ndim > 1 or (timesteps.ndim == 1 and timesteps.numel() not in (1, like.shape[0])):
+            raise ValueError(f"timesteps: one per sample ({like.shape[0]}) or one for the batch, got shape "
+                             f"{tuple(timesteps.shape)}")
         a, s = self.marginal(timesteps)
         return a.to(like.device, like.dtype), s.to(like.device, like.dtype)
 

@@ -181,11 +181,12 @@ class SDEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
         check_scheduler_args(
             "SDEScheduler", discrete, sde=sde, solver=solver, time_grid=time_grid, prediction_type=prediction_type,
             num_train_timesteps=num_train_timesteps, trained_betas=trained_betas, solver_order=solver_order,
-            correct_steps=correct_steps, snr=self.snr, rho=rho, log_snr_min=log_snr_min, beta_min=beta_min,
+            correct_steps=correct_steps, snr=snr, corrector_snr=corrector_snr, rho=rho, log_snr_min=log_snr_min, beta_min=beta_min,
             beta_max=beta_max, sigma_min=sigma_min, sigma_max=sigma_max, clip_sample=clip_sample,
             clip_sample_range=clip_sample_range, thresholding=thresholding,
             dynamic_thresholding_ratio=dynamic_thresholding_ratio, sample_max_value=sample_max_value,
             timestep_scale=timestep_scale, sampling_eps=sampling_eps,
+            **({"beta_start": beta_start, "beta_end": beta_end} if discrete and trained_betas is None else {}),
         )
         if discrete:
             self.process = DiscreteScheduleVP.from_schedule(

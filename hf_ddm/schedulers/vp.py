@@ -170,6 +170,7 @@ class VPScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
             trained_betas=trained_betas, clip_sample=clip_sample, clip_sample_range=clip_sample_range,
             thresholding=thresholding, dynamic_thresholding_ratio=dynamic_thresholding_ratio,
             sample_max_value=sample_max_value,
+            **({"beta_start": beta_start, "beta_end": beta_end} if trained_betas is None else {}),
         )
         self.solver = for_config("VPScheduler", sampler)
 
@@ -229,6 +230,14 @@ class VPScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
         t_prev = torch.cat([t[1:], torch.tensor([final])])
         a_t, s_t = self.process.marginal(t)
         a_p, s_p = self.process.marginal(t_prev)
+        if self.config.prediction_type == "epsilon" and (a_t == 0).any():
+            t_zero = t[a_t == 0].tolist()
+            raise ValueError(
+                f"prediction_type='epsilon' on a zero-terminal-SNR schedule (rescale_betas_zero_snr=True): the "
+                f"schedule visits timestep {t_zero[0]}, where alphas_cumprod = 0 and x0 = (x - s eps) / a is undefined "
+                "(pure noise carries no information about x0 through eps). Zero-SNR models are trained with "
+                "prediction_type='v_prediction' (or 'sample'); for an epsilon model use timestep_spacing='leading' "
+                "(it stops below the last timestep) or custom timesteps that avoid it.")
         self._index = {int(v): i for i, v in enumerate(t.tolist())}
         self._prev = t_prev.tolist()
         self._points = [
