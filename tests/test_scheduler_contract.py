@@ -314,3 +314,45 @@ def test_edm_and_flow_matching_configs_are_refused_by_name(name, cls, tmp_path):
     config, key = OTHER_MODELS[name]
     with pytest.raises(ValueError, match=key):
         cls.from_config(config())
+
+
+# --- issue 27, item 3: a saved config holds the keys its process uses -----------------------------------
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.startswith("sde")])
+def test_a_saved_sde_config_holds_only_the_keys_it_uses(case, tmp_path):
+    import json
+
+    sched = CASES[case]()
+    sched.save_pretrained(tmp_path)
+    saved = json.load(open(tmp_path / "scheduler_config.json"))
+    assert not set(saved) & set(sched.unused_config_keys())
+    if sched.is_discrete_schedule:  # a diffusers schedule: none of the continuous processes' keys
+        assert not set(saved) & {"sde", "beta_min", "beta_max", "sigma_min", "sigma_max", "timestep_scale"}
+    if not SOLVERS[sched.config.solver].correctors:
+        assert not set(saved) & {"snr", "corrector_snr", "correct_steps"}
+
+
+# What diffusers' DPM-Solver++ warns about when swapped into a shipped folder (the README's usage comment):
+# hf_ddm's own sampler keys, and for the continuous sub-VP model its process (DPM-Solver++ cannot run it).
+SHIPPED_WARNINGS = {
+    "ddpm": ["denoise_final", "log_snr_min", "solver", "time_grid"],
+    "guided": ["denoise_final", "solver", "time_grid"],
+    "ldm_class": ["denoise_final", "solver", "time_grid"],
+    "ldm_text": ["denoise_final", "solver", "time_grid"],
+    "sde": ["beta_max", "beta_min", "denoise_final", "log_snr_min", "sde", "solver", "time_grid"],
+}
+
+
+@pytest.mark.parametrize("name", SHIPPED_WARNINGS)
+def test_dpm_solver_swapped_into_a_shipped_folder_warns_only_about_hf_ddm_keys(name):
+    import os
+
+    folder = os.path.join(os.path.dirname(__file__), "..", "space", "models", name, "scheduler")
+    if not os.path.isdir(folder):
+        pytest.skip("shipped folders are not in this checkout")
+    _, unused = DPMSolverMultistepScheduler.from_config(DPMSolverMultistepScheduler.load_config(folder),
+                                                        return_unused_kwargs=True)
+    known = set(DPMSolverMultistepScheduler._get_init_keys(DPMSolverMultistepScheduler))
+    for c in DPMSolverMultistepScheduler().compatibles:
+        known |= set(c._get_init_keys(c)) if not isinstance(c, DummyObject) else set()
+    assert sorted(k for k in unused if not k.startswith("_") and k not in known) == SHIPPED_WARNINGS[name]

@@ -266,6 +266,53 @@ class SDEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
                        **({"_class_name": name} if name else {})}
         return super().from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
+    def unused_config_keys(self) -> List[str]:
+        """The config keys this scheduler's process, solver and grid do not read (each at a value that changes
+        nothing): left out of the saved scheduler_config.json, so the file says what the scheduler runs and a
+        diffusers scheduler swapped in (``DPMSolverMultistepScheduler.from_config``) meets fewer keys it does
+        not know. Loading fills them with their defaults, the same scheduler."""
+        cfg = self.config
+        unused = set()
+        if self.is_discrete_schedule:
+            unused |= {"sde", "beta_min", "beta_max", "sigma_min", "sigma_max", "timestep_scale"}
+            if cfg.trained_betas is not None:
+                unused |= {"beta_schedule", "beta_start", "beta_end"}
+            else:
+                unused.add("trained_betas")
+                if cfg.beta_schedule == "squaredcos_cap_v2":
+                    unused |= {"beta_start", "beta_end"}
+        else:
+            unused |= {"beta_schedule", "beta_start", "beta_end", "trained_betas", "rescale_betas_zero_snr"}
+            unused |= {"beta_min", "beta_max"} if cfg.sde == "ve" else {"sigma_min", "sigma_max"}
+        if not self.solver.correctors:
+            unused |= {"snr", "corrector_snr", "correct_steps"}
+        elif cfg.corrector_snr is None:
+            unused.add("corrector_snr")
+        if self.solver.state != "x0 history":
+            unused.add("solver_order")
+        if cfg.time_grid != "rho":
+            unused.add("rho")
+        if cfg.time_grid == "uniform" or cfg.sde == "ve":
+            unused.add("log_snr_min")
+        if not cfg.clip_sample:
+            unused.add("clip_sample_range")
+        if not cfg.thresholding:
+            unused |= {"dynamic_thresholding_ratio", "sample_max_value"}
+        for key in ("sampling_eps", "timestep_scale", "optimized_timesteps"):
+            if cfg.get(key) is None:
+                unused.add(key)
+        return sorted(k for k in unused if k in cfg)
+
+    def to_json_string(self) -> str:
+        """As ConfigMixin's, without ``unused_config_keys``."""
+        full = self._internal_dict
+        drop = set(self.unused_config_keys())
+        self._internal_dict = {k: v for k, v in full.items() if k not in drop}
+        try:
+            return super().to_json_string()
+        finally:
+            self._internal_dict = full
+
     def __len__(self):
         return self.config.num_train_timesteps
 
