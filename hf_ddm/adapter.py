@@ -32,6 +32,10 @@ _WANTS = {  # need -> (who needs it, what it accepts)
     "discrete": ("DDPM's bound (ddpm_bound)",
                  "a discrete VP schedule (VPScheduler, a diffusers VP scheduler, or SDEScheduler on a beta_schedule)"),
 }
+# The grid of an SDEScheduler view of a diffusers VP schedule: hf_ddm's own default (the view is read for its
+# process; where a solver runs on it -- optimize_steps -- it is hf_ddm's sampler), not the checkpoint's spacing
+# that ``SDEScheduler.from_config`` gives a user swapping schedulers.
+VIEW_GRID = "log_snr"
 # The schedule keys a discrete-VP hf_ddm scheduler takes from an SDEScheduler on a beta schedule.
 _VP_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "trained_betas", "rescale_betas_zero_snr", "prediction_type")
 
@@ -58,7 +62,7 @@ def _read_config(config, need):
             if need == "discrete":
                 # VPScheduler keeps the config's variance_type: the bound's default reverse variance.
                 return VPScheduler.from_config({k: v for k, v in cfg.items() if not k.startswith("_")})
-            return SDEScheduler.from_config(cfg)
+            return SDEScheduler.from_config(cfg, time_grid=VIEW_GRID)
         # score_sde's schedulers, named or (in memory) by their keys, as SDEScheduler.from_config tells them.
         if name in ("ScoreSdeVeScheduler", "ScoreSdeVpScheduler") or (name is None and ("sigma_max" in cfg or "beta_min" in cfg)):
             return SDEScheduler.from_config(cfg)
@@ -106,7 +110,7 @@ def process_view(scheduler, need: Optional[str] = None):
     from .schedulers.vp import VPScheduler
 
     if need == "continuous" and isinstance(process, DiscreteVP):
-        return process_view(SDEScheduler.from_config(dict(scheduler.config)), need)
+        return process_view(SDEScheduler.from_config(dict(scheduler.config), time_grid=VIEW_GRID), need)
     if need == "discrete" and isinstance(process, DiscreteScheduleVP):
         cfg = scheduler.config
         return VPScheduler(beta_schedule=cfg.beta_schedule or "linear", clip_sample=False, **{k: cfg[k] for k in _VP_KEYS})

@@ -156,7 +156,9 @@ def _model_configs(family: str, base_config: dict) -> Dict[str, Optional[dict]]:
     if family == "vp":
         discrete = schedule_config(base_config)
         # Every SDE / ODE solver on exactly this discrete schedule, whatever its betas.
-        on_schedule = {k: v for k, v in SDEScheduler.from_config(discrete).config.items() if not k.startswith("_")}
+        # hf_ddm's own grid (the registry's variants change it where they name one), not the checkpoint's spacing.
+        on_schedule = {k: v for k, v in SDEScheduler.from_config(discrete, time_grid="log_snr").config.items()
+                       if not k.startswith("_")}
         return {"VPScheduler": discrete, "diffusers": discrete, "SDEScheduler": on_schedule}
     if family == "ve":
         return {"VEScheduler": base}
@@ -232,6 +234,8 @@ def describe_saved(scheduler, samplers: Optional[Dict[str, Sampler]] = None) -> 
         name = cls if solver in (None, "None") else f"{cls} ({solver})"
     name = name.replace(" (hf_ddm)", "")
     grid = saved.get("time_grid") or saved.get("timestep_spacing")
+    if grid == "spacing":  # SDEScheduler on the checkpoint's own diffusers spacing
+        grid = saved.get("timestep_spacing") or "leading"
     if grid and "steps" not in name:
         name = f"{name}, {GRID_WORDS.get(grid, f'{grid} grid')}"
     if saved.get("optimized_timesteps"):

@@ -84,7 +84,7 @@ def check_batch_size(value, name: str = "batch_size") -> int:
 
 SDES = ("vp", "subvp", "ve")
 SDE_ALIASES = ("sub-vp", "sub_vp")  # spellings of sub-VP that configs in the wild use
-TIME_GRIDS = ("uniform", "rho", "log_snr")
+TIME_GRIDS = ("uniform", "rho", "log_snr", "spacing")
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 MAX_CORRECT_STEPS = 1_000

@@ -66,7 +66,8 @@ def test_every_solver_reproduces_the_data_on_every_schedule(narrow, solver, sche
     """The band is the one tests/test_sched_sde.py measures on the linear schedule, at the same steps."""
     mix, ref, floor_sw, floor_std = narrow
     config = DDPMScheduler(**SCHEDULES[schedule], prediction_type=prediction_type, clip_sample=False).config
-    sched = SDEScheduler.from_config(config, solver=solver, solver_order=3)
+    # hf_ddm's default grid, named: a diffusers config's own default is its timestep_spacing (img2img strength)
+    sched = SDEScheduler.from_config(config, solver=solver, solver_order=3, time_grid="log_snr")
     x, calls = run(sched, mix, STEPS[solver])
     assert calls == sched.num_model_evaluations
     assert torch.isfinite(x).all()
@@ -77,7 +78,8 @@ def test_every_solver_reproduces_the_data_on_every_schedule(narrow, solver, sche
 def test_the_schedule_matters_sampling_a_cosine_model_on_the_linear_sde_collapses_modes(narrow):
     """What hf_ddm 0.1.0 did with a cosine config: score_sde's linear VP SDE, model called at t * 999."""
     mix, ref, floor_sw, floor_std = narrow
-    cosine = SDEScheduler.from_config(DDPMScheduler(beta_schedule="squaredcos_cap_v2", clip_sample=False).config)
+    cosine = SDEScheduler.from_config(DDPMScheduler(beta_schedule="squaredcos_cap_v2", clip_sample=False).config,
+                                      time_grid="log_snr")
     wrong = SDEScheduler(sde="vp", timestep_scale=999.0, solver="multistep")
     wrong.set_timesteps(30)
     model = mix.model(cosine.marginal, "epsilon")  # the network knows only its own (cosine) schedule
@@ -196,13 +198,13 @@ def test_cosine_grid_starts_where_the_sample_stops_being_pure_noise(narrow):
     its steps on pure noise (3M at 10 steps: within-mode std error 1.27). Linear-beta schedules are unchanged."""
     mix, ref, floor_sw, floor_std = narrow
     cosine = DDPMScheduler(beta_schedule="squaredcos_cap_v2", clip_sample=False).config
-    sched = SDEScheduler.from_config(cosine, solver="multistep", solver_order=3)
+    sched = SDEScheduler.from_config(cosine, solver="multistep", solver_order=3, time_grid="log_snr")
     sched.set_timesteps(10)
     assert float(sched.process.log_snr(sched.timestep_to_t(sched.timesteps[0]))) == pytest.approx(-5.1, abs=1e-4)  # float32 timesteps
     x, _ = run(sched, mix, 10)
     assert std_err(mix, x, ref) < 0.3
-    unclipped = SDEScheduler.from_config(cosine, solver="multistep", solver_order=3, log_snr_min=None)
+    unclipped = SDEScheduler.from_config(cosine, solver="multistep", solver_order=3, log_snr_min=None, time_grid="log_snr")
     assert std_err(mix, run(unclipped, mix, 10)[0], ref) > 2 * std_err(mix, x, ref)
-    linear = SDEScheduler.from_config(DDPMScheduler().config, solver="multistep")
+    linear = SDEScheduler.from_config(DDPMScheduler().config, solver="multistep", time_grid="log_snr")
     linear.set_timesteps(10)
     assert float(linear.timesteps[0]) == pytest.approx(999.0)

@@ -36,7 +36,7 @@ def error(x, ref):
 
 @pytest.fixture(scope="module")
 def optimized():
-    sched = SDEScheduler.from_config(LINEAR, solver="multistep", solver_order=2)
+    sched = SDEScheduler.from_config(LINEAR, solver="multistep", solver_order=2, time_grid="log_snr")
     return sched, optimize_steps(MIX.model(sched), sched, [4, 5], seed=0, **FAST)
 
 
@@ -95,7 +95,7 @@ def test_optimized_never_worse_than_its_start_on_the_calibration_objective(optim
     400-step reference, each grid run through the scheduler's own timesteps=."""
     sched, results = optimized
     x0 = torch.randn(FAST["sample_shape"], generator=torch.Generator().manual_seed(0)).double()
-    fine = SDEScheduler.from_config(LINEAR, solver="multistep", solver_order=3)
+    fine = SDEScheduler.from_config(LINEAR, solver="multistep", solver_order=3, time_grid="log_snr")
     ref = run(fine, x0, num_inference_steps=400)
     for n, r in results.items():
         assert len(r.timesteps) == n and len(r.sigmas) == n + 1 and r.sigmas[-1] == 0
@@ -110,7 +110,8 @@ def test_optimized_steps_hold_on_fresh_noise(optimized):
     """Found on 128 calibration samples, they serve other samples: 1000 fresh draws (another seed)."""
     sched, results = optimized
     x0 = noise(7)
-    ref = run(SDEScheduler.from_config(LINEAR, solver="multistep", solver_order=3), x0, num_inference_steps=400)
+    ref = run(SDEScheduler.from_config(LINEAR, solver="multistep", solver_order=3, time_grid="log_snr"), x0,
+              num_inference_steps=400)
     for n, r in results.items():
         assert error(run(sched, x0, timesteps=r.timesteps), ref) < 0.5 * error(run(sched, x0, num_inference_steps=n), ref)
 

@@ -356,3 +356,95 @@ def test_dpm_solver_swapped_into_a_shipped_folder_warns_only_about_hf_ddm_keys(n
     for c in DPMSolverMultistepScheduler().compatibles:
         known |= set(c._get_init_keys(c)) if not isinstance(c, DummyObject) else set()
     assert sorted(k for k in unused if not k.startswith("_") and k not in known) == SHIPPED_WARNINGS[name]
+
+
+# --- 10: img2img strength means what it means in diffusers -------------------------------------------
+# A stock img2img pipeline enters the scheduler's own grid at t_start = N - int(N * strength). On a diffusers
+# config SDEScheduler's grid is the config's own timestep_spacing, so strength 0.3 starts where diffusers'
+# schedulers start (near timestep 300), not at the bottom of a log-SNR grid.
+
+from diffusers import StableDiffusionImg2ImgPipeline  # noqa: E402
+
+from test_plugin_matrix import tiny_sd  # noqa: E402
+
+SPACINGS = {  # a config per timestep_spacing, as checkpoints save them
+    "leading": dict(SD_CONFIG, timestep_spacing="leading", steps_offset=1, set_alpha_to_one=False, clip_sample=False),
+    "linspace": dict(SD_CONFIG, timestep_spacing="linspace", clip_sample=False),
+    "trailing": dict(timestep_spacing="trailing", rescale_betas_zero_snr=True, prediction_type="v_prediction",
+                     clip_sample=False),
+}
+
+
+def img2img_start(scheduler, steps, strength):
+    """The first timestep of a stock img2img pipeline (StableDiffusionImg2ImgPipeline.get_timesteps)."""
+    pipe = StableDiffusionImg2ImgPipeline(**{**tiny_sd().components, "scheduler": scheduler})
+    scheduler.set_timesteps(steps)
+    timesteps, _ = pipe.get_timesteps(steps, strength, "cpu")
+    return float(timesteps[0])
+
+
+@pytest.mark.parametrize("solver", ["multistep", "ode_heun", "pc"])
+@pytest.mark.parametrize("spacing", SPACINGS)
+def test_img2img_strength_starts_where_diffusers_schedulers_start(spacing, solver):
+    config = DDIMScheduler(**SPACINGS[spacing]).config
+    ours = img2img_start(SDEScheduler.from_config(config, solver=solver), 10, 0.3)
+    ddim = img2img_start(DDIMScheduler.from_config(config), 10, 0.3)
+    dpm = img2img_start(DPMSolverMultistepScheduler.from_config(config), 10, 0.3)
+    assert ours == ddim  # the same grid: diffusers' spacing on the train timesteps
+    assert abs(ours - dpm) <= 100, (ours, dpm)  # within one of the 10 steps
+    assert 200 <= ours <= 320
+
+
+@pytest.mark.parametrize("spacing", SPACINGS)
+def test_sde_grid_from_a_diffusers_config_is_its_spacing(spacing):
+    config = DDIMScheduler(**SPACINGS[spacing]).config
+    for steps in (1, 4, 7, 10, 50):
+        ours, ddim = SDEScheduler.from_config(config), DDIMScheduler.from_config(config)
+        ours.set_timesteps(steps)
+        ddim.set_timesteps(steps)
+        assert ours.timesteps.tolist() == ddim.timesteps.float().tolist()
+    sched = SDEScheduler.from_config(config)
+    assert sched.config.time_grid == "spacing"
+    assert sched.config.timestep_spacing == spacing
+    # the caller's grid wins; a config saved by SDEScheduler keeps its own grid
+    assert SDEScheduler.from_config(config, time_grid="log_snr").config.time_grid == "log_snr"
+    assert SDEScheduler.from_config(SDEScheduler(**SD_CONFIG).config).config.time_grid == "log_snr"
+
+
+def test_a_diffusers_config_without_timestep_spacing_takes_its_class_default(tmp_path):
+    # SD 1.5's scheduler_config.json predates timestep_spacing: PNDMScheduler reads it as "leading"
+    import json
+    path = tmp_path / "scheduler_config.json"
+    path.write_text(json.dumps({"_class_name": "PNDMScheduler", "num_train_timesteps": 1000, "steps_offset": 1,
+                                "skip_prk_steps": True, "set_alpha_to_one": False, **SD_CONFIG}))
+    ours, theirs = SDEScheduler.from_config(str(path)), DDIMScheduler.from_config(str(path))
+    assert theirs.config.timestep_spacing == "leading"
+    ours.set_timesteps(10)
+    theirs.set_timesteps(10)
+    assert ours.timesteps.tolist() == theirs.timesteps.float().tolist()
+
+
+def test_spacing_grid_needs_a_train_grid():
+    with pytest.raises(ValueError, match="time_grid='spacing'"):
+        SDEScheduler(time_grid="spacing")  # a continuous process has no train timesteps
+
+
+@pytest.mark.parametrize("solver", ["multistep", "ode_heun"])
+def test_img2img_at_strength_1_reproduces_txt2img(solver):
+    # Zero terminal SNR: the top of the grid is pure noise, so img2img at strength 1 forgets the image. The
+    # image is given as latents (4 channels: no VAE draw) so both pipelines draw the same noise.
+    config = DDIMScheduler(**SPACINGS["trailing"]).config
+    txt = tiny_sd()
+    txt.scheduler = SDEScheduler.from_config(config, solver=solver)
+    img = StableDiffusionImg2ImgPipeline(**txt.components)
+    calls = {"txt": [], "img": []}
+    common = dict(num_inference_steps=5, guidance_scale=3.0, output_type="latent")
+    hook = txt.unet.register_forward_pre_hook(lambda m, a: calls[mode].append(float(a[1].flatten()[0])))
+    mode = "txt"
+    a = txt("a photo of a cat", height=16, width=16, generator=torch.Generator().manual_seed(0), **common).images
+    mode = "img"
+    image = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    b = img("a photo of a cat", image=image, strength=1.0, generator=torch.Generator().manual_seed(0), **common).images
+    hook.remove()
+    assert calls["txt"] == calls["img"] and calls["txt"][0] == 999.0
+    assert torch.allclose(a, b, atol=1e-3), (a - b).abs().max()

@@ -177,7 +177,9 @@ def save_shipped(src: str, dest: str, scheduler_kwargs: Optional[dict] = None, v
             # a continuous SDE (VE, VP, sub-VP): its process and parameters are the model's, only the solver changes
             pipe.scheduler = SDEScheduler.from_config(trained.config, **scheduler_kwargs)
         else:
-            pipe.scheduler = SDEScheduler.from_config(schedule_config(trained.config), **scheduler_kwargs)
+            # hf_ddm's default grid unless the kwargs name one (not the trained config's diffusers spacing)
+            pipe.scheduler = SDEScheduler.from_config(schedule_config(trained.config),
+                                                      **{"time_grid": "log_snr", **scheduler_kwargs})
     if os.path.isdir(dest):
         shutil.rmtree(dest)
     pipe.to(torch.float16).save_pretrained(dest, portable=False)

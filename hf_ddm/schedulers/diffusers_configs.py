@@ -9,8 +9,11 @@ DPMSolverMultistep, UniPC and DEIS.
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any, Dict
+
+import diffusers
 
 # What the model was trained with: carried into the hf_ddm scheduler.
 MODEL_KEYS = (
@@ -131,6 +134,23 @@ def sampler_settings(config: Dict[str, Any]) -> Dict[str, Any]:
     return {k: v for k, v in config.items() if k in SAMPLER_KEYS or k in _ONLY_AT}
 
 
+def checkpoint_spacing(config: Dict[str, Any]) -> Dict[str, Any]:
+    """``timestep_spacing`` and ``steps_offset`` of a diffusers config as its own scheduler reads them: a key
+    the config lacks (checkpoints saved before diffusers had it, as SD 1.5's) takes the default of the class
+    its ``_class_name`` names (PNDM, DDIM, DDPM: "leading"; Euler, DPM-Solver++, UniPC: "linspace"), else
+    "leading" and 0."""
+    defaults = {"timestep_spacing": "leading", "steps_offset": 0}
+    cls = getattr(diffusers, str(config.get("_class_name") or ""), None)
+    try:
+        params = inspect.signature(cls.__init__).parameters if isinstance(cls, type) else {}
+    except (TypeError, ValueError):
+        params = {}
+    for key in defaults:
+        if key in params and params[key].default is not inspect.Parameter.empty:
+            defaults[key] = params[key].default
+    return {key: config[key] if config.get(key) is not None else default for key, default in defaults.items()}
+
+
 def vp_schedule_kwargs(config: Dict[str, Any]) -> Dict[str, Any]:
     """The SDEScheduler keyword arguments that reproduce the model side of a diffusers VP config.
 
@@ -165,4 +185,4 @@ def vp_schedule_kwargs(config: Dict[str, Any]) -> Dict[str, Any]:
 
 
 __all__ = ["MODEL_KEYS", "SAMPLER_KEYS", "load_config_dict", "is_vp_schedule_config", "vp_schedule_kwargs",
-           "refuse_other_parameterisations", "sampler_settings"]
+           "refuse_other_parameterisations", "sampler_settings", "checkpoint_spacing"]

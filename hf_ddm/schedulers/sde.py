@@ -54,7 +54,9 @@ shrinkage of a mode of std sigma is only the factor sigma / sqrt(sigma^2 + s^2).
 ``time_grid``: "uniform" in t (score_sde), "rho" (EDM's rho-spacing of sigma = s/a, mapped to t
 through the process's log-SNR inverse), "log_snr" (uniform in lambda = log(a/s); default -- on the
 exact mixture benchmark it is the best grid for the multistep, reverse-diffusion and ancestral
-samplers at 10-20 NFE, and close to "rho" for the ODE Euler sampler; see benchmarks/).
+samplers at 10-20 NFE, and close to "rho" for the ODE Euler sampler; see benchmarks/), "spacing"
+(a discrete schedule's diffusers timesteps of its ``timestep_spacing``: the default of ``from_config`` on
+a diffusers config, so that img2img's ``strength`` means what it means there -- see the class docstring).
 
 **Solvers** (``solver``): every entry of ``hf_ddm.solver_registry.SOLVERS`` (its ``label`` says what
 each is; the formulas and why they take the form they do are in ``hf_ddm.solvers``). Solvers with more
@@ -88,8 +90,9 @@ from ..limits import SDES, TIME_GRIDS, check_scheduler_args, check_step_count
 from ..processes import CLEAN, ContinuousVP, DiscreteScheduleVP, Point, make_continuous_process
 from ..solver_registry import NAMES, STOCHASTIC, StepContext, get
 from .base import NoiseSource, ProcessSchedulerMixin, SchedulerOutput
-from .diffusers_configs import (is_vp_schedule_config, load_config_dict, refuse_other_parameterisations,
-                                sampler_settings, vp_schedule_kwargs)
+from .vp import spaced_timesteps
+from .diffusers_configs import (checkpoint_spacing, is_vp_schedule_config, load_config_dict,
+                                refuse_other_parameterisations, sampler_settings, vp_schedule_kwargs)
 
 # Public names of 0.1.0, now read from the registry.
 SOLVERS = NAMES
@@ -126,7 +129,9 @@ class SDEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
         prediction_type: "epsilon", "sample", "v_prediction" or "score".
         sampling_eps: the smallest process time visited (None: 1e-3 for VP/sub-VP, 1e-5 for VE, 0 --
             the first train timestep -- for a discrete schedule).
-        time_grid, rho: see the module docstring.
+        time_grid, rho: see the module docstring; ``time_grid="spacing"`` (discrete schedules only) takes diffusers'
+            DDIM/DDPM timesteps of the config's ``timestep_spacing`` ("leading" / "trailing" / "linspace") and
+            ``steps_offset`` on the train grid, exactly -- see "img2img" below.
         timestep_scale: model timestep = t * timestep_scale (None: 1000, or N - 1 for a discrete schedule).
         denoise_final: return x0_hat at the last update (True) or the sample at ``sampling_eps``.
         beta_schedule, beta_start, beta_end, trained_betas, rescale_betas_zero_snr: a diffusers discrete
@@ -138,6 +143,17 @@ class SDEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
         optimized_timesteps: ``{"5": [model timesteps], ...}``: per step count, the steps
             ``set_timesteps(5)`` runs instead of ``time_grid``'s (``hf_ddm.optimize_steps`` finds them for a
             model; ``python -m hf_ddm.few_step`` writes them into a saved folder). None: none.
+
+    **img2img, and the grid of a diffusers config.** Stock img2img / inpaint pipelines take ``strength`` as a
+    fraction of the scheduler's own grid: they run ``timesteps[t_start * order:]`` with
+    ``t_start = N - int(N * strength)``. So that ``strength`` means what it means in diffusers,
+    ``SDEScheduler.from_config(<a diffusers VP config>)`` without ``time_grid`` runs the config's own spacing
+    (``time_grid="spacing"``: strength 0.3 at 10 steps starts at timestep 201 / 222 / 299 for leading (SD's
+    steps_offset=1) / linspace / trailing, as DDIMScheduler does; a config without ``timestep_spacing`` takes
+    its class's default, as diffusers does). Pass ``time_grid="log_snr"`` for hf_ddm's grid, which samples
+    better at 5-20 steps but puts 10-step strength 0.3 near timestep 14 (the image barely changes). Configs
+    saved by SDEScheduler carry their own ``time_grid`` and load as saved; SDEScheduler(...) built directly
+    keeps "log_snr".
     """
 
     _compatibles = ["ScoreSdeVeScheduler", "ScoreSdeVpScheduler"] + [e.name for e in KarrasDiffusionSchedulers]
@@ -188,6 +204,10 @@ class SDEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
             timestep_scale=timestep_scale, sampling_eps=sampling_eps,
             **({"beta_start": beta_start, "beta_end": beta_end} if discrete and trained_betas is None else {}),
         )
+        if time_grid == "spacing" and not discrete:
+            raise ValueError("time_grid='spacing' takes diffusers' timestep_spacing on a model's train timesteps: it "
+                             "needs a discrete schedule (beta_schedule or trained_betas); a continuous process takes "
+                             "'log_snr', 'uniform' or 'rho'")
         if discrete:
             self.process = DiscreteScheduleVP.from_schedule(
                 num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
@@ -260,10 +280,15 @@ class SDEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
             elif name == "ScoreSdeVpScheduler" or (name is None and "beta_min" in cfg and "sigma_max" not in cfg):
                 kwargs = {"sde": "vp", "solver": "euler_maruyama", "prediction_type": "score", "time_grid": "uniform", **kwargs}
             elif is_vp_schedule_config(cfg):
-                # The model's keys become ours; the checkpoint's sampler settings ride along unused, so that
-                # switching back (``X.from_config(scheduler.config)``) gives the checkpoint's own sampler.
-                cfg = {"sde": "vp", **vp_schedule_kwargs(cfg), **sampler_settings(cfg),
-                       **({"_class_name": name} if name else {})}
+                # The model's keys become ours; the checkpoint's sampler settings ride along, so that switching
+                # back (``X.from_config(scheduler.config)``) gives the checkpoint's own sampler. Unless the caller
+                # picks a grid, the steps are the checkpoint's own (its timestep_spacing): img2img's strength
+                # then means what it means in diffusers (see the class docstring).
+                settings = sampler_settings(cfg)
+                if kwargs.get("time_grid") is None:
+                    kwargs = {**kwargs, "time_grid": "spacing"}
+                    settings.update(checkpoint_spacing(cfg))
+                cfg = {"sde": "vp", **vp_schedule_kwargs(cfg), **settings, **({"_class_name": name} if name else {})}
         return super().from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     def unused_config_keys(self) -> List[str]:
@@ -292,7 +317,7 @@ class SDEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
             unused.add("solver_order")
         if cfg.time_grid != "rho":
             unused.add("rho")
-        if cfg.time_grid == "uniform" or cfg.sde == "ve":
+        if cfg.time_grid in ("uniform", "spacing") or cfg.sde == "ve":
             unused.add("log_snr_min")
         if not cfg.clip_sample:
             unused.add("clip_sample_range")
@@ -331,6 +356,10 @@ class SDEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
     def _time_grid(self, n_points: int) -> torch.Tensor:
         """n_points process times from 1 down to sampling_eps (float64)."""
         t_hi, t_lo = self.process.t_max, max(self.sampling_eps, self.process.t_min)
+        if self.config.time_grid == "spacing":
+            # diffusers' DDIM/DDPM timesteps for n_points steps on the train grid, exactly (1 point included)
+            return self._check_timesteps(spaced_timesteps(self.config.num_train_timesteps, n_points,
+                                                          *self.checkpoint_spacing()))
         if n_points == 1:
             return torch.tensor([t_hi], dtype=torch.float64)
         grid = self.config.time_grid
@@ -357,9 +386,17 @@ class SDEScheduler(SchedulerMixin, ConfigMixin, ProcessSchedulerMixin):
             ts[0], ts[-1] = t_hi, t_lo
         return ts
 
+    def checkpoint_spacing(self) -> Tuple[str, int]:
+        """(timestep_spacing, steps_offset) that ``time_grid="spacing"`` follows: the config's (a diffusers
+        config's ride along), else diffusers' DDIM defaults ("leading", 0)."""
+        cfg = self.config
+        return cfg.get("timestep_spacing") or "leading", int(cfg.get("steps_offset") or 0)
+
     def _grid_points(self, n: int) -> List[Point]:
         denoise = bool(self.config.denoise_final)
         ts = self._time_grid(n if denoise else n + 1)
+        if not denoise:
+            ts[-1] = max(self.sampling_eps, self.process.t_min)  # a spacing grid's last point may lie above it
         return [self.process.point(t) for t in ts.tolist()] + ([CLEAN] if denoise else [])
 
     def _check_timesteps(self, timesteps) -> torch.Tensor:
