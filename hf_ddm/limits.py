@@ -227,6 +227,34 @@ def as_class_ids(class_labels, num_ids=None, name: str = "class_labels", null_id
     return ids
 
 
+def check_batch_of(name: str, value: torch.Tensor, batch_size: int) -> None:
+    """A per-sample model input (``class_labels``, ``encoder_hidden_states``): one entry per sample of the batch,
+    or one for all of it (broadcast), checked before it meets the sample inside the model."""
+    n = int(value.shape[0]) if value.ndim else 1
+    if n not in (1, batch_size):
+        raise ValueError(f"`{name}` has a batch of {n} but the sample has {batch_size}: pass one per sample "
+                         f"(or one for the whole batch); got shape {tuple(value.shape)}")
+
+
+def check_context(encoder_hidden_states, batch_size: int, width: int, encoder_attention_mask=None) -> None:
+    """Cross-attention tokens (batch, tokens, ``width``) -- ``width`` the model's cross_attention_dim -- and
+    their (batch, tokens) mask, checked before the attention's matmul fails on them."""
+    if not torch.is_tensor(encoder_hidden_states):
+        raise TypeError(f"`encoder_hidden_states` must be a torch.Tensor (batch, tokens, cross_attention_dim), got "
+                        f"{type(encoder_hidden_states).__name__}")
+    shape = tuple(encoder_hidden_states.shape)
+    if len(shape) != 3 or shape[-1] != width or shape[1] == 0:
+        raise ValueError(f"`encoder_hidden_states` must have shape (batch, tokens, cross_attention_dim={width}), "
+                         f"got {shape}")
+    check_batch_of("encoder_hidden_states", encoder_hidden_states, batch_size)
+    if encoder_attention_mask is not None:
+        mask = tuple(torch.as_tensor(encoder_attention_mask).shape)
+        if len(mask) != 2 or mask[1] != shape[1] or mask[0] not in (1, shape[0], batch_size):
+            raise ValueError(f"`encoder_attention_mask` must have shape (batch, tokens) = ({shape[0]}, {shape[1]}) "
+                             f"like encoder_hidden_states, got {mask}")
+
+
 __all__ = ["MAX_CHANNELS", "MAX_SAMPLE_SIZE", "MAX_INFERENCE_STEPS", "MAX_BATCH_SIZE", "MAX_CORRECT_STEPS", "check_int",
            "check_positive_float", "check_channels", "check_sample_size_config", "check_step_count", "check_batch_size",
-           "check_choice", "check_x0_processing", "check_eta", "check_scheduler_args", "as_class_ids"]
+           "check_choice", "check_x0_processing", "check_eta", "check_scheduler_args", "as_class_ids", "check_batch_of",
+           "check_context"]

@@ -50,6 +50,24 @@ def build_text_encoder(tokenizer, hidden_size: int = 64, layers: int = 2, heads:
     return CLIPTextModel(config)
 
 
+def prompt_list(prompt, name: str = "prompt") -> List[str]:
+    """``prompt`` (a string, or a list / tuple of strings -- one per image) as a non-empty list of strings;
+    anything else a TypeError (not text) or ValueError (an empty list) naming ``name``, before the tokenizer
+    meets it."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if not isinstance(prompt, (list, tuple)):
+        raise TypeError(f"{name} must be a string or a list of strings (one per image), got {type(prompt).__name__} "
+                        f"{prompt!r}")
+    if not prompt:
+        raise ValueError(f"{name} is an empty list: pass a string, or a list of strings with one per image")
+    bad = [p for p in prompt if not isinstance(p, str)]
+    if bad:
+        raise TypeError(f"{name} must be a string or a list of strings (one per image), got a list holding "
+                        f"{type(bad[0]).__name__} {bad[0]!r}")
+    return list(prompt)
+
+
 def tokenize(tokenizer, prompts: List[str]):
     """(input_ids, attention_mask) padded to the tokenizer's ``model_max_length``: the one tokenisation
     used in training and in the pipeline."""
@@ -58,4 +76,4 @@ def tokenize(tokenizer, prompts: List[str]):
     return out.input_ids, out.attention_mask
 
 
-__all__ = ["build_tokenizer", "build_text_encoder", "tokenize"]
+__all__ = ["build_tokenizer", "build_text_encoder", "prompt_list", "tokenize"]

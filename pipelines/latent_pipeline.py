@@ -11,7 +11,7 @@ import torch
 
 from hf_ddm.adapter import call_model
 from hf_ddm.pipeline_utils import HfDdmPipeline
-from hf_ddm.text import tokenize
+from hf_ddm.text import prompt_list, tokenize
 
 
 class LatentDiffusionPipeline(HfDdmPipeline):
@@ -76,7 +76,7 @@ class LatentDiffusionPipeline(HfDdmPipeline):
             raise ValueError("pass either prompt or class_labels, not both")
         if prompt is not None and self.text_encoder is None:
             raise ValueError("prompt was given but this pipeline has no text_encoder (it is not text-conditional)")
-        prompts = [prompt] if isinstance(prompt, str) else prompt
+        prompts = prompt_list(prompt) if prompt is not None else None
         if batch_size is None:
             batch_size = len(prompts) if prompts is not None else (
                 self.class_ids(class_labels).numel() if class_labels is not None else 1
@@ -93,7 +93,7 @@ class LatentDiffusionPipeline(HfDdmPipeline):
             if len(prompts) != batch_size:
                 raise ValueError(f"got {len(prompts)} prompts for batch_size {batch_size}")
             negative = negative_prompt if negative_prompt is not None else ""
-            negatives = [negative] * batch_size if isinstance(negative, str) else list(negative)
+            negatives = [negative] * batch_size if isinstance(negative, str) else prompt_list(negative, "negative_prompt")
             if len(negatives) != batch_size:
                 raise ValueError(f"got {len(negatives)} negative prompts for batch_size {batch_size}")
             hidden, mask = self.encode_prompt(negatives + prompts)

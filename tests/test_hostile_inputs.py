@@ -11,7 +11,7 @@ from diffusers import DDPMScheduler
 import hf_ddm.limits
 from hf_ddm.likelihood import ddpm_bound, ode_log_likelihood
 from hf_ddm.models import VAE, NoisyClassifier, UNet
-from hf_ddm.pipelines import ClassifierGuidedPipeline, PixelDiffusionPipeline
+from hf_ddm.pipelines import ClassifierGuidedPipeline, LatentDiffusionPipeline, PixelDiffusionPipeline
 from hf_ddm.schedulers import SDEScheduler, VEScheduler, VPScheduler
 
 TINY = dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8), layers_per_block=1,
@@ -47,6 +47,19 @@ def class_pipe():
     return pipe
 
 
+def text_pipe():
+    from hf_ddm.text import build_text_encoder, build_tokenizer
+
+    tok = build_tokenizer(["a cat", "a dog"], max_length=8)
+    torch.manual_seed(0)
+    enc = build_text_encoder(tok, hidden_size=8, layers=1, heads=2)
+    pipe = LatentDiffusionPipeline(unet=unet(in_channels=2, out_channels=2, **CROSS), vae=vae(),
+                                   scheduler=VPScheduler(num_train_timesteps=20), text_encoder=enc, tokenizer=tok)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+CROSS = dict(attention_levels=(1,), attention_head_dim=4, cross_attention_dim=8)  # a U-Net with cross-attention
 X = torch.randn(2, 1, 8, 8)
 DATA = torch.rand(2, 1, 4, 4) * 2 - 1
 
@@ -141,6 +154,19 @@ CASES = {
     "unet wrong rank": (lambda: unet()(torch.randn(2, 8, 8), 5), "sample.*4-D"),
     "vae wrong channels": (lambda: vae().encode(torch.randn(2, 3, 8, 8)), "x.*in_channels=1"),
     "classifier wrong channels": (lambda: classifier()(torch.randn(2, 2, 8, 8), 5), "sample.*in_channels=1"),
+    "unet encoder_hidden_states of another width": (
+        lambda: unet(**CROSS)(X, 5, encoder_hidden_states=torch.randn(2, 3, 6)),
+        r"encoder_hidden_states.*cross_attention_dim=8.*\(2, 3, 6\)"),
+    "unet encoder_hidden_states of rank 2": (lambda: unet(**CROSS)(X, 5, encoder_hidden_states=torch.randn(2, 8)),
+                                             r"encoder_hidden_states.*\(batch, tokens"),
+    "unet encoder_hidden_states of another batch": (
+        lambda: unet(**CROSS)(X, 5, encoder_hidden_states=torch.randn(3, 4, 8)), "encoder_hidden_states.*batch of 3"),
+    "unet encoder_attention_mask of other tokens": (
+        lambda: unet(**CROSS)(X, 5, encoder_hidden_states=torch.randn(2, 4, 8),
+                              encoder_attention_mask=torch.ones(2, 5)), "encoder_attention_mask"),
+    "unet class_labels of another batch": (
+        lambda: unet(num_class_embeds=3)(X, 5, class_labels=torch.tensor([0, 1, 2])), "class_labels.*batch of 3"),
+    "text pipeline prompt=[]": (lambda: text_pipe()(prompt=[], num_inference_steps=2), "prompt.*empty"),
     "pipeline class_labels=[]": (lambda: class_pipe()(class_labels=[], num_inference_steps=2), "class_labels"),
     "guided class_labels=None": (lambda: guided_pipe()(class_labels=None, num_inference_steps=2), "class_labels"),
     "pipeline guidance_scale='abc'": (lambda: class_pipe()(class_labels=[1], num_inference_steps=2,
@@ -177,6 +203,13 @@ TYPE_CASES = {
     "pipeline class_labels={}": (lambda: class_pipe()(class_labels={}, num_inference_steps=2), "class_labels"),
     "pipeline class_labels=[1, None]": (lambda: class_pipe()(class_labels=[1, None], num_inference_steps=2),
                                         "class_labels"),
+    "text pipeline prompt=5": (lambda: text_pipe()(prompt=5, num_inference_steps=2), "prompt.*string"),
+    "text pipeline prompt=['cat', None]": (lambda: text_pipe()(prompt=["cat", None], num_inference_steps=2),
+                                           "prompt.*string.*None"),
+    "text pipeline negative_prompt=[None]": (
+        lambda: text_pipe()(prompt="a cat", negative_prompt=[None], num_inference_steps=2), "negative_prompt"),
+    "unet encoder_hidden_states a list": (lambda: unet(**CROSS)(X, 5, encoder_hidden_states=[[0.0] * 8]),
+                                          "encoder_hidden_states.*torch.Tensor"),
     "VP step positional past DDPM's": (lambda: _stepped_with(VPScheduler(), None, True, 0.0), "at most 5"),
 }
 
@@ -213,6 +246,13 @@ def test_valid_edge_values_still_work():
     assert torch.isfinite(m(X, 5, class_labels=torch.tensor([3, 3])).sample).all()
     torch.testing.assert_close(m(X, 5, class_labels=torch.tensor([2.0, 0.0])).sample,
                                m(X, 5, class_labels=torch.tensor([2, 0])).sample)
+    # One label / one token sequence for the whole batch broadcasts; a text pipeline takes a tuple of prompts.
+    torch.testing.assert_close(m(X, 5, class_labels=torch.tensor([1])).sample,
+                               m(X, 5, class_labels=torch.tensor([1, 1])).sample)
+    ctx = torch.randn(1, 4, 8)
+    torch.testing.assert_close(unet(**CROSS)(X, 5, encoder_hidden_states=ctx).sample,
+                               unet(**CROSS)(X, 5, encoder_hidden_states=ctx.expand(2, 4, 8)).sample)
+    assert text_pipe()(prompt=("a cat", "a dog"), num_inference_steps=2, output_type="latent").images.shape[0] == 2
     # A zero-terminal-SNR schedule may end at alphas_cumprod = 0; the widest allowed ranges construct.
     VPScheduler(rescale_betas_zero_snr=True)
     SDEScheduler(beta_max=170.0)

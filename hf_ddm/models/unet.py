@@ -20,7 +20,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
-from ..limits import as_class_ids, check_int
+from ..limits import as_class_ids, check_batch_of, check_context, check_int
 from .layers import (
     DecoderTrunk,
     EncoderTrunk,
@@ -118,16 +118,19 @@ class UNet(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
 
     def embed(self, timestep, class_labels: torch.Tensor | None, batch_size: int, device) -> torch.Tensor:
         """Time (+ class) embedding, already through the SiLU the residual blocks apply to it."""
-        emb = self.time_embedding(timestep, batch_size, device)
+        ids = None
         if self.class_embedding is not None:
             if class_labels is None:
                 class_labels = torch.full((batch_size,), self.config.num_class_embeds, device=device)
             n = self.config.num_class_embeds
-            ids = as_class_ids(class_labels, n + 1, null_id=n)
-            emb = emb + self.class_embedding(ids.to(device=device).reshape(-1).expand(batch_size))
+            ids = as_class_ids(class_labels, n + 1, null_id=n).reshape(-1)
+            check_batch_of("class_labels", ids, batch_size)  # one per sample, or one for all
         elif class_labels is not None:
             raise ValueError("`class_labels` were given but this UNet has no class embedding "
                              "(`num_class_embeds` is None).")
+        emb = self.time_embedding(timestep, batch_size, device)
+        if ids is not None:
+            emb = emb + self.class_embedding(ids.to(device=device).expand(batch_size))
         return F.silu(emb)
 
     def forward(
@@ -156,6 +159,8 @@ class UNet(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
             raise ValueError("`encoder_hidden_states` were given but this UNet has no cross-attention "
                              "(`cross_attention_dim` is None).")
         b = sample.shape[0]
+        if encoder_hidden_states is not None:
+            check_context(encoder_hidden_states, b, self.config.cross_attention_dim, encoder_attention_mask)
         emb = self.embed(timestep, class_labels, b, sample.device)
         ctx, mask = encoder_hidden_states, encoder_attention_mask
         h, skips = self.encoder(sample, emb, ctx, mask)
