@@ -256,3 +256,38 @@ def test_training_values_that_would_train_wrong_are_refused_by_flag(capsys, bad,
     assert e.value.code == 2 and message in capsys.readouterr().err
     ok = parse_args(parser, ["--data_dir", "unused", "--num_epochs", "0", "--max_train_steps", "3"])
     assert ok.max_train_steps == 3  # --max_train_steps overrides --num_epochs
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "--scheduler_config .* is not a scheduler config.*JSONDecodeError"),
+    ("[1, 2]", "--scheduler_config .* must hold a JSON object"),
+    ('{"num_train_timesteps": 2.5}', "--scheduler_config .* cannot build VPScheduler.*num_train_timesteps"),
+])
+def test_bad_scheduler_config_is_a_config_error_naming_the_flag(tmp_path, content, message):
+    import argparse
+
+    from hf_ddm.training import ConfigError
+    from hf_ddm.training.components import build_scheduler
+
+    path = tmp_path / "scheduler_config.json"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        build_scheduler(argparse.Namespace(scheduler="vp", scheduler_config=str(path)))
+    if content == "{not json":  # a saved scheduler folder holding it
+        with pytest.raises(ConfigError, match="--scheduler_config .* is not a scheduler config"):
+            build_scheduler(argparse.Namespace(scheduler="vp", scheduler_config=str(tmp_path)))
+
+
+def test_truncated_png_among_good_ones_stops_the_script_naming_the_file(tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "data" / "cat"
+    folder.mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray((np.random.default_rng(i).random((16, 16, 3)) * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    data = (folder / "2.png").read_bytes()
+    (folder / "2.png").write_bytes(data[: len(data) // 2])
+    run_script("train_ddpm", ["--data_dir", str(tmp_path / "data"), "--output_dir", str(tmp_path / "out"),
+                              "--resolution", "8", "--max_train_steps", "2", "--train_batch_size", "4", *TINY_UNET,
+                              *FAST], expect_rc=2)
+    assert "2.png" in capsys.readouterr().err

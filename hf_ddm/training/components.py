@@ -61,8 +61,22 @@ def build_scheduler(args, latent: bool = False):
         path = args.scheduler_config
         if not os.path.exists(path):
             raise ConfigError(f"--scheduler_config {path!r} does not exist")
-        config = cls.load_config(path) if os.path.isdir(path) else json.load(open(path))
-        return cls.from_config(config)
+        try:
+            if os.path.isdir(path):
+                config = cls.load_config(path)
+            else:
+                with open(path) as f:
+                    config = json.load(f)
+        except (OSError, ValueError) as e:  # JSONDecodeError is a ValueError; diffusers' bad folder an OSError
+            raise ConfigError(f"--scheduler_config {path!r} is not a scheduler config: a saved scheduler folder or "
+                              f"its scheduler_config.json, a JSON object ({type(e).__name__}: {e})") from e
+        if not isinstance(config, dict):
+            raise ConfigError(f"--scheduler_config {path!r} must hold a JSON object of scheduler keys, got "
+                              f"{type(config).__name__}")
+        try:
+            return cls.from_config(config)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"--scheduler_config {path!r} cannot build {cls.__name__}: {e}") from e
     wanted = {"prediction_type": args.prediction_type, "num_train_timesteps": args.num_train_timesteps}
     if args.scheduler == "sde":
         wanted["sde"] = args.sde
