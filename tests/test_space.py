@@ -229,6 +229,8 @@ def test_a_sub_vp_sde_model_starts_on_the_sampler_its_folder_saves(space_env, so
         ({"steps": 2.5}, "Number of steps must be a whole number"),
         ({"n": 5}, "Number of images must be between 1 and 4"),
         ({"seed": -1}, "Seed must be between 0"),
+        ({"seed": 1.5}, "Seed must be a whole number"),
+        ({"steps": "abc"}, "Number of steps must be a whole number"),
         ({"guidance": 10.5}, "Guidance scale must be between 0 and 10"),
         ({"guidance": float("nan")}, "Guidance scale must be between"),
         ({"model": "nope"}, "Unknown model 'nope'"),
@@ -542,6 +544,23 @@ def test_http_errors_are_reported_and_the_app_survives(served, app, monkeypatch)
     monkeypatch.undo()
     gallery, _, _ = client.predict("ddpm", AS_SAVED, 2, 1.0, None, "", 0, 1, "off", 0, api_name="/generate")
     assert len(gallery) == 1
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("seed", 1.5, "Seed must be a whole number"),  # Gradio's Number(precision=0) rounded it to 2 silently
+    ("steps", "abc", "Number of steps must be a whole number"),  # was Gradio's generic upstream error
+    ("num_images", "two", "Number of images must be a whole number"),
+    ("guidance", "abc", "Guidance scale must be a number"),
+])
+def test_http_values_reach_the_apps_checks_by_name(served, field, value, message):
+    from gradio_client.exceptions import AppError
+
+    _, client = served
+    args = dict(model="ddpm", sampler=AS_SAVED, steps=2, guidance=1.0, class_name=None, prompt="", seed=0,
+                num_images=1, animation="off", frame_every=0)
+    args[field] = value
+    with pytest.raises(AppError, match=message):
+        client.predict(*args.values(), api_name="/generate")
 
 
 def test_deploy_assembles_a_self_contained_space(tmp_path):
