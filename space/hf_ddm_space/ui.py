@@ -128,25 +128,13 @@ def _as_int(value, name: str, lo: int, hi: int) -> int:
     return v
 
 
-class _CheckedNumber(gr.Number):
-    """gr.Number whose value reaches the handler as sent, where ``_as_int`` / ``_as_float`` check it by the field's
-    name: Gradio's own preprocess rounds a seed of 1.5 to 2 (precision=0) without a word, and answers "abc" with its
-    generic "the upstream app has raised an exception". Shown as a plain Number (``is_template``)."""
-
-    is_template = True
-
-    def preprocess(self, payload):
-        return payload
-
-
-class _CheckedSlider(gr.Slider):
-    """gr.Slider as ``_CheckedNumber``: the handler's checks name the field (steps="abc": "Number of steps must be
-    a whole number")."""
-
-    is_template = True
-
-    def preprocess(self, payload):
-        return payload
+def _checked_by_the_app(component):
+    """``component`` (a stock gr.Number / gr.Slider) with its value passed to the handler as sent, where
+    ``_as_int`` / ``_as_float`` check it by the field's name: Gradio's own preprocess rounds a seed of 1.5 to 2
+    (precision=0) without a word, and answers steps="abc" with its generic "the upstream app has raised an
+    exception". (An instance attribute, not a subclass: Gradio writes a .pyi beside any module that defines one.)"""
+    component.preprocess = lambda payload: payload
+    return component
 
 
 def _as_float(value, name: str, lo: float, hi: float) -> float:
@@ -721,23 +709,23 @@ def build_demo(app: Optional[SpaceApp] = None, default_model: str = "ddpm", prel
                 sampler_dd = gr.Dropdown(app.sampler_choices(model), value=app.default_sampler(model), label="Sampler",
                                          allow_custom_value=True)
                 with gr.Row():
-                    steps = _CheckedSlider(1, lim.max_steps, value=app.default_steps(model), step=1, label="Steps",
+                    steps = _checked_by_the_app(gr.Slider(1, lim.max_steps, value=app.default_steps(model), step=1, label="Steps",
                                       info=f"1-{lim.max_steps}; Heun and predictor-corrector use 2 evaluations/step",
-                                      elem_id="steps")
-                    num_images = _CheckedSlider(1, lim.max_images, value=lim.default_images, step=1,
-                                           label="Number of images", elem_id="num-images")
+                                      elem_id="steps"))
+                    num_images = _checked_by_the_app(gr.Slider(1, lim.max_images, value=lim.default_images, step=1,
+                                           label="Number of images", elem_id="num-images"))
                 class_dd = gr.Dropdown(classes, value=classes[0] if classes else None, label="Class",
                                        visible=bool(classes), allow_custom_value=True, elem_id="class")
                 prompt = gr.Textbox(app.suggested_prompt(model), label="Prompt", visible=model.kind == "text",
                                     max_lines=1, placeholder="a photo of a sneaker", elem_id="prompt")
-                guidance = _CheckedSlider(0.0, lim.max_guidance, value=app.default_guidance(model), step=0.5, label="Guidance scale",
-                                     interactive=model.kind != "unconditional")
-                seed = _CheckedNumber(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed",
-                                 info="image k uses seed + k")
+                guidance = _checked_by_the_app(gr.Slider(0.0, lim.max_guidance, value=app.default_guidance(model), step=0.5, label="Guidance scale",
+                                     interactive=model.kind != "unconditional"))
+                seed = _checked_by_the_app(gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed",
+                                 info="image k uses seed + k"))
                 with gr.Accordion("Denoising animation", open=False, elem_id="animation-accordion"):
                     animation = gr.Radio(list(ANIMATIONS), value="off", label="Animate", elem_id="animation")
-                    frame_every = _CheckedSlider(0, lim.max_steps, value=0, step=1, label="Frame every k steps",
-                                            info=f"0 = automatic; at most {lim.max_frames} frames")
+                    frame_every = _checked_by_the_app(gr.Slider(0, lim.max_steps, value=0, step=1, label="Frame every k steps",
+                                            info=f"0 = automatic; at most {lim.max_frames} frames"))
                 run = gr.Button("Generate", variant="primary", elem_id="generate-btn")
                 with gr.Accordion("Compare samplers", open=False, elem_id="compare-accordion"):
                     compare_dd = gr.Dropdown(app.sampler_choices(model), value=app.default_compare(model), multiselect=True,
