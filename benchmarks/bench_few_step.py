@@ -86,8 +86,8 @@ def ours_fixed(config):
                 name = f"{order}M {grid}{'' if denoise else ' no-denoise'}"
                 out[name] = (lambda o=order, g=grid, d=denoise: SDEScheduler.from_config(
                     config, solver="multistep", solver_order=o, time_grid=g, denoise_final=d), one)
-    out["ode_euler log_snr"] = (lambda: SDEScheduler.from_config(config, solver="ode_euler"), one)
-    out["ode_heun log_snr"] = (lambda: SDEScheduler.from_config(config, solver="ode_heun"), lambda nfe: (nfe + 1) // 2)
+    out["ode_euler log_snr"] = (lambda: SDEScheduler.from_config(config, solver="ode_euler", time_grid="log_snr"), one)
+    out["ode_heun log_snr"] = (lambda: SDEScheduler.from_config(config, solver="ode_heun", time_grid="log_snr"), lambda nfe: (nfe + 1) // 2)
     return out
 
 
@@ -120,7 +120,7 @@ def one_case(schedule, mname, args):
     mix = GaussianMixture(MEANS, MIXTURES[mname], WEIGHTS)
     noise = torch.randn(args.samples, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     truth = mix.sample(args.samples, torch.Generator().manual_seed(2))[0]
-    fine = SDEScheduler.from_config(config, solver="multistep", solver_order=3)
+    fine = SDEScheduler.from_config(config, solver="multistep", solver_order=3, time_grid="log_snr")
     ref, _ = run(fine, mix.model(fine), noise, num_inference_steps=200)
     case = {"floor_sw": sliced_wasserstein(mix.sample(args.samples, torch.Generator().manual_seed(3))[0], truth),
             "nfe": {}}
@@ -128,7 +128,7 @@ def one_case(schedule, mname, args):
     # Calibration: seed 0, its own noise.
     found = {}
     for order in args.orders:
-        sched = SDEScheduler.from_config(config, solver="multistep", solver_order=order)
+        sched = SDEScheduler.from_config(config, solver="multistep", solver_order=order, time_grid="log_snr")
         found[order] = optimize_steps(mix.model(sched), sched, args.nfes, sample_shape=(args.calibration, 2), seed=0,
                                       dtype=torch.float64)
     fixed, theirs = ours_fixed(config), diffusers_rows(config)
@@ -136,7 +136,7 @@ def one_case(schedule, mname, args):
         row = {}
         order = min(args.orders, key=lambda o: found[o][nfe].error)
         r = found[order][nfe]
-        sched = SDEScheduler.from_config(config, solver="multistep", solver_order=order)
+        sched = SDEScheduler.from_config(config, solver="multistep", solver_order=order, time_grid="log_snr")
         x, calls = run(sched, mix.model(sched), noise, timesteps=r.timesteps)
         assert calls == nfe
         row["optimized"] = {"name": f"{order}M optimized", **measure(mix, x, ref, truth), "timesteps": r.timesteps,

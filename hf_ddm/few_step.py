@@ -160,7 +160,8 @@ def optimize_steps(
         model: any ``model(x, timestep, **model_kwargs)`` -> tensor or an output with ``.sample`` (an hf_ddm
             or diffusers U-Net, the mixture oracle, a function applying classifier-free guidance).
         scheduler: an SDEScheduler (its solver, grid and options), or any diffusers VP scheduler / config
-            (then SDEScheduler on exactly its schedule, with SDEScheduler's defaults).
+            (then SDEScheduler on exactly its schedule, with SDEScheduler's defaults: the log_snr grid, not the
+            config's ``timestep_spacing`` that ``SDEScheduler.from_config`` gives it).
         num_inference_steps: N, or several (one teacher run serves them all; then a dict N -> result).
         sample_shape: the calibration batch's shape, batch first (e.g. (16, 3, 32, 32)).
         solver: a solver of ``hf_ddm.solver_registry`` (None: the scheduler's); deterministic ones only.
