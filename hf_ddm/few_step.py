@@ -24,13 +24,33 @@ trajectory of a few calibration samples is accurate for the model's other sample
    i and compared with the teacher at j. A multistep solver's update also depends on the point before i
    (its history), so its jumps are scored per (previous, i, j): the DP state is the last jump, not the last
    point. Solvers with more than one model call per step (Heun) are scored with their first-order
-   predictor (DDIM), which needs no model call off the trajectory. This costs no model calls;
-3. dynamic programming gives the N-jump path from the start to the end with the least summed local error;
+   predictor (DDIM), which needs no model call off the trajectory. This costs no model calls (but one per
+   start candidate, below);
+3. dynamic programming gives the N-jump path from a start candidate to the end with the least summed local
+   error;
 4. the path of least *local* error need not give the least *end-to-end* error (errors propagate), so the
    start grid and the DP's path are both run end to end, the better kept, and then refined by coordinate
    search on the end-to-end objective (move one step to the neighbouring candidate, keep it if the
-   objective drops; ``refine_calls`` model calls at most). The result is never worse than the scheduler's
-   own grid on the calibration objective.
+   objective drops; ``refine_calls`` model calls at most); then again with the first step free (below).
+   The result is never worse than the scheduler's own grid on the calibration objective, nor than the
+   same search with the start fixed at the top.
+
+**The first step.** The first time is a decision variable: the start noise ``x ~ N(0, I) * init_noise_sigma``
+is taken as the sample at the first chosen time, anywhere from the top down to ``min_start`` (0.5) x the top
+-- what diffusers' ``leading`` spacing does (830 of 1000 at 5 steps, 800 at 4), and why it wins at 4-5 steps
+on some models: at the top the marginal is the noise to within a few percent, so the first hundred-odd
+timesteps move the sample little and a step spent there is mostly wasted. Starting lower is not free: the
+noise is not the ODE's sample there (the skipped part of the trajectory and the signal the marginal still
+carries, a(t) x0, are lost), and that error is part of what is scored. Both stages choose it: in the DP, each
+start candidate above the bound is a start node whose first jump is scored from the noise itself (one model
+call per candidate: the model's output on the noise there; the next jump of a multistep solver carries that
+output as its history), so the local cost includes the start's own mismatch; the coordinate search then moves
+the start like any other step, on the true end-to-end objective, starting from the better of the DP's free
+path and the fixed-start search's result (so never worse than the fixed start). The DP alone would trust the
+surrogate for the one decision where the trajectory assumption (the run is on the teacher's path) fails by
+construction; the search alone would only creep down from the top one candidate at a time. The bound keeps the start in the
+high-noise region where taking noise for the sample is a small error (and keeps the search cheap);
+``min_start=1`` gives the fixed start at the top.
 
 Why not LD3 (fitting the steps by gradient descent through the sampler)? It needs gradients through the
 model (memory, a GPU for real models) and minutes of training; the DP needs only forward calls -- a few
@@ -38,13 +58,12 @@ hundred -- and gives the global optimum of its surrogate; the refinement closes 
 true objective. Stochastic solvers are refused: their error to a deterministic reference is not a property
 of the steps.
 
-``python -m hf_ddm.few_step FOLDER --nfe 4 5 6 8 10`` writes the result into a saved pipeline folder's
-scheduler config (``optimized_timesteps``), which ``SDEScheduler.set_timesteps(N)`` then runs.
+``python -m hf_ddm.few_step FOLDER --nfe 4 5 6 8 10 [--min-start 0.5]`` writes the result into a saved pipeline
+folder's scheduler config (``optimized_timesteps``), which ``SDEScheduler.set_timesteps(N)`` then runs.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -74,7 +93,7 @@ class OptimizedSteps:
     error: float  # calibration objective of ``timesteps``
     start_timesteps: List[float]  # the scheduler's own grid for N (what set_timesteps(N) ran before)
     start_error: float  # ... and its calibration objective
-    dp_error: float  # the DP path's calibration objective (before refinement)
+    dp_error: float  # the better DP path's calibration objective (before refinement; free start or from the top)
     model_calls: int  # calibration cost of this N: the teacher's calls (shared by all N of one call) + its own
     seconds: float  # CPU seconds (process time, all threads) of the same: teacher and scoring + its own search
     history: List[Tuple[int, float]] = field(default_factory=list)  # (model calls so far, best error)
@@ -149,6 +168,7 @@ def optimize_steps(
     candidates: int = 40,
     teacher_substeps: int = 5,
     refine_calls: Optional[int] = None,
+    min_start: float = 0.5,
     dtype: torch.dtype = torch.float32,
     device: Union[str, torch.device, None] = None,
     **scheduler_overrides,
@@ -170,8 +190,13 @@ def optimize_steps(
         seed: the calibration noise's seed; the same seed gives the same steps.
         candidates: size of the log-SNR candidate grid the steps are chosen from.
         teacher_substeps: teacher steps per candidate interval (teacher calls ~ candidates * substeps).
-        refine_calls: model calls the end-to-end refinement may spend per N (None: 40 N^2, i.e. about two
-            sweeps over the N steps; 0: none, the better of the DP's path and the start grid).
+        refine_calls: model calls each of the two end-to-end searches (start fixed, then free) may spend per N
+            (None: 40 N^2, i.e. about two sweeps over the N steps; 0: none, the best of the DP's paths and the
+            start grid).
+        min_start: how low the first step may start, as a fraction of the scheduler's first time (its top):
+            the start noise ``x ~ N(0, I) * init_noise_sigma`` is taken as the sample at the first chosen
+            time, as diffusers' ``leading`` spacing does (first step 830 of 1000 at 5 steps). 1: always the
+            top (the steps of hf_ddm <= 0.1.x). See "The first step" in the module docstring.
         scheduler_overrides: SDEScheduler config keys to change first (``time_grid``, ``denoise_final``,
             ``solver_order`` ...).
     """
@@ -179,6 +204,8 @@ def optimize_steps(
     counts = [check_step_count(n) for n in counts]
     check_int("candidates", candidates, 3)
     check_int("teacher_substeps", teacher_substeps, 1)
+    if isinstance(min_start, bool) or not isinstance(min_start, (int, float)) or not 0 < min_start <= 1:
+        raise ValueError(f"min_start must be a number in (0, 1] (a fraction of the first time), got {min_start!r}")
     start_clock = time.process_time()
     sched = _scheduler(scheduler, solver, scheduler_overrides)
     spec = sched.solver
@@ -225,10 +252,21 @@ def optimize_steps(
             xs.append(x), x0s.append(x0), epss.append(eps)
         x = teacher.step(out, t, x).prev_sample
     reference = x
-    teacher_calls = counted.calls
     points = [sched.process.point(float(t)) for t in t_c[:n_eval]] + [CLEAN if denoise else sched.process.point(end)]
     xs.append(reference)
     n_nodes = len(points)  # evaluated candidates 0..T-1, the end T
+    # The candidate starts: the top (the teacher's own start) and every candidate down to min_start x the top
+    # (not the last evaluated one: a step must follow). From candidate i the run starts at the noise itself, not
+    # at the teacher's sample there: one model call each gives its (x0, eps).
+    n_starts = 1 + sum(1 for k in range(1, n_eval - 1) if float(t_c[k]) >= min_start * float(t_c[0]) - 1e-12)
+    index = {float(v): k for k, v in enumerate(cand.tolist())}
+    n_starts = max([n_starts] + [index[float(v[0])] + 1 for v in starts.values()])  # a saved grid's own start too
+    starts_x0, starts_eps = [x0s[0]], [epss[0]]
+    for k in range(1, n_starts):
+        a, s = teacher.marginal(cand[k])
+        x0, eps = sched.denoised(counted(noise, cand[k]), noise, float(a), float(s))
+        starts_x0.append(x0), starts_eps.append(eps)
+    teacher_calls = counted.calls
 
     # 2. Local errors of every jump on the teacher's trajectory (no model calls).
     scorer = spec if spec.calls_per_step == 1 else get("ode_euler")
@@ -236,33 +274,52 @@ def optimize_steps(
     ctx = StepContext(1, 10**6, 0.0, None)  # mid-run: no lowered final order, no noise
     with_history = scorer.state == "x0 history"
 
-    def local(i, j, p=None):
+    def node(i, start=False):
+        """(x, x0, eps) at candidate i: the teacher's, or the noise taken as the sample there (a run's start)."""
+        return (noise, starts_x0[i], starts_eps[i]) if start else (xs[i], x0s[i], epss[i])
+
+    def local(i, j, p=None, start=False):
+        """Error at j of the jump i -> j (after p -> i); ``start``: the run starts at i (p, or else i)."""
         stepper.reset()
         if p is not None:  # the history the update would carry: the previous start's x0
-            stepper("step", xs[p], x0s[p], epss[p], points[p], points[i], ctx)
-        mean = stepper("step", xs[i], x0s[i], epss[i], points[i], points[j], ctx)[0]
+            stepper("step", *node(p, start), points[p], points[i], ctx)
+        mean = stepper("step", *node(i, start and p is None), points[i], points[j], ctx)[0]
         return float(_error(mean, xs[j]).mean())
 
-    first = np.full((n_nodes, n_nodes), np.inf)  # first[i, j]: a jump with no history (the run's first)
-    for i in range(n_nodes - 1):
+    # first[i, j]: the run's first jump, from the noise at start candidate i (the teacher's sample at i = 0).
+    first = np.full((n_nodes, n_nodes), np.inf)
+    for i in range(n_starts):
         for j in range(i + 1, n_nodes):
-            first[i, j] = local(i, j)
-    later = np.full((n_nodes, n_nodes, n_nodes), np.inf)  # later[p, i, j]: a jump after p -> i
+            first[i, j] = local(i, j, start=True)
+    plain = first if with_history else np.full((n_nodes, n_nodes), np.inf)  # no history: any jump on the teacher
+    if not with_history:
+        for i in range(n_nodes - 1):
+            for j in range(i + 1, n_nodes):
+                plain[i, j] = local(i, j)
+    later = np.full((n_nodes, n_nodes, n_nodes), np.inf)  # later[p, i, j]: a jump after p -> i, on the teacher
     for p in range(n_nodes - 2):
         for i in range(p + 1, n_nodes - 1):
             for j in range(i + 1, n_nodes):
-                later[p, i, j] = local(i, j, p) if with_history else first[i, j]
+                later[p, i, j] = local(i, j, p) if with_history else plain[i, j]
+    second = later.copy()  # second[p, i, j]: the run's second jump, its history the start's x0 at p
+    if with_history:
+        for p in range(1, n_starts):
+            for i in range(p + 1, n_nodes - 1):
+                for j in range(i + 1, n_nodes):
+                    second[p, i, j] = local(i, j, p, start=True)
 
-    def dp_path(n):
-        """Start 0 -> end T in n jumps, least summed local error; states are the last jump (p, i)."""
+    def dp_path(n, top=False):
+        """A start candidate (``top``: the top) -> end T in n jumps, least summed local error; states are the
+        last jump (p, i)."""
         T = n_nodes - 1
+        cost = first.copy()
+        if top:
+            cost[1:] = np.inf
         if n == 1:
-            return [0, T]
-        cost = np.full((n_nodes, n_nodes), np.inf)
-        cost[0] = first[0]
+            return [int(cost[:, T].argmin()), T]
         back = []
-        for _ in range(n - 1):
-            total = cost[:, :, None] + later  # [p, i, j]
+        for step in range(n - 1):
+            total = cost[:, :, None] + (second if step == 0 else later)  # [p, i, j]
             arg = total.argmin(0)  # best p for each (i, j)
             cost = np.take_along_axis(total, arg[None], 0)[0]
             back.append(arg)
@@ -276,7 +333,6 @@ def optimize_steps(
         return path[::-1]
 
     # 3-4. The DP's path, the start grid, and refinement, on the end-to-end objective.
-    index = {float(v): k for k, v in enumerate(cand.tolist())}
     shared_seconds = time.process_time() - start_clock  # teacher + scoring: charged in full to every N
     results = {}
     for n in counts:
@@ -290,27 +346,50 @@ def optimize_steps(
         start_path = [index[float(v)] for v in starts[n].tolist()]
         start_path.append(n_nodes - 1)
         start_err = objective(start_path)
-        path = dp_path(n)
-        dp_err = objective(path)
-        best, best_err = (path, dp_err) if dp_err < start_err else (start_path, start_err)
-        history.append((counted.calls - calls0, best_err))
         budget = 40 * n * n if refine_calls is None else int(refine_calls)
         spent = lambda: counted.calls - calls0  # noqa: E731
-        for stride in (2, 1):
-            improved = True
-            while improved and spent() < budget:
-                improved = False
-                for m in range(1, n):  # every step but the first (the start) and the end
-                    for d in (-stride, stride):
-                        k = best[m] + d
-                        if not best[m - 1] < k < best[m + 1] or spent() >= budget:
-                            continue
-                        trial = best[:m] + [k] + best[m + 1:]
-                        err = objective(trial)
-                        if err < best_err:
-                            best, best_err, improved = trial, err, True
-                            history.append((spent(), best_err))
-                            break
+
+        def search(best, best_err, free):
+            """Coordinate search on the end-to-end objective, ``budget`` model calls at most; ``free``: the
+            first step moves too (among the start candidates), else it stays where it is."""
+            stop = spent() + budget
+            for stride in (2, 1):
+                improved = True
+                while improved and spent() < stop:
+                    improved = False
+                    for m in range(0 if free else 1, n):  # every step's start but the end's
+                        for d in (-stride, stride):
+                            k = best[m] + d
+                            low = best[m - 1] if m else -1
+                            if not low < k < best[m + 1] or (m == 0 and k >= n_starts) or spent() >= stop:
+                                continue
+                            trial = best[:m] + [k] + best[m + 1:]
+                            err = objective(trial)
+                            if err < best_err:
+                                best, best_err, improved = trial, err, True
+                                history.append((spent(), best_err))
+                                break
+            return best, best_err
+
+        # First the fixed start (hf_ddm <= 0.1.x's search, exactly): the better of the start grid and the DP's
+        # path from the top, refined with the start held. Then the free start: the better of that result and
+        # the DP's path from any start candidate, refined with the first step free too. The second search
+        # starts from the first's result, so the free start is never worse than the fixed one (on this
+        # objective, at twice the search budget); a local search from the free DP path alone can end worse.
+        path = dp_path(n, top=True)
+        dp_err = objective(path)
+        best, best_err = (path, dp_err) if dp_err < start_err else (start_path, start_err)
+        history.append((spent(), best_err))
+        best, best_err = search(best, best_err, free=False)
+        if n_starts > 1:
+            path = dp_path(n)
+            if path[0] != 0:
+                err = objective(path)
+                dp_err = min(dp_err, err)
+                if err < best_err:
+                    best, best_err = path, err
+                    history.append((spent(), best_err))
+            best, best_err = search(best, best_err, free=True)
         ts = cand[best[:-1]]
         sched.set_timesteps(timesteps=ts)
         sig = [p.s / p.a for p in sched._points]
@@ -397,9 +476,11 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--candidates", type=int, default=40)
     p.add_argument("--refine-calls", type=int, help="per step count (default 40 N^2)")
+    p.add_argument("--min-start", type=float, default=0.5,
+                   help="the first step may start this low, as a fraction of the top time (1: always at the top)")
     args = p.parse_args(argv)
     found, scale = write_folder(args.folder, args.nfe, args.batch_size, args.guidance_scale, args.seed,
-                                candidates=args.candidates, refine_calls=args.refine_calls)
+                                candidates=args.candidates, refine_calls=args.refine_calls, min_start=args.min_start)
     guided = f", guidance scale {scale}" if scale is not None else ""
     print(f"{args.folder}/scheduler/scheduler_config.json: optimized_timesteps for {sorted(found)}{guided}")
     for n, r in sorted(found.items()):
