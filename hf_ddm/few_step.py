@@ -48,9 +48,9 @@ output as its history), so the local cost includes the start's own mismatch; the
 the start like any other step, on the true end-to-end objective, starting from the better of the DP's free
 path and the fixed-start search's result (so never worse than the fixed start). The DP alone would trust the
 surrogate for the one decision where the trajectory assumption (the run is on the teacher's path) fails by
-construction; the search alone would only creep down from the top one candidate at a time. The bound keeps the start in the
-high-noise region where taking noise for the sample is a small error (and keeps the search cheap);
-``min_start=1`` gives the fixed start at the top.
+construction; the search alone would only creep down from the top one candidate at a time. The bound keeps
+the start in the high-noise region where taking noise for the sample is a small error (and keeps the search
+cheap); ``min_start=1`` gives the fixed start at the top.
 
 Why not LD3 (fitting the steps by gradient descent through the sampler)? It needs gradients through the
 model (memory, a GPU for real models) and minutes of training; the DP needs only forward calls -- a few
