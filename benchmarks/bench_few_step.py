@@ -130,7 +130,7 @@ def one_case(schedule, mname, args):
     for order in args.orders:
         sched = SDEScheduler.from_config(config, solver="multistep", solver_order=order, time_grid="log_snr")
         found[order] = optimize_steps(mix.model(sched), sched, args.nfes, sample_shape=(args.calibration, 2), seed=0,
-                                      dtype=torch.float64)
+                                      dtype=torch.float64, min_start=args.min_start)
     fixed, theirs = ours_fixed(config), diffusers_rows(config)
     for nfe in args.nfes:
         row = {}
@@ -215,6 +215,7 @@ def main(argv=None) -> int:
     p.add_argument("--nfes", nargs="+", type=int, default=NFES)
     p.add_argument("--samples", type=int)
     p.add_argument("--calibration", type=int, default=256)
+    p.add_argument("--min-start", type=float, default=0.5, help="optimize_steps' lowest first step (fraction of the top)")
     p.add_argument("--json")
     args = p.parse_args(argv)
     args.schedules = args.schedules or (["linear", "cosine"] if args.quick else list(SCHEDULES))

@@ -103,7 +103,7 @@ def test_optimized_never_worse_than_its_start_on_the_calibration_objective(optim
         start, opt = error(run(sched, x0, num_inference_steps=n), ref), error(run(sched, x0, timesteps=r.timesteps), ref)
         assert start == pytest.approx(r.start_error, rel=0.05)
         assert opt == pytest.approx(r.error, rel=0.05)
-        assert opt < 0.5 * start  # measured: 0.08x at 4 steps, 0.15x at 5 (0.13x, 0.2x with the start fixed at the top)
+        assert opt < 0.5 * start  # measured: 0.10x at 4 steps, 0.18x at 5 (0.18x, 0.26x with the start fixed at the top)
 
 
 def test_optimized_steps_hold_on_fresh_noise(optimized):
@@ -157,9 +157,9 @@ def test_optimize_steps_from_a_diffusers_config_and_other_solvers():
 
 def test_a_free_first_step_helps_and_is_what_diffusers_runs(optimized):
     """The first step is chosen too (the noise taken as the sample there, as diffusers' leading spacing does),
-    down to min_start x the top: on this oracle the optimizer starts well below 999, and its calibration error
-    is below that of the same search with the start fixed at the top (min_start=1, which never moves the start;
-    measured 0.46x at 4 steps, 0.57x at 5), never above it. Still never worse than the start grid (the fixture's test
+    down to min_start x the top where a(t) <= max_start_signal: on this oracle the optimizer starts at 707
+    (a = 0.08), and its calibration error is below that of the same search with the start fixed at the top
+    (min_start=1, which never moves the start; measured 0.55x at 4 steps, 0.70x at 5), never above it. Still never worse than the start grid (the fixture's test
     recomputes that independently). diffusers' DPM-Solver++(2M) given the same (integer) steps starts from the
     noise at the first one too: the same samples."""
     sched, free = optimized
@@ -167,9 +167,13 @@ def test_a_free_first_step_helps_and_is_what_diffusers_runs(optimized):
     for n in (4, 5):
         assert fixed[n].timesteps[0] == 999 and fixed[n].start_timesteps[0] == 999
         assert 0.5 * 999 <= free[n].timesteps[0] < 900
+        assert float(sched.marginal(torch.tensor(free[n].timesteps[0]))[0]) <= 0.1
         assert free[n].error <= free[n].start_error == pytest.approx(fixed[n].start_error)
         assert free[n].error <= fixed[n].error  # by construction: the free search starts from the fixed one's result
-        assert free[n].error < 0.75 * fixed[n].error
+        assert free[n].error < 0.8 * fixed[n].error
+    # The signal bound alone: a(t) <= 0.01 leaves only the top (a = 0.006) and the next candidate or so.
+    low = optimize_steps(MIX.model(sched), sched, 4, seed=0, max_start_signal=0.01, **FAST)
+    assert float(sched.marginal(torch.tensor(low.timesteps[0]))[0]) <= 0.01
     steps = [round(v) for v in free[5].timesteps]
     x0 = noise(5, 300)
     theirs = DPMSolverMultistepScheduler(**LINEAR)
@@ -179,6 +183,9 @@ def test_a_free_first_step_helps_and_is_what_diffusers_runs(optimized):
     for bad in (0, 1.5, "0.5", True):
         with pytest.raises(ValueError, match="min_start"):
             optimize_steps(MIX.model(sched), sched, 4, sample_shape=(8, 2), min_start=bad)
+    for bad in (-0.1, 1.5, None, False):
+        with pytest.raises(ValueError, match="max_start_signal"):
+            optimize_steps(MIX.model(sched), sched, 4, sample_shape=(8, 2), max_start_signal=bad)
 
 
 def test_optimize_steps_refuses_stochastic_solvers():
