@@ -44,7 +44,9 @@ FAMILIES = {
 }
 # Config keys that pick a sampler rather than describe the model: a sampler built from a model's config
 # drops them and sets its own.
-SAMPLER_CHOICE_KEYS = ("sampler", "eta", "solver", "predictor")
+SAMPLER_CHOICE_KEYS = ("sampler", "eta", "solver", "predictor",
+                       # steps optimized for the saved solver (hf_ddm.few_step): "as saved" runs them, no other sampler
+                       "optimized_timesteps")
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,8 @@ def _model_configs(family: str, base_config: dict) -> Dict[str, Optional[dict]]:
     if family == "ve":
         return {"VEScheduler": base}
     if family.startswith("sde:"):
-        configs = {"SDEScheduler": {k: v for k, v in base.items() if k not in ("solver", "correct_steps", "solver_order")}}
+        configs = {"SDEScheduler": {k: v for k, v in base.items()
+                                    if k not in ("solver", "correct_steps", "solver_order", "optimized_timesteps")}}
         if family == "sde:vp" and base.get("prediction_type", "epsilon") in ("epsilon", "sample", "v_prediction"):
             # The VP SDE's discrete counterpart: T steps of beta_i = beta(t_i) / T; timesteps i ~ t * T.
             T = int(round(float(base.get("timestep_scale") or 1000.0)))

@@ -89,3 +89,20 @@ def test_as_saved_of_a_config_no_entry_matches_falls_back_to_class_and_spacing()
 
     assert describe_saved(DDIMScheduler(timestep_spacing="trailing")) == "DDIMScheduler, trailing spacing"
 
+
+@pytest.mark.parametrize("sde", ["vp", "subvp"])
+def test_optimized_steps_stay_with_the_saved_sampler(sde):
+    """Steps optimized for a folder's saved solver run as saved; every other sampler of the menu keeps its own
+    grid (a label "uniform in t" must not quietly run the optimized steps)."""
+    from hf_ddm.catalogue import AS_SAVED, catalogue
+    from hf_ddm.schedulers.sde import SDEScheduler
+
+    kw = dict(beta_schedule="linear") if sde == "vp" else dict(sde="subvp")
+    saved = SDEScheduler(solver="multistep", optimized_timesteps={5: [999, 700, 400, 150, 30] if sde == "vp"
+                                                                  else [1000, 700, 400, 150, 30]}, **kw)
+    menu = catalogue(saved)
+    made = {label: sampler.make() for label, sampler in menu.items()}
+    assert made[AS_SAVED].config.optimized_timesteps
+    others = [label for label, s in made.items() if label != AS_SAVED and isinstance(s, SDEScheduler)]
+    assert others and not any(made[label].config.get("optimized_timesteps") for label in others)
+
