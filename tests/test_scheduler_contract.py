@@ -335,9 +335,9 @@ def test_a_saved_sde_config_holds_only_the_keys_it_uses(case, tmp_path):
 # What diffusers' DPM-Solver++ warns about when swapped into a shipped folder (the README's usage comment):
 # hf_ddm's own sampler keys, and for the continuous sub-VP model its process (DPM-Solver++ cannot run it).
 SHIPPED_WARNINGS = {
-    "ddpm": ["denoise_final", "log_snr_min", "solver", "time_grid"],
+    "ddpm": ["denoise_final", "log_snr_min", "optimized_timesteps", "solver", "time_grid"],
     "guided": ["denoise_final", "solver", "time_grid"],
-    "ldm_class": ["denoise_final", "solver", "time_grid"],
+    "ldm_class": ["denoise_final", "optimized_timesteps", "solver", "time_grid"],
     "ldm_text": ["denoise_final", "solver", "time_grid"],
     "sde": ["beta_max", "beta_min", "denoise_final", "log_snr_min", "sde", "solver", "time_grid"],
 }
