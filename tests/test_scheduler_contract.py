@@ -339,7 +339,7 @@ SHIPPED_WARNINGS = {
     "guided": ["denoise_final", "solver", "time_grid"],
     "ldm_class": ["denoise_final", "optimized_timesteps", "solver", "time_grid"],
     "ldm_text": ["denoise_final", "solver", "time_grid"],
-    "sde": ["beta_max", "beta_min", "denoise_final", "log_snr_min", "sde", "solver", "time_grid"],
+    "sde": ["beta_max", "beta_min", "denoise_final", "log_snr_min", "optimized_timesteps", "sde", "solver", "time_grid"],
 }
 
 
