@@ -47,6 +47,8 @@ from typing import Dict, Optional
 
 import torch
 
+from hf_ddm.training.hub import public_path
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ["ldm_class", "ddpm", "sde"]
 NFES = [4, 5, 6, 8, 10]
@@ -143,7 +145,7 @@ def one_model(folder: str, args) -> dict:
     own = None  # the fixed grid the folder's scheduler runs without its optimized steps
     if config.get("solver") == "multistep" and config.get("time_grid") in ("log_snr", "uniform"):
         own = grid_name(config["solver_order"], config["time_grid"], config["denoise_final"])
-    case = {"folder": folder, "guidance_scale": scale, "batch": args.batch, "seed": args.seed, "own_grid": own,
+    case = {"folder": os.path.basename(os.path.normpath(folder)), "guidance_scale": scale, "batch": args.batch, "seed": args.seed, "own_grid": own,
             "optimized_steps": {n: saved.get(n) for n in args.nfes}, "nfe": {}}
 
     def run(sched, nfe=None, **set_kw):
@@ -303,8 +305,9 @@ def main(argv=None) -> int:
         from diffusers.utils import logging as diffusers_logging
 
         diffusers_logging.set_verbosity_error()
+        # What a results file records: no path of the machine that ran it (a folder or file as its last part).
         command = " ".join(["OMP_NUM_THREADS=1 python benchmarks/bench_few_step_models.py"]
-                           + list(sys.argv[1:] if argv is None else argv))
+                           + [public_path(a) if os.sep in a else a for a in (sys.argv[1:] if argv is None else argv)])
         results = {}
         for name in args.models:
             results[name] = dict(one_model(os.path.join(args.root, name), args), command=command)
