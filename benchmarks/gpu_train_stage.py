@@ -104,7 +104,7 @@ def train_stage(args, S, device, report, seconds: float, dry: bool, deadline: fl
         ["U-Net", "parameters", "batch", "optimizer steps", "epochs", "train s", "img/s", "mean loss (last 10)",
          "stopped by time"],
         f"Recipe stage ddpm (32x32x1, --image_fit pad, VP, epsilon, EMA) widened for the GPU; bf16, "
-        f"--torch_compile, constant LR {cfg['lr']} after warm-up. Saved: {out}/ddpm_pipeline.tar.part-* "
+        f"--torch_compile, constant LR {cfg['lr']} after warm-up. Saved: $OUT/{out.name}/ddpm_pipeline.tar.part-* "
         f"({len(parts)} parts; `cat ddpm_pipeline.tar.part-* | tar -x` gives the folder `ddpm/`), samples.png "
         f"({S.sample_count} samples, {S.sample_steps} steps of the saved scheduler, seed 0), train_summary.json.")
     report.row(name, [f"{cfg['channels']} x{cfg['layers']}, attention {cfg['attention']}", f"{params:,}",
