@@ -111,12 +111,16 @@ def test_step_with_and_without_generator_and_the_loop_contract(case):
     assert out is None or (isinstance(out, tuple) and out[0].shape == x.shape)
 
 
-@pytest.mark.parametrize("case", CASES)
+# VE noise levels in float16 / bfloat16 have their own tests (tests/test_float16_sampling.py samples every VE
+# scheduler, tests/test_hostile_inputs.py refuses a start noise the dtype cannot hold): not collected here.
+LOW_PRECISION_CASES = [c for c, make in CASES.items()
+                       if not isinstance(make(), VEScheduler) and make().init_noise_sigma <= 100]
+
+
+@pytest.mark.parametrize("case", LOW_PRECISION_CASES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_low_precision_loop(case, dtype):
     sched = CASES[case]()
-    if isinstance(sched, VEScheduler) or sched.init_noise_sigma > 100:
-        pytest.skip("VE noise levels are checked against float16's range in test_hostile_inputs")
     sched.set_timesteps(STEPS)
     out = run_loop(sched, start(sched, dtype=dtype), generator=torch.Generator().manual_seed(0))
     assert out.dtype == dtype and torch.isfinite(out).all()
@@ -348,8 +352,6 @@ def test_dpm_solver_swapped_into_a_shipped_folder_warns_only_about_hf_ddm_keys(n
     import os
 
     folder = os.path.join(os.path.dirname(__file__), "..", "space", "models", name, "scheduler")
-    if not os.path.isdir(folder):
-        pytest.skip("shipped folders are not in this checkout")
     _, unused = DPMSolverMultistepScheduler.from_config(DPMSolverMultistepScheduler.load_config(folder),
                                                         return_unused_kwargs=True)
     known = set(DPMSolverMultistepScheduler._get_init_keys(DPMSolverMultistepScheduler))
