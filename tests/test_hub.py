@@ -64,7 +64,8 @@ def test_shipped_cards_carry_hub_metadata_and_true_usage(folder):
     assert {"hf_ddm", "diffusers", "fashion-mnist"} <= set(data.tags)
     text = (folder / "README.md").read_text()
     assert "registers" not in text  # hf_ddm registers nothing (README); the old cards said it did
-    assert f'DiffusionPipeline.from_pretrained("space/models/{folder.name}", trust_remote_code=True)' in text
+    cls = json.loads((folder / "model_index.json").read_text())["_class_name"][1]
+    assert f'from hf_ddm.pipelines import {cls}' in text and f'{cls}.from_pretrained("space/models/{folder.name}")' in text
     index = json.loads((folder / "model_index.json").read_text())
     # saved portable=False: names the installed hf_ddm, and the card says where the portable copy comes from
     assert index["unet"][0] == "hf_ddm.models.unet" and "_hf_ddm_modules" not in index

@@ -155,8 +155,8 @@ def _unet_folder(path: str) -> str:
 def save_shipped(src: str, dest: str, scheduler_kwargs: Optional[dict] = None, vae_dir: Optional[str] = None,
                  unet_dir: Optional[str] = None) -> None:
     """``src`` loaded with the installed hf_ddm class and saved to ``dest`` as float16, ``portable=False``
-    (weights, configs, cards: no copy of hf_ddm's code; ``python -m hf_ddm.portable`` writes the copy that is
-    published), with no local ``_name_or_path``. ``scheduler_kwargs``: save
+    without even the one-import pipeline file that save writes (weights, configs, cards: no code;
+    ``python -m hf_ddm.portable`` writes the copy that is published), with no local ``_name_or_path``. ``scheduler_kwargs``: save
     ``SDEScheduler(**scheduler_kwargs)`` on the model's own discrete schedule (its recommended sampler).
     ``vae_dir``: a decoder fine-tune of the folder's VAE to ship instead of it; ``unet_dir``: a U-Net of the
     same architecture to ship instead of the folder's."""
@@ -183,6 +183,10 @@ def save_shipped(src: str, dest: str, scheduler_kwargs: Optional[dict] = None, v
     if os.path.isdir(dest):
         shutil.rmtree(dest)
     pipe.to(torch.float16).save_pretrained(dest, portable=False)
+    # The repository's folders hold no code at all: the installed class loads them (the Space, the cards'
+    # snippet), and `python -m hf_ddm.portable` generates the code a published copy carries.
+    with open(os.path.join(dest, "model_index.json")) as f:
+        os.remove(os.path.join(dest, json.load(f)["_class_name"][0] + ".py"))
 
 
 def refresh(folder: str, dataset: str, vae_dir: Optional[str] = None, command: Optional[str] = None,
@@ -331,7 +335,7 @@ def finish_cards(folder: str, dataset: str) -> None:
     kind = {"PixelDiffusionPipeline": "pixel-diffusion", "LatentDiffusionPipeline": "latent-diffusion",
             "ClassifierGuidedPipeline": "classifier-guidance"}[index["_class_name"][1]]
     scheduler = json.load(open(os.path.join(folder, "scheduler", "scheduler_config.json")))["_class_name"]
-    usage = pipeline_usage(repo, call, portable=False)
+    usage = pipeline_usage(repo, call, pipeline_class=index["_class_name"][1])
     if index.get("default_guidance_scale") is not None:
         usage += (f"\n\nWithout `guidance_scale` the pipeline uses {index['default_guidance_scale']:g}, this folder's "
                   "`default_guidance_scale` (model_index.json): the scale its evaluations recommend.\n")

@@ -54,20 +54,24 @@ def card_metadata(*, pipeline_tag: Optional[str], tags, datasets=None, base_mode
                          base_model=(base[0] if len(base) == 1 else base) or None)
 
 
-def pipeline_usage(repo: str, call: str = "", portable: bool = True) -> str:
+def pipeline_usage(repo: str, call: str = "", pipeline_class: Optional[str] = None) -> str:
     """The loading snippet of a pipeline folder. A portable folder (training outputs, published copies) carries
-    the pipeline's code and the hf_ddm modules it needs, so diffusers (with torch) is all the snippet needs; a
-    ``portable=False`` one (this repository's shipped folders) loads the installed hf_ddm."""
-    where = ("# The folder carries its own code (model_index.json names it): hf_ddm need not be installed.\n"
-             if portable else
-             "# This folder names the installed hf_ddm (pip install -e . in its repository); the copy that carries\n"
-             "# its code, for where hf_ddm is not installed: python -m hf_ddm.portable FOLDER DEST\n")
+    the pipeline's code and the hf_ddm modules it needs, so diffusers (with torch) is all the snippet needs. With
+    ``pipeline_class`` (this repository's shipped folders, which hold no code) the snippet loads that installed
+    hf_ddm class."""
+    if pipeline_class is None:
+        load = ("from diffusers import DiffusionPipeline\n\n"
+                "# The folder carries its own code (model_index.json names it): hf_ddm need not be installed.\n"
+                f'pipe = DiffusionPipeline.from_pretrained("{repo}", trust_remote_code=True)\n')
+    else:
+        load = (f"from hf_ddm.pipelines import {pipeline_class}\n\n"
+                "# The installed hf_ddm (pip install -e . in its repository); the copy that carries its code, for\n"
+                "# where hf_ddm is not installed: python -m hf_ddm.portable FOLDER DEST\n"
+                f'pipe = {pipeline_class}.from_pretrained("{repo}")\n')
     return (
         "```python\n"
         "import torch\n"
-        "from diffusers import DiffusionPipeline\n\n"
-        + where +
-        f'pipe = DiffusionPipeline.from_pretrained("{repo}", trust_remote_code=True)\n'
+        + load +
         f"images = pipe({call}num_inference_steps=25, generator=torch.Generator().manual_seed(0)).images\n"
         'images[0].save("sample.png")\n'
         "```"
