@@ -208,7 +208,9 @@ def saved_message(output_dir: str, repo_id: Optional[str] = None) -> str:
     else:
         with open(os.path.join(output_dir, "config.json")) as f:
             cls = json.load(f)["_class_name"]
-        module = {"VAE": "hf_ddm.models.vae", "NoisyClassifier": "hf_ddm.models.classifier"}.get(cls, "hf_ddm.models")
+        from .. import models  # the class's own module, as the model card's snippet names it
+
+        module = getattr(getattr(models, cls, None), "__module__", "hf_ddm.models")
         text = (f"saved the model in {output_dir}\n"
                 f"  load it: from {module} import {cls}; {cls}.from_pretrained({(repo_id or output_dir)!r})")
     if repo_id:
