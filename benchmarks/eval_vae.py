@@ -3,6 +3,7 @@ mean), KL(q(z|x) || N(0, I)), and the Fréchet distance of the reconstructions i
 network's features (the ceiling any latent diffusion model on this VAE can reach).
 
     python benchmarks/eval_vae.py VAE_FOLDER [--num_samples 10000] [--json out.json]
+    python benchmarks/eval_vae.py RUN/checkpoint-N ...   # a training run's checkpoint, while it runs
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import quality_metrics as qm  # noqa: E402
 import reference_classifier as rc  # noqa: E402
 
 from hf_ddm.models import VAE  # noqa: E402
+from hf_ddm.training.checkpoint import STATE_FILE, load_model  # noqa: E402
 
 
 @torch.no_grad()
@@ -48,7 +50,8 @@ def main(argv=None):
     p.add_argument("--data_dir", default=rc.DEFAULT_DATA_DIR)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    vae = VAE.from_pretrained(args.vae).eval()
+    is_checkpoint = os.path.isfile(os.path.join(args.vae, STATE_FILE))
+    vae = load_model(VAE, args.vae) if is_checkpoint else VAE.from_pretrained(args.vae).eval()
     x, _ = eq.real_images("test", "pad", args.data_dir, n=args.num_samples)
     res = evaluate(vae, x)
     ref = rc.load_reference()

@@ -23,6 +23,37 @@ def test_vae_end_to_end(idx_data, tmp_path):
     assert cfg["scaling_factor"] != 0.18215  # set to 1/std(z) at the end
 
 
+def test_a_running_vaes_checkpoint_loads_on_its_own(idx_data, tmp_path):
+    """benchmarks/eval_vae.py RUN/checkpoint-N: the run writes its model config beside the checkpoints;
+    load_model picks the VAE's tensors (not the discriminator's) and refuses a damaged checkpoint."""
+    import pytest
+    import torch
+    from safetensors.torch import load_file
+
+    from hf_ddm.models.vae import VAE
+    from hf_ddm.training.checkpoint import CheckpointError, load_model
+
+    out = tmp_path / "vae"
+    run_script("train_vae", ["--data_dir", idx_data, "--channels", "1", "--resolution", "8",
+                             "--block_out_channels", "8,16", "--norm_num_groups", "4", "--latent_channels", "3",
+                             *FAST, "--train_batch_size", "4", "--max_train_steps", "2", "--disc_weight", "0.5",
+                             "--disc_start", "0", "--disc_channels", "8", "--checkpointing_steps", "1",
+                             "--output_dir", out])
+    vae = load_model(VAE, str(out / "checkpoint-1"))
+    assert vae.config.latent_channels == 3 and not vae.training
+    saved = load_file(out / "checkpoint-1" / "model_1.safetensors")  # model.safetensors: the discriminator
+    assert all(torch.equal(v, saved["vae." + k]) for k, v in vae.state_dict().items())
+    final = VAE.from_pretrained(out)
+    assert not all(torch.equal(v, final.state_dict()[k]) for k, v in vae.state_dict().items())  # step 1, not 2
+    with open(out / "checkpoint-1" / "model_1.safetensors", "ab") as f:
+        f.write(b"0")
+    with pytest.raises(CheckpointError, match="model_1.safetensors"):
+        load_model(VAE, str(out / "checkpoint-1"))
+    (out / "model_config.json").unlink()
+    with pytest.raises(CheckpointError, match="model config"):
+        load_model(VAE, str(out / "checkpoint-2"))
+
+
 def test_vae_with_discriminator_resumes_exactly(idx_data, tmp_path):
     """The adversarial term starts at --disc_start; the discriminator and its optimizer are in every
     checkpoint (Accelerate's safetensors + optimizer tensors, nothing pickled), and a run resumed before

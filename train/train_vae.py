@@ -21,6 +21,7 @@ with ``save_pretrained`` to ``--output_dir`` (pass that folder to train_ldm.py /
 
 import logging
 import math
+import os
 
 import torch
 from accelerate.utils import set_seed
@@ -32,6 +33,7 @@ from hf_ddm.training import (ConfigError, TrainingTask, add_training_args, check
 from hf_ddm.training.adversarial import (PatchDiscriminator, adaptive_weight, generator_loss, hinge_d_loss,
                                          set_requires_grad)
 from hf_ddm.training.args import _int_list
+from hf_ddm.training.checkpoint import MODEL_CONFIG_FILE
 from hf_ddm.training.hub import model_usage
 from hf_ddm.training.components import build_model, read_model_config
 from hf_ddm.training.data import collate
@@ -211,6 +213,10 @@ def main(argv=None):
     set_seed(args.seed)
     kwargs.update(in_channels=channels, out_channels=channels, sample_size=args.resolution)
     vae = build_model(VAE, kwargs, args.pretrained_model_path)
+    # Checkpoints hold bare tensors; this makes every checkpoint-N of the run loadable on its own
+    # (benchmarks/eval_vae.py RUN/checkpoint-N) while the run is still going.
+    os.makedirs(args.output_dir, exist_ok=True)
+    vae.to_json_file(os.path.join(args.output_dir, MODEL_CONFIG_FILE))
     if args.train_decoder_only:
         if not args.pretrained_model_path:
             raise ConfigError("--train_decoder_only fine-tunes a trained VAE: give its --pretrained_model_path")

@@ -22,6 +22,7 @@ import shutil
 from typing import Dict, List, Optional, Tuple
 
 STATE_FILE = "training_state.json"
+MODEL_CONFIG_FILE = "model_config.json"  # written by a training script into its output_dir, beside checkpoint-N
 MANIFEST_KEY = "files"
 _CKPT_RE = re.compile(r"^checkpoint-(\d+)$")
 _TMP_PREFIX = ".tmp-checkpoint-"
@@ -122,6 +123,35 @@ def verify(path: str) -> Optional[str]:
         if _sha256(full) != meta.get("sha256"):
             return f"{rel} fails its sha256 checksum"
     return None
+
+
+def load_model(cls, path: str, config: Optional[str] = None):
+    """The ``cls`` model a training checkpoint holds, built from ``config`` (a config JSON; default: the run's
+    ``model_config.json`` beside the checkpoint) -- for evaluating a run while it is still going. The
+    checkpoint is verified first (a damaged or planted file is refused, nothing pickled is read); among
+    its ``model*.safetensors`` (Accelerate numbers them in prepare order) the one whose tensors fit ``cls``
+    exactly, under one common prefix (a training task's wrapper module, e.g. ``vae.``), is loaded."""
+    from safetensors.torch import load_file
+
+    problem = verify(path)
+    if problem:
+        raise CheckpointError(f"{path}: not a usable checkpoint: {problem}")
+    config = config or os.path.join(os.path.dirname(os.path.abspath(path)), MODEL_CONFIG_FILE)
+    if not os.path.isfile(config):
+        raise CheckpointError(f"{path}: no model config: pass one ({MODEL_CONFIG_FILE} of the run is missing)")
+    model = cls.from_config(cls.load_config(config))
+    expected = model.state_dict()
+    for name in sorted(f for f in os.listdir(path) if re.fullmatch(r"model(_\d+)?\.safetensors", f)):
+        tensors = load_file(os.path.join(path, name))
+        some = next(iter(expected), "")
+        prefixes = {k[: len(k) - len(some)] for k in tensors if k.endswith(some)}
+        for prefix in sorted(prefixes, key=len):
+            inner = {k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)}
+            if len(inner) == len(tensors) and inner.keys() == expected.keys() and all(
+                    t.shape == expected[k].shape for k, t in inner.items()):
+                model.load_state_dict(inner)
+                return model.eval()
+    raise CheckpointError(f"{path}: no model*.safetensors holds a {cls.__name__} of the configuration {config}")
 
 
 # ---- writing ----------------------------------------------------------------------------------------
