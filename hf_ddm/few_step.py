@@ -163,6 +163,28 @@ def _candidates(sched, n_candidates: int, starts: Sequence[Sequence[float]]) -> 
     return torch.unique(torch.cat([ts] + [torch.as_tensor(s, dtype=torch.float64) for s in starts])).flip(0)
 
 
+def _seed_grids(sched, counts: Sequence[int], cand: torch.Tensor, end: int) -> Dict[int, List[List[int]]]:
+    """Per N, the N-step grids of every ``time_grid`` (log_snr, uniform, rho) on the scheduler's process as
+    paths over the candidates (each step snapped to the nearest candidate, the end appended): more starting
+    points for the search, which is local -- the best fixed grid differs between models (uniform on the
+    shipped ldm_class, log_snr on the oracle)."""
+    from .schedulers.sde import SDEScheduler
+
+    seeds = {n: [] for n in counts}
+    for grid in ("log_snr", "uniform", "rho"):
+        try:
+            other = SDEScheduler.from_config(dict(sched.config), time_grid=grid, optimized_timesteps=None)
+        except ValueError:  # a grid this process does not offer
+            continue
+        for n in counts:
+            other.set_timesteps(n)
+            ts = other.t_to_timestep(torch.tensor([p.t for p in other._points[:-1]], dtype=torch.float64))
+            path = [int((cand - t).abs().argmin()) for t in ts.tolist()]
+            if all(a < b for a, b in zip(path, path[1:])) and path[-1] < end and path not in seeds[n]:
+                seeds[n].append(path + [end])
+    return seeds
+
+
 def optimize_steps(
     model: Callable,
     scheduler,
@@ -268,6 +290,7 @@ def optimize_steps(
     points = [sched.process.point(float(t)) for t in t_c[:n_eval]] + [CLEAN if denoise else sched.process.point(end)]
     xs.append(reference)
     n_nodes = len(points)  # evaluated candidates 0..T-1, the end T
+    seeds = _seed_grids(sched, counts, cand, n_nodes - 1)
     # The candidate starts: the top (the teacher's own start) and every candidate down to min_start x the top
     # with a(t) <= max_start_signal (not the last evaluated one: a step must follow). From candidate i the run
     # starts at the noise itself, not at the teacher's sample there: one model call each gives its (x0, eps).
@@ -287,7 +310,7 @@ def optimize_steps(
     scorer = spec if spec.calls_per_step == 1 else get("ode_euler")
     stepper = scorer.make_stepper(sched.config)
     ctx = StepContext(1, 10**6, 0.0, None)  # mid-run: no lowered final order, no noise
-    with_history = scorer.state == "x0 history"
+    with_history = scorer.state in ("x0 history", "eps history")  # scored with the one previous point it keeps
 
     def node(i, start=False):
         """(x, x0, eps) at candidate i: the teacher's, or the noise taken as the sample there (a run's start)."""
@@ -394,6 +417,11 @@ def optimize_steps(
         path = dp_path(n, top=True)
         dp_err = objective(path)
         best, best_err = (path, dp_err) if dp_err < start_err else (start_path, start_err)
+        for seed_path in seeds[n]:  # the other time grids, as near as the candidates come
+            if seed_path != start_path and seed_path != path:
+                err = objective(seed_path)
+                if err < best_err:
+                    best, best_err = seed_path, err
         history.append((spent(), best_err))
         best, best_err = search(best, best_err, free=False)
         if n_starts > 1:
@@ -471,11 +499,12 @@ def write_folder(folder: str, nfes: Sequence[int], batch_size: int = 16, guidanc
     path = os.path.join(folder, "scheduler", "scheduler_config.json")
     with open(path) as f:
         config = json.load(f)
+    solver = next(iter(found.values())).solver
+    if solver != config.get("solver"):  # steps optimized for another solver: the folder runs that solver now,
+        config["solver"] = solver  # and the steps saved for its old one no longer apply
+        config.pop("optimized_timesteps", None)
     config["optimized_timesteps"] = {**(config.get("optimized_timesteps") or {}), **as_config(found)}
-    SDEScheduler.from_config(config)  # what is written must load
-    with open(path, "w") as f:
-        json.dump(config, f, indent=2, sort_keys=True)
-        f.write("\n")
+    SDEScheduler.from_config(config).save_config(os.path.dirname(path))  # as the scheduler saves itself
     return found, scale
 
 
@@ -489,6 +518,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=16, help="calibration batch")
     p.add_argument("--guidance-scale", type=float, help="class-conditional folders (default: the folder's own)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--solver", help="optimize for this deterministic solver of the registry and make it the folder's "
+                                    "(default: the folder's own); the steps are the solver's")
     p.add_argument("--candidates", type=int, default=40)
     p.add_argument("--refine-calls", type=int, help="per step count (default 40 N^2)")
     p.add_argument("--min-start", type=float, default=0.5,
@@ -497,7 +528,7 @@ def main(argv=None) -> int:
                    help="... and only where the marginal's data coefficient a(t) is at most this")
     args = p.parse_args(argv)
     found, scale = write_folder(args.folder, args.nfe, args.batch_size, args.guidance_scale, args.seed,
-                                candidates=args.candidates, refine_calls=args.refine_calls, min_start=args.min_start,
+                                solver=args.solver, candidates=args.candidates, refine_calls=args.refine_calls, min_start=args.min_start,
                                 max_start_signal=args.max_start_signal)
     guided = f", guidance scale {scale}" if scale is not None else ""
     print(f"{args.folder}/scheduler/scheduler_config.json: optimized_timesteps for {sorted(found)}{guided}")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 from .processes import Point
-from .solvers import DPMSolverPP, Heun, ancestral, ddim, euler_maruyama, langevin, reverse_diffusion
+from .solvers import IPNDM, DPMSolverPP, Heun, ancestral, ddim, euler_maruyama, langevin, reverse_diffusion
 
 # The processes of hf_ddm's schedulers: every solver here is written in (a, s) and runs on all of them,
 # continuous or on a diffusers discrete schedule.
@@ -117,6 +117,19 @@ class MultistepStepper(Stepper):
 
     def reset(self):
         self.multistep.reset()
+
+
+class IPNDMStepper(Stepper):
+    """iPNDM (``IPNDM``), up to fourth order, lower order while its history fills."""
+
+    def __init__(self):
+        self.ipndm = IPNDM(4)
+
+    def __call__(self, stage, x, x0, eps, cur, nxt, ctx):
+        return (*self.ipndm(x, x0, eps, cur, nxt), None)
+
+    def reset(self):
+        self.ipndm.reset()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -222,6 +235,9 @@ SOLVERS: Dict[str, Solver] = {s.name: s for s in (
                      Variant("sde-multistep-uniform", "ODE: DPM-Solver++(2M), steps uniform in t (hf_ddm)",
                              overrides={"solver_order": 2, "time_grid": "uniform", "denoise_final": False},
                              families=("vp",)))),
+    Solver("ipndm", "probability-flow ODE, iPNDM (Adams-Bashforth on eps in sigma = s/a, fixed weights, order 4)",
+           stochastic=False, order=4, calls_per_step=1, state="eps history", make_stepper=lambda config: IPNDMStepper(),
+           variants=(Variant("sde-ipndm", "ODE: iPNDM (few-step multistep) (hf_ddm)"),)),
     Solver("multistep_sde", "reverse SDE, SDE-DPM-Solver++(2M) in log-SNR (diffusers' sde-dpmsolver++)",
            stochastic=True, order=2, calls_per_step=1, state="x0 history",
            make_stepper=lambda config: MultistepStepper(config.solver_order, stochastic=True),
