@@ -199,6 +199,7 @@ def optimize_steps(
     refine_calls: Optional[int] = None,
     min_start: float = 0.5,
     max_start_signal: float = 0.1,
+    decode: Optional[Callable] = None,
     dtype: torch.dtype = torch.float32,
     device: Union[str, torch.device, None] = None,
     **scheduler_overrides,
@@ -229,6 +230,10 @@ def optimize_steps(
             top (the steps of hf_ddm <= 0.1.x). See "The first step" in the module docstring.
         max_start_signal: ... and only where the marginal's data coefficient a(t) (x_t = a x0 + s eps) is at
             most this: the noise stands for the sample only where the data's share of it is small. 0: the top.
+        decode: what the error is measured on, as a function of the final sample: a latent model's decoder to
+            images as its pipeline outputs them (``write_folder`` passes the VAE's, clamped to [-1, 1]), so
+            the steps minimise the error one sees rather than the latent error the decoder may hide. None:
+            the sample itself. Every scored jump decodes once (decoder calls, not model calls).
         scheduler_overrides: SDEScheduler config keys to change first (``time_grid``, ``denoise_final``,
             ``solver_order`` ...).
     """
@@ -287,8 +292,10 @@ def optimize_steps(
             xs.append(x), x0s.append(x0), epss.append(eps)
         x = teacher.step(out, t, x).prev_sample
     reference = x
+    view = decode if decode is not None else (lambda v: v)
     points = [sched.process.point(float(t)) for t in t_c[:n_eval]] + [CLEAN if denoise else sched.process.point(end)]
     xs.append(reference)
+    views = [view(v) for v in xs] if decode is not None else xs  # the teacher's samples as the error sees them
     n_nodes = len(points)  # evaluated candidates 0..T-1, the end T
     seeds = _seed_grids(sched, counts, cand, n_nodes - 1)
     # The candidate starts: the top (the teacher's own start) and every candidate down to min_start x the top
@@ -322,7 +329,7 @@ def optimize_steps(
         if p is not None:  # the history the update would carry: the previous start's x0
             stepper("step", *node(p, start), points[p], points[i], ctx)
         mean = stepper("step", *node(i, start and p is None), points[i], points[j], ctx)[0]
-        return float(_error(mean, xs[j]).mean())
+        return float(_error(view(mean), views[j]).mean())
 
     # first[i, j]: the run's first jump, from the noise at start candidate i (the teacher's sample at i = 0).
     first = np.full((n_nodes, n_nodes), np.inf)
@@ -379,7 +386,7 @@ def optimize_steps(
 
         def objective(path):
             ts = cand[path[:-1]]
-            return float(_error(_sample(sched, counted, noise, ts), reference).mean())
+            return float(_error(view(_sample(sched, counted, noise, ts)), views[-1]).mean())
 
         start_path = [index[float(v)] for v in starts[n].tolist()]
         start_path.append(n_nodes - 1)
@@ -473,10 +480,15 @@ def pipeline_model(pipe, batch_size: int, guidance_scale: Optional[float] = None
 
 
 def write_folder(folder: str, nfes: Sequence[int], batch_size: int = 16, guidance_scale: Optional[float] = None,
-                 seed: int = 0, **kwargs) -> Tuple[Dict[int, OptimizedSteps], Optional[float]]:
+                 seed: int = 0, measure_on: str = "images",
+                 **kwargs) -> Tuple[Dict[int, OptimizedSteps], Optional[float]]:
     """Optimize the steps of the saved pipeline ``folder`` for each N of ``nfes`` and write them into its
     scheduler config (``optimized_timesteps``; an SDEScheduler folder), merged with any already there.
-    Returns the results and the guidance scale they were found with (None: an unconditional model)."""
+    ``measure_on``: "images" (a latent folder's error on its decoded images, clamped as the pipeline
+    outputs them) or "latents" (the sample the scheduler makes). Returns the results and the guidance
+    scale they were found with (None: an unconditional model)."""
+    if measure_on not in ("images", "latents"):
+        raise ValueError(f"measure_on must be 'images' or 'latents', got {measure_on!r}")
     import json
     import os
 
@@ -494,6 +506,10 @@ def write_folder(folder: str, nfes: Sequence[int], batch_size: int = 16, guidanc
                          "SDEScheduler -- save the folder with SDEScheduler.from_config(pipe.scheduler.config) first")
     pipe.unet.eval().requires_grad_(False)
     model, shape, scale = pipeline_model(pipe, batch_size, guidance_scale)
+    vae = getattr(pipe, "vae", None)
+    if vae is not None and measure_on == "images":
+        vae.eval().requires_grad_(False)
+        kwargs["decode"] = lambda z: pipe.decode_latents(vae, z).clamp(-1, 1)
     with torch.no_grad():
         found = optimize_steps(model, pipe.scheduler, list(nfes), sample_shape=shape, seed=seed, **kwargs)
     path = os.path.join(folder, "scheduler", "scheduler_config.json")
@@ -518,6 +534,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=16, help="calibration batch")
     p.add_argument("--guidance-scale", type=float, help="class-conditional folders (default: the folder's own)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--measure-on", choices=("images", "latents"), default="images",
+                   help="a latent folder's error: on its decoded images (default) or on the latents")
     p.add_argument("--solver", help="optimize for this deterministic solver of the registry and make it the folder's "
                                     "(default: the folder's own); the steps are the solver's")
     p.add_argument("--candidates", type=int, default=40)
@@ -528,7 +546,7 @@ def main(argv=None) -> int:
                    help="... and only where the marginal's data coefficient a(t) is at most this")
     args = p.parse_args(argv)
     found, scale = write_folder(args.folder, args.nfe, args.batch_size, args.guidance_scale, args.seed,
-                                solver=args.solver, candidates=args.candidates, refine_calls=args.refine_calls, min_start=args.min_start,
+                                measure_on=args.measure_on, solver=args.solver, candidates=args.candidates, refine_calls=args.refine_calls, min_start=args.min_start,
                                 max_start_signal=args.max_start_signal)
     guided = f", guidance scale {scale}" if scale is not None else ""
     print(f"{args.folder}/scheduler/scheduler_config.json: optimized_timesteps for {sorted(found)}{guided}")

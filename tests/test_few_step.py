@@ -242,3 +242,55 @@ def test_command_writes_steps_a_loaded_folder_runs(tmp_path, capsys):
     loaded(class_labels=[0, 1], num_inference_steps=3, output_type="pt",
            callback_on_step_end=lambda p, i, t, kw: seen.append(float(t)) or {})
     assert seen == pytest.approx(steps)
+
+
+def test_decode_measures_the_error_on_what_the_pipeline_outputs(optimized):
+    """decode= (a latent folder's VAE): the objective is the error of the decoded samples, recomputed here;
+    on a map that squashes some directions (as a decoder may) the steps found differ from the plain ones."""
+    sched, plain = optimized
+    decode = lambda x: torch.stack([(4 * x[:, 0]).tanh(), 0.1 * x[:, 1]], 1)  # noqa: E731
+    found = optimize_steps(MIX.model(sched), sched, [4, 5], seed=0, decode=decode, **FAST)
+    x0 = torch.randn(FAST["sample_shape"], generator=torch.Generator().manual_seed(0)).double()
+    ref = decode(run(SDEScheduler.from_config(LINEAR, solver="multistep", solver_order=3, time_grid="log_snr"), x0,
+                     num_inference_steps=400))
+    for n, r in found.items():
+        assert r.error <= r.start_error
+        assert error(decode(run(sched, x0, timesteps=r.timesteps)), ref) == pytest.approx(r.error, rel=0.05)
+        assert error(decode(run(sched, x0, num_inference_steps=n)), ref) == pytest.approx(r.start_error, rel=0.05)
+    assert any(found[n].timesteps != plain[n].timesteps for n in found)
+
+
+def test_command_on_a_latent_folder_with_another_solver(tmp_path, capsys):
+    """--solver ipndm: the folder runs iPNDM afterwards (its config without multistep's solver_order) and its
+    old steps, optimized for the old solver, are dropped; --measure-on images (the default) is the decoded
+    error: the folder's steps differ from --measure-on latents'."""
+    import json
+    import shutil
+
+    from hf_ddm.few_step import main
+    from hf_ddm.models import VAE, UNet
+    from hf_ddm.pipelines import LatentDiffusionPipeline
+
+    torch.manual_seed(0)
+    unet = UNet(sample_size=4, in_channels=2, out_channels=2, block_out_channels=(8, 16), layers_per_block=1,
+                attention_levels=(), norm_num_groups=4, attention_head_dim=8, mid_block_attention=False)
+    vae = VAE(in_channels=1, out_channels=1, latent_channels=2, block_out_channels=(8, 16), layers_per_block=1,
+              norm_num_groups=4)
+    old = {"6": [999.0, 800.0, 600.0, 400.0, 200.0, 100.0]}
+    LatentDiffusionPipeline(unet=unet, vae=vae, scheduler=SDEScheduler.from_config(
+        LINEAR, solver="multistep", solver_order=2, optimized_timesteps=old)).save_pretrained(tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    args = ["--nfe", "3", "--batch-size", "4", "--candidates", "12", "--refine-calls", "30", "--solver", "ipndm"]
+    assert main([str(tmp_path / "a"), *args]) == 0
+    assert main([str(tmp_path / "b"), *args, "--measure-on", "latents"]) == 0
+    configs = [json.loads((tmp_path / f / "scheduler" / "scheduler_config.json").read_text()) for f in "ab"]
+    for cfg in configs:
+        assert cfg["solver"] == "ipndm" and "solver_order" not in cfg and list(cfg["optimized_timesteps"]) == ["3"]
+    assert configs[0]["optimized_timesteps"] != configs[1]["optimized_timesteps"]
+    loaded = LatentDiffusionPipeline.from_pretrained(tmp_path / "a")
+    assert loaded.scheduler.solver.name == "ipndm"
+    loaded.scheduler.set_timesteps(3)
+    assert loaded.scheduler.timesteps.tolist() == pytest.approx(configs[0]["optimized_timesteps"]["3"])
+    with pytest.raises(ValueError, match="measure_on"):
+        from hf_ddm.few_step import write_folder
+        write_folder(str(tmp_path / "a"), [3], measure_on="pixels")
