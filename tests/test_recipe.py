@@ -46,3 +46,19 @@ def test_recipe_stages_parse_and_scale(tmp_path):
     assert text.conditioning == "text" and text.caption_style == "varied" and text.validation_prompts
     assert text.vae_path == base["ldm_class"].vae_path == base["classifier"].vae_path
     assert text.latent_cache_dir == base["ldm_class"].latent_cache_dir  # one cache (keyed by VAE + data)
+
+
+def test_first_stage_switch_keeps_the_latent_models_apart(tmp_path):
+    """FIRST_STAGE=vae8: the latent stages encode with the vae8 run and write their own folders, so the
+    models on the shipped first stage are kept (the vae8 stage itself writes where FIRST_STAGE reads)."""
+    work = tmp_path / "work"
+    full = dict(os.environ, LAUNCH="echo", WORK=str(work), FIRST_STAGE="vae8")
+    lines = subprocess.run(["bash", "train/fashion_mnist_recipe.sh", "vae8", "ldm_class", "classifier", "ldm_text"],
+                           cwd=REPO, env=full, capture_output=True, text=True, check=True).stdout.strip().splitlines()
+    vae8, ldm, clf, text = (shlex.split(line) for line in lines)
+    vae8 = load_script("train_vae").build_parser().parse_args(vae8[1:])
+    assert vae8.latent_channels == 8
+    for argv, script, out in ((ldm, "train_ldm", "ldm_class_vae8"), (clf, "train_classifier", "classifier_vae8"),
+                              (text, "train_ldm", "ldm_text_vae8")):
+        args = load_script(script).build_parser().parse_args(argv[1:])
+        assert args.vae_path == vae8.output_dir == str(work / "vae8") and args.output_dir == str(work / out)

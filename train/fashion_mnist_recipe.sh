@@ -4,7 +4,7 @@
 #   bash train/fashion_mnist_recipe.sh [stage ...]   stages: vae vae8 ldm_class classifier guided ldm_text vae_decoder ddpm sde
 #
 # Environment: DATA (IDX folder, default /usr/share/datasets/fashion-mnist), WORK (run folders, default
-# ./runs/fmnist), STEPS_SCALE (multiplies every step count, warm-up, discriminator start and validation
+# ./runs/fmnist), FIRST_STAGE (the VAE run the latent stages use: vae, the default, or vae8), STEPS_SCALE (multiplies every step count, warm-up, discriminator start and validation
 # interval; 1 = the shipped run), BATCH_SCALE (multiplies every batch size; default 1), LR_SCALE (multiplies
 # every learning rate; default 1 -- e.g. sqrt(BATCH_SCALE) with large batches), LAUNCH (default "python";
 # e.g. "accelerate launch --mixed_precision bf16" on a GPU), WORKERS (data loader workers, default 0),
@@ -32,8 +32,12 @@ lr() { awk -v a="$1" -v s="$LRSCALE" 'BEGIN { printf "%.6g\n", a * s }'; }
 COMMON=(--data_dir "$DATA" --channels 1 --resolution 32 --image_fit pad --seed 0
         --checkpointing_steps "${CKPT_STEPS:-500}" --checkpoints_total_limit 2 --resume_from_checkpoint latest
         --dataloader_num_workers "${WORKERS:-0}" "${EXTRA[@]}")
-# one latent cache for the latent stages: its file name is a hash of the VAE's weights and the data
-LATENT=(--vae_path "$WORK/vae" --latent_cache_dir "$WORK/latent_cache")
+# one latent cache for the latent stages: its file name is a hash of the VAE's weights and the data.
+# FIRST_STAGE (default vae): the first-stage run the latent stages encode with; another one (vae8) keeps its
+# latent models apart (ldm_class_vae8, classifier_vae8, guided_vae8, ldm_text_vae8).
+FIRST_STAGE=${FIRST_STAGE:-vae}
+ON=$([ "$FIRST_STAGE" = vae ] && echo "" || echo "_$FIRST_STAGE")
+LATENT=(--vae_path "$WORK/$FIRST_STAGE" --latent_cache_dir "$WORK/latent_cache")
 mkdir -p "$WORK"
 stages=("$@")
 [ ${#stages[@]} -gt 0 ] || stages=(vae ldm_class classifier guided ldm_text vae_decoder)
@@ -68,7 +72,7 @@ for stage in "${stages[@]}"; do
         --scheduler vp --prediction_type epsilon --cond_drop_prob 0.1 --train_batch_size "$(batch 128)" \
         --max_train_steps "$(steps 6000)" --learning_rate "$(lr 3e-4)" --lr_warmup_steps "$(start 200)" \
         --lr_scheduler cosine --use_ema --validation_steps "$(steps 2000)" --num_inference_steps 25 \
-        --guidance_scale 3 --output_dir "$WORK/ldm_class" ;;
+        --guidance_scale 3 --output_dir "$WORK/ldm_class$ON" ;;
     ldm_text)  # text-conditional latent U-Net: a small CLIP text encoder trained jointly, captions that name the
                # class in several phrasings (one per example per epoch), classifier-free guidance (10% empty)
       $LAUNCH train/train_ldm.py "${COMMON[@]}" "${LATENT[@]}" --conditioning text --caption_style varied \
@@ -79,27 +83,27 @@ for stage in "${stages[@]}"; do
         --lr_scheduler cosine --use_ema --validation_steps "$(steps 2000)" --num_inference_steps 25 \
         --guidance_scale 3 --validation_prompts "a photo of a sneaker" "an ankle boot" "a picture of a handbag" \
         "a pair of trousers" "an image of a dress" "a coat" "a photo of a T-shirt/top" "a sandal" \
-        --output_dir "$WORK/ldm_text" ;;
+        --output_dir "$WORK/ldm_text$ON" ;;
     classifier)  # noise-aware classifier on the same VP process, in the same latent space
       $LAUNCH train/train_classifier.py "${COMMON[@]}" "${LATENT[@]}" --scheduler vp \
         --block_out_channels 64,128 --layers_per_block 1 --attention_levels 1 --attention_head_dim 32 \
         --train_batch_size "$(batch 128)" --max_train_steps "$(steps 3000)" --learning_rate "$(lr 3e-4)" \
         --lr_warmup_steps "$(start 100)" --lr_scheduler cosine --validation_steps "$(steps 1000)" \
-        --output_dir "$WORK/classifier" ;;
+        --output_dir "$WORK/classifier$ON" ;;
     guided)  # the class model's unconditional branch (null class) steered by the noise-aware classifier
-      python - "$WORK" <<'EOF'
+      python - "$WORK" "$ON" <<'EOF'
 import sys
 from hf_ddm.models import NoisyClassifier
 from hf_ddm.pipelines import ClassifierGuidedPipeline, LatentDiffusionPipeline
-work = sys.argv[1]
-ldm = LatentDiffusionPipeline.from_pretrained(f"{work}/ldm_class")
-clf = NoisyClassifier.from_pretrained(f"{work}/classifier/classifier")
+work, on = sys.argv[1], sys.argv[2]
+ldm = LatentDiffusionPipeline.from_pretrained(f"{work}/ldm_class{on}")
+clf = NoisyClassifier.from_pretrained(f"{work}/classifier{on}/classifier")
 # default_guidance_scale 10: best FD and class accuracy with the recipe's 3,000-step class U-Net; the shipped
 # folder, on the class U-Net continued to 7,000 steps, saves 8 (its card)
 pipe = ClassifierGuidedPipeline(unet=ldm.unet, classifier=clf, scheduler=ldm.scheduler, vae=ldm.vae,
                                 class_names=ldm.config.class_names, default_guidance_scale=10.0)
-pipe.save_pretrained(f"{work}/guided")
-print("saved", f"{work}/guided")
+pipe.save_pretrained(f"{work}/guided{on}")
+print("saved", f"{work}/guided{on}")
 EOF
       ;;
     ddpm)  # pixel-space unconditional DDPM
