@@ -13,12 +13,12 @@ evaluation (seed 1) use different noise. Also, at NFE 5, the issue's targets aga
 mixture: sliced Wasserstein distance (SW) and the mean error of the within-component std (std err).
 
 Rows:
-* hf_ddm optimized: ``optimize_steps`` for DPM-Solver++(2M) and (not --quick) (3M); per NFE the one with the
-  lower *calibration* error (chosen without the evaluation set). Its cost: model calls and CPU seconds of the
+* hf_ddm optimized: ``optimize_steps`` for DPM-Solver++(2M) and (not --quick) (3M) and iPNDM; per NFE the one
+  with the lowest *calibration* error (chosen without the evaluation set). Its cost: model calls and CPU seconds of the
   calibration (teacher shared by the five NFE, charged in full to each).
-* hf_ddm best fixed grid: the best, *on the evaluation set itself*, of SDEScheduler's DPM-Solver++(2M/3M) on
-  every time_grid (log_snr, rho, uniform) with and without the final denoising call, ode_euler (DDIM) and
-  ode_heun.
+* hf_ddm best fixed grid: the best, *on the evaluation set itself*, of SDEScheduler's DPM-Solver++(2M/3M) and
+  iPNDM on every time_grid (log_snr, rho, uniform) with and without the final denoising call, ode_euler (DDIM)
+  and ode_heun.
 * diffusers best: the best, on the evaluation set, of DPMSolverMultistep (2M, 3M), UniPC (bh2, order 2 and 3) and
   DEIS (order 2 and 3), each with leading / trailing / linspace spacing and Karras sigmas. As in
   bench_samplers.py, diffusers' oracle answers at the sigma the scheduler is at (its Karras timestep rounding
@@ -53,6 +53,9 @@ SCHEDULES = {
     "scaled_linear": dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
 }
 NFES = [4, 5, 6, 8, 10]
+# The deterministic solvers the optimized row may use (per NFE the one that calibrates best).
+OPTIMIZED = {"2M": dict(solver="multistep", solver_order=2), "3M": dict(solver="multistep", solver_order=3),
+             "iPNDM": dict(solver="ipndm")}
 
 
 def run(sched, model, noise, **set_kw):
@@ -80,12 +83,12 @@ def ours_fixed(config):
     """name -> (factory, steps for an NFE budget)."""
     out = {}
     one = lambda nfe: nfe  # noqa: E731
-    for order in (2, 3):
+    for label, kw in OPTIMIZED.items():
         for grid in ("log_snr", "rho", "uniform"):
             for denoise in (True, False):
-                name = f"{order}M {grid}{'' if denoise else ' no-denoise'}"
-                out[name] = (lambda o=order, g=grid, d=denoise: SDEScheduler.from_config(
-                    config, solver="multistep", solver_order=o, time_grid=g, denoise_final=d), one)
+                name = f"{label} {grid}{'' if denoise else ' no-denoise'}"
+                out[name] = (lambda kw=kw, g=grid, d=denoise: SDEScheduler.from_config(
+                    config, **kw, time_grid=g, denoise_final=d), one)
     out["ode_euler log_snr"] = (lambda: SDEScheduler.from_config(config, solver="ode_euler", time_grid="log_snr"), one)
     out["ode_heun log_snr"] = (lambda: SDEScheduler.from_config(config, solver="ode_heun", time_grid="log_snr"), lambda nfe: (nfe + 1) // 2)
     return out
@@ -127,19 +130,19 @@ def one_case(schedule, mname, args):
 
     # Calibration: seed 0, its own noise.
     found = {}
-    for order in args.orders:
-        sched = SDEScheduler.from_config(config, solver="multistep", solver_order=order, time_grid="log_snr")
-        found[order] = optimize_steps(mix.model(sched), sched, args.nfes, sample_shape=(args.calibration, 2), seed=0,
+    for label in args.solvers:
+        sched = SDEScheduler.from_config(config, **OPTIMIZED[label], time_grid="log_snr")
+        found[label] = optimize_steps(mix.model(sched), sched, args.nfes, sample_shape=(args.calibration, 2), seed=0,
                                       dtype=torch.float64, min_start=args.min_start)
     fixed, theirs = ours_fixed(config), diffusers_rows(config)
     for nfe in args.nfes:
         row = {}
-        order = min(args.orders, key=lambda o: found[o][nfe].error)
-        r = found[order][nfe]
-        sched = SDEScheduler.from_config(config, solver="multistep", solver_order=order, time_grid="log_snr")
+        label = min(args.solvers, key=lambda o: found[o][nfe].error)
+        r = found[label][nfe]
+        sched = SDEScheduler.from_config(config, **OPTIMIZED[label], time_grid="log_snr")
         x, calls = run(sched, mix.model(sched), noise, timesteps=r.timesteps)
         assert calls == nfe
-        row["optimized"] = {"name": f"{order}M optimized", **measure(mix, x, ref, truth), "timesteps": r.timesteps,
+        row["optimized"] = {"name": f"{label} optimized", **measure(mix, x, ref, truth), "timesteps": r.timesteps,
                             "calib_calls": r.model_calls, "calib_cpu_s": r.seconds, "calib_err": r.error,
                             "calib_start_err": r.start_error}
         start, _ = run(sched, mix.model(sched), noise, num_inference_steps=nfe)
@@ -161,11 +164,11 @@ def one_case(schedule, mname, args):
             if torch.isfinite(x).all():
                 best[name] = measure(mix, x, ref, truth)
         row["diffusers"] = best
-        if 2 in found:
+        if "2M" in found:
             from diffusers import DPMSolverMultistepScheduler
 
             sched = DPMSolverMultistepScheduler(**config, solver_order=2, algorithm_type="dpmsolver++")
-            x, _ = run(sched, sigma_oracle(mix, sched), noise.float(), timesteps=[int(v) for v in found[2][nfe].timesteps])
+            x, _ = run(sched, sigma_oracle(mix, sched), noise.float(), timesteps=[int(v) for v in found["2M"][nfe].timesteps])
             row["diffusers_on_optimized"] = measure(mix, x, ref, truth)
         case["nfe"][nfe] = row
     return case
@@ -221,7 +224,7 @@ def main(argv=None) -> int:
     args.schedules = args.schedules or (["linear", "cosine"] if args.quick else list(SCHEDULES))
     args.modes = args.modes or (["narrow"] if args.quick else list(MIXTURES))
     args.samples = args.samples or (500 if args.quick else 2000)
-    args.orders = [2] if args.quick else [2, 3]
+    args.solvers = ["2M"] if args.quick else list(OPTIMIZED)
     torch.set_num_threads(1)
     results = {}
     for schedule in args.schedules:

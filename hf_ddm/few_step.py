@@ -246,6 +246,8 @@ def optimize_steps(
     if (isinstance(max_start_signal, bool) or not isinstance(max_start_signal, (int, float))
             or not 0 <= max_start_signal <= 1):
         raise ValueError(f"max_start_signal must be a number in [0, 1] (the marginal's a(t)), got {max_start_signal!r}")
+    if decode is not None and not callable(decode):
+        raise TypeError(f"decode must be a function of the final sample (or None), got {type(decode).__name__}")
     start_clock = time.process_time()
     sched = _scheduler(scheduler, solver, scheduler_overrides)
     spec = sched.solver

@@ -9,6 +9,7 @@ import torch
 from diffusers import DDPMScheduler
 
 import hf_ddm.limits
+from hf_ddm import optimize_steps
 from hf_ddm.likelihood import ddpm_bound, ode_log_likelihood
 from hf_ddm.models import VAE, NoisyClassifier, UNet
 from hf_ddm.pipelines import ClassifierGuidedPipeline, LatentDiffusionPipeline, PixelDiffusionPipeline
@@ -211,6 +212,8 @@ TYPE_CASES = {
     "unet encoder_hidden_states a list": (lambda: unet(**CROSS)(X, 5, encoder_hidden_states=[[0.0] * 8]),
                                           "encoder_hidden_states.*torch.Tensor"),
     "VP step positional past DDPM's": (lambda: _stepped_with(VPScheduler(), None, True, 0.0), "at most 5"),
+    "optimize_steps decode='images'": (lambda: optimize_steps(zero_model, SDEScheduler(), 3, sample_shape=(2, 2),
+                                                              decode="images"), "decode"),
 }
 
 
