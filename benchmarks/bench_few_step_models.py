@@ -24,7 +24,7 @@ new noise, apart from how latent error shows in decoded pixels.
 Rows (each "best" is the best *on the evaluation batch itself*, which favours them, not the optimized row):
 * (a) hf_ddm optimized: the folder's scheduler as saved, ``set_timesteps(N)``, i.e. its ``optimized_timesteps``
   for N (n/a where the folder has none for N).
-* (b) hf_ddm best fixed grid: SDEScheduler multistep order 2 / 3 x time_grid log_snr / uniform x
+* (b) hf_ddm best fixed grid: SDEScheduler multistep order 2 / 3 and iPNDM x time_grid log_snr / uniform x
   denoise_final on / off, on the folder's process (its optimized steps switched off).
 * (c) diffusers best: DPMSolverMultistep (2M, 3M; dpmsolver++), UniPC (bh2, order 2, 3) and DEIS (order 2, 3),
   each with timestep_spacing leading / trailing / linspace, with and without Karras sigmas, built by
@@ -112,6 +112,10 @@ def fixed_grids(config) -> Dict[str, dict]:
             for denoise in (True, False):
                 out[grid_name(order, grid, denoise)] = dict(
                     solver="multistep", solver_order=order, time_grid=grid, denoise_final=denoise)
+    for grid in ("log_snr", "uniform"):
+        for denoise in (True, False):
+            out[f"iPNDM {grid}{'' if denoise else ' no-denoise'}"] = dict(solver="ipndm", time_grid=grid,
+                                                                          denoise_final=denoise)
     return out
 
 
@@ -163,7 +167,10 @@ def one_model(folder: str, args) -> dict:
         ref_latents, _ = sample(fine(), model, noise, num_inference_steps=args.ref_steps)
         ref = decoded(pipe, ref_latents)
         case["reference"] = f"SDEScheduler DPM-Solver++(3M), {args.ref_steps} log-SNR steps"
-        if args.quick:  # the loop is deterministic: the reference run again lands on itself
+        earlier = baselines(args, case)
+        if earlier is not None:
+            pass
+        elif args.quick:  # the loop is deterministic: the reference run again lands on itself
             x, extra = run(fine(), num_inference_steps=args.ref_steps)
             case["reference_rerun"] = {**errors(x, ref), **extra}
         else:  # how far from converged the reference is: its distance to half as many steps
@@ -178,6 +185,9 @@ def one_model(folder: str, args) -> dict:
             if nfe in saved:
                 x, extra = run(SDEScheduler.from_config(config), nfe, num_inference_steps=nfe)
                 row["optimized"] = {**errors(x, ref), **extra}
+            if earlier is not None:  # (b) and (c) as measured before, on the same model and noise
+                row["fixed"], row["diffusers"] = earlier["nfe"][str(nfe)]["fixed"], earlier["nfe"][str(nfe)]["diffusers"]
+                grids, theirs = {}, {}
             for name, kw in grids.items():
                 x, extra = run(SDEScheduler.from_config(plain, **kw), nfe, num_inference_steps=nfe)
                 row["fixed"][name] = {**errors(x, ref), **extra}
@@ -206,6 +216,26 @@ def one_model(folder: str, args) -> dict:
             case["nfe"][nfe] = row
     case["cpu_s"] = time.process_time() - clock
     return case
+
+
+def baselines(args, case: dict) -> Optional[dict]:
+    """``--baselines-from``: the earlier run's case of this folder, whose (b) and (c) rows (and the
+    reference's own error) are taken instead of sampled again -- only where they measured the same thing:
+    same folder name, noise seed, batch, reference steps and guidance scale, every NFE present. The U-Net
+    must be the same too (the caller's promise: re-measuring new optimized steps of an unchanged model)."""
+    if not args.baselines_from:
+        return None
+    with open(args.baselines_from) as f:
+        old = json.load(f).get(case["folder"])
+    same = old is not None and all(old.get(k) == case[k] for k in ("batch", "seed", "guidance_scale"))
+    same = same and old.get("reference") == case["reference"] and all(str(n) in old["nfe"] for n in args.nfes)
+    if not same:
+        raise SystemExit(f"--baselines-from {public_path(args.baselines_from)}: no run of {case['folder']} with the "
+                         "same seed, batch, reference and guidance scale at every NFE asked for")
+    case["baselines_from"] = public_path(args.baselines_from)
+    if "reference_half" in old:
+        case["reference_half"] = old["reference_half"]
+    return old
 
 
 def best(rows: dict, metric: str = "mae"):
@@ -256,14 +286,16 @@ def table(results: dict, metric: str = "mae") -> str:
         guid = f", CFG {case['guidance_scale']:g}" if case["guidance_scale"] is not None else ""
         notes.append(f"* {model}{guid}: batch {case['batch']}, seed {case['seed']}; {ref}; "
                      f"{case['cpu_s']:.0f} CPU s." + ("" if case["diffusers_config"] is not None else
-                                                      " No diffusers scheduler: not a VP process."))
+                                                      " No diffusers scheduler: not a VP process.")
+                     + (f" (b), (c) and the reference's own error from `{case['baselines_from']}` (same model and "
+                        "noise; only (a) and (d) sampled again)." if case.get("baselines_from") else ""))
     return "\n".join(lines + notes)
 
 
 HEADER = """Error of the final decoded images (mean |x - x_ref|, images in [-1, 1] clamped as the pipeline outputs
 them) to a 200-step solution from the same noise; evaluation noise seed 1000, batch 32 (the optimized steps were
 calibrated on seed 0, batch 16). (a) the folder's optimized steps, (b) hf_ddm's best fixed grid (SDEScheduler
-multistep 2M / 3M x log_snr / uniform x final denoise on / off), (c) diffusers' best (DPMSolverMultistep 2M / 3M,
+multistep 2M / 3M and iPNDM x log_snr / uniform x final denoise on / off), (c) diffusers' best (DPMSolverMultistep 2M / 3M,
 UniPC 2 / 3, DEIS 2 / 3 x leading / trailing / linspace x Karras sigmas or not), (d) diffusers'
 DPMSolverMultistep on the optimized steps (``timesteps=``). (b) and (c) are each the best *on the evaluation
 batch itself*. See the script's docstring."""
@@ -288,6 +320,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", help="write the tables (markdown, the command on top) here")
     p.add_argument("--json", help="write the measurements (every configuration) here")
+    p.add_argument("--baselines-from", metavar="JSON",
+                   help="take (b), (c) from this earlier --json run of the same folders (same U-Net, seed, batch): "
+                        "re-measure a folder's new optimized steps without sampling every other scheduler again")
     p.add_argument("--merge", nargs="+", metavar="JSON",
                    help="sample nothing: the tables of earlier --json runs (one model each, say) together")
     args = p.parse_args(argv)

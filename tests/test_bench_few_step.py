@@ -66,10 +66,32 @@ def test_quick_mode_table_on_tiny_models(tmp_path, capsys):
     for nfe in ("5", "10"):
         row = latent["nfe"][nfe]
         assert row["optimized"]["calls"] == int(nfe) and row["diffusers_on_optimized"]["calls"] == int(nfe)
-        assert len(row["fixed"]) == 8 and len(row["diffusers"]) == 36
+        assert len(row["fixed"]) == 12 and len(row["diffusers"]) == 36
         assert all(v["calls"] <= int(nfe) for v in row["diffusers"].values() if "calls" in v)
     assert results["tiny_sde"]["diffusers_config"] is None and not results["tiny_sde"]["nfe"]["5"]["diffusers"]
     assert "same_as" in latent["nfe"]["5"]["diffusers"]["DEIS-2 (trailing, karras)"]  # Karras ignores spacing
     assert capsys.readouterr().out.count("| tiny_latent |") == 4  # printed too
     assert bench.main(["--merge", str(js), "--out", str(tmp_path / "merged.md")]) == 0  # tables from the JSON alone
     assert (tmp_path / "merged.md").read_text() == text
+
+
+def test_baselines_from_an_earlier_run_resample_only_the_optimized_rows(tmp_path):
+    """--baselines-from: (b) and (c) come from the earlier JSON (same model and noise), (a) is sampled again
+    (here: equal, the folder unchanged); a run that measured something else (another seed) is refused."""
+    import bench_few_step_models as bench
+    import pytest
+
+    _folders(tmp_path)
+    first = tmp_path / "first.json"
+    common = ["--quick", "--root", str(tmp_path), "--models", "tiny_latent", "--batch", "2", "--ref-steps", "24"]
+    assert bench.main([*common, "--json", str(first)]) == 0
+    again = tmp_path / "again.json"
+    assert bench.main([*common, "--baselines-from", str(first), "--json", str(again), "--out", str(tmp_path / "t.md")]) == 0
+    old, new = (json.loads(p.read_text())["tiny_latent"] for p in (first, again))
+    for nfe in ("5", "10"):
+        assert new["nfe"][nfe]["fixed"] == old["nfe"][nfe]["fixed"]
+        assert new["nfe"][nfe]["diffusers"] == old["nfe"][nfe]["diffusers"]
+        assert new["nfe"][nfe]["optimized"] == old["nfe"][nfe]["optimized"]
+    assert new["baselines_from"] == "first.json" and "only (a) and (d) sampled again" in (tmp_path / "t.md").read_text()
+    with pytest.raises(SystemExit, match="same seed"):
+        bench.main([*common, "--seed", "7", "--baselines-from", str(first)])
