@@ -16,9 +16,12 @@ MIX = GaussianMixture([[-1.0, -0.5], [1.0, -0.5], [0.0, 1.0]], 0.1, [0.5, 0.3, 0
     lambda: SDEScheduler(sde="ve", solver="pc"),
     lambda: SDEScheduler(sde="ve", sigma_max=1348.0, solver="multistep"),
     lambda: SDEScheduler.from_config(VPScheduler(beta_schedule="squaredcos_cap_v2").config, solver="ode_heun"),
+    lambda: SDEScheduler(sde="ve", sigma_max=1348.0, solver="ipndm"),
+    lambda: SDEScheduler.from_config(VPScheduler(beta_schedule="squaredcos_cap_v2").config, solver="ipndm"),
     lambda: VPScheduler(sampler="ddim"),
     lambda: VPScheduler(beta_schedule="scaled_linear"),
-], ids=["ve-ancestral", "ve-reverse_diffusion", "sde-ve-pc", "sde-ve1348-multistep", "cosine-heun", "vp-ddim",
+], ids=["ve-ancestral", "ve-reverse_diffusion", "sde-ve-pc", "sde-ve1348-multistep", "cosine-heun",
+        "sde-ve1348-ipndm", "cosine-ipndm", "vp-ddim",
         "vp-scaled_linear-ddpm"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
 def test_half_precision_sampling_is_finite_and_on_the_data(make, dtype):
