@@ -233,7 +233,10 @@ def optimize_steps(
         decode: what the error is measured on, as a function of the final sample: a latent model's decoder to
             images as its pipeline outputs them (``write_folder`` passes the VAE's, clamped to [-1, 1]), so
             the steps minimise the error one sees rather than the latent error the decoder may hide. None:
-            the sample itself. Every scored jump decodes once (decoder calls, not model calls).
+            the sample itself. It applies to the end-to-end objective (the search and the choice between
+            paths: one decoder call per run); the DP still scores its jumps on the samples themselves, a
+            surrogate either way (decoding each of its ~candidates^3 / 6 jumps cost 30 CPU minutes on the
+            shipped ldm_class, and its steps were not better on fresh noise: better at 10 steps, worse at 6).
         scheduler_overrides: SDEScheduler config keys to change first (``time_grid``, ``denoise_final``,
             ``solver_order`` ...).
     """
@@ -297,7 +300,7 @@ def optimize_steps(
     view = decode if decode is not None else (lambda v: v)
     points = [sched.process.point(float(t)) for t in t_c[:n_eval]] + [CLEAN if denoise else sched.process.point(end)]
     xs.append(reference)
-    views = [view(v) for v in xs] if decode is not None else xs  # the teacher's samples as the error sees them
+    reference_view = view(reference)
     n_nodes = len(points)  # evaluated candidates 0..T-1, the end T
     seeds = _seed_grids(sched, counts, cand, n_nodes - 1)
     # The candidate starts: the top (the teacher's own start) and every candidate down to min_start x the top
@@ -331,7 +334,7 @@ def optimize_steps(
         if p is not None:  # the history the update would carry: the previous start's x0
             stepper("step", *node(p, start), points[p], points[i], ctx)
         mean = stepper("step", *node(i, start and p is None), points[i], points[j], ctx)[0]
-        return float(_error(view(mean), views[j]).mean())
+        return float(_error(mean, xs[j]).mean())
 
     # first[i, j]: the run's first jump, from the noise at start candidate i (the teacher's sample at i = 0).
     first = np.full((n_nodes, n_nodes), np.inf)
@@ -388,7 +391,7 @@ def optimize_steps(
 
         def objective(path):
             ts = cand[path[:-1]]
-            return float(_error(view(_sample(sched, counted, noise, ts)), views[-1]).mean())
+            return float(_error(view(_sample(sched, counted, noise, ts)), reference_view).mean())
 
         start_path = [index[float(v)] for v in starts[n].tolist()]
         start_path.append(n_nodes - 1)
