@@ -16,6 +16,7 @@ B. train_ldm with cached latents against encoding every batch with the frozen VA
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import statistics
 import sys
@@ -189,7 +190,8 @@ def run_ldm(a, data, vae_dir, out, cached: bool):
         argv.append("--no_latent_cache")
     _reset()
     t0 = time.perf_counter()
-    res = mod.main(argv)
+    with contextlib.redirect_stdout(sys.stderr):  # the script's own lines (temporary paths) stay out of the results
+        res = mod.main(argv)
     total = time.perf_counter() - t0
     _reset()
     return _throughput(res.step_times, a.warmup + 1, a.batch_size), total

@@ -207,6 +207,8 @@ def test_eval_quality_end_to_end(tmp_path):
     assert 0 <= saved["speckled_fraction"] <= 1 and 0 <= saved["floor"]["speckled_fraction"] <= 1
     assert res["fd"] == saved["fd"]
     assert saved["command"].startswith("python benchmarks/eval_quality.py ") and "--floor" in saved["command"]
+    assert str(tmp_path) not in out.read_text()  # no path of the machine that ran it
+    assert saved["pipeline"] == "pipe" and "--json res.json" in saved["command"]
     from PIL import Image
 
     grid = Image.open(tmp_path / "grid.png")  # 16 samples, 10 per row: 2 rows of 32 px + 1 px borders
