@@ -5,7 +5,7 @@
 # sample grids (the measured samples) in benchmarks/results/grids/.
 #
 #   bash benchmarks/quality_matrix.sh            # about 80 min on 2 CPU cores
-#   bash benchmarks/quality_matrix.sh ddpm ldm   # some lanes (floor ldm ldm_n10k ldm_text guided grids ddpm sde sde_em); the table
+#   bash benchmarks/quality_matrix.sh ddpm ldm   # some lanes (floor ldm few_step ldm_n10k ldm_text guided grids ddpm sde sde_em); the table
 #                                                # is rebuilt from every JSON present
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +28,13 @@ lane_ldm() {
   done
   E $M/ldm_class --scheduler sde-multistep --scheduler_kwargs '{"time_grid": "uniform", "denoise_final": false}' \
     --steps 25 --guidance_scale 2 --num_samples 2000 --json $R/ldm_class_sdeuniform25_w2.json
+}
+lane_few_step() {  # the folder's optimized steps (set_timesteps(N) runs them) and diffusers' best at NFE 5
+  for n in 5 10; do
+    E $M/ldm_class --steps $n --guidance_scale 3 --num_samples 2000 --json $R/ldm_class_opt${n}_w3.json
+  done
+  E $M/ldm_class --scheduler DEISMultistepScheduler --scheduler_kwargs '{"solver_order": 2, "timestep_spacing": "leading"}' \
+    --steps 5 --guidance_scale 3 --num_samples 2000 --json $R/ldm_class_deis2leading5_w3.json
 }
 lane_ldm_n10k() {  # the headline row: the saved sampler and scale at N = 10,000
   E $M/ldm_class --scheduler sde-multistep --scheduler_kwargs '{"time_grid": "uniform", "denoise_final": false}' \
@@ -72,7 +79,7 @@ lane_sde_em() {  # the reverse SDE: many steps, a lane of its own
 }
 
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(floor ldm ldm_n10k ldm_text guided grids ddpm sde sde_em)
+[ ${#stages[@]} -gt 0 ] || stages=(floor ldm few_step ldm_n10k ldm_text guided grids ddpm sde sde_em)
 pids=()
 for s in "${stages[@]}"; do "lane_$s" > "$R/lane_$s.log" 2>&1 & pids+=($!); done
 for p in "${pids[@]}"; do wait "$p"; done

@@ -37,7 +37,10 @@ def row(res: dict, floors: dict, floor_inf) -> str:
     sampler = res["scheduler"]
     # time_grid is an SDEScheduler argument; a VPScheduler built from a folder that saves an SDEScheduler
     # carries the key in its config without using it
-    if res.get("scheduler_class") == "SDEScheduler" and (res.get("scheduler_config") or {}).get("time_grid") == "uniform":
+    config = res.get("scheduler_config") or {}
+    if res.get("scheduler_class") == "SDEScheduler" and str(res["steps"]) in (config.get("optimized_timesteps") or {}):
+        sampler += " (optimized steps)"  # set_timesteps(N) runs the folder's steps for N (hf_ddm.few_step)
+    elif res.get("scheduler_class") == "SDEScheduler" and config.get("time_grid") == "uniform":
         sampler += " (uniform t)"  # the Space's VP default; otherwise the scheduler's own grid
     return (f"| {name} | {sampler} {res['steps']} | {_f(res.get('nfe'), 'd')} | {w_s} | {res['num_samples']} | "
             f"{res['fd']:.3f} | {_f(floor)} | {_f(ratio, '.1f')} | {_f(fd_inf)} | {_f(ratio_inf, '.0f')} | {res['precision']:.3f} | {res['recall']:.3f} | "
