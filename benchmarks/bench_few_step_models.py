@@ -288,7 +288,9 @@ def table(results: dict, metric: str = "mae") -> str:
                      f"{case['cpu_s']:.0f} CPU s." + ("" if case["diffusers_config"] is not None else
                                                       " No diffusers scheduler: not a VP process.")
                      + (f" (b), (c) and the reference's own error from `{case['baselines_from']}` (same model and "
-                        "noise; only (a) and (d) sampled again)." if case.get("baselines_from") else ""))
+                        "noise; only (a) and (d) sampled again)." if case.get("baselines_from") else "")
+                     + ("" if any(k.startswith("iPNDM") for row in case["nfe"].values() for k in row["fixed"])
+                        else " (b) without iPNDM's grids (measured before hf_ddm had it)."))
     return "\n".join(lines + notes)
 
 

@@ -16,7 +16,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import eval_vae  # noqa: E402
 
-from hf_ddm.training.checkpoint import list_checkpoints, read_state  # noqa: E402
+from hf_ddm.training.checkpoint import CheckpointError, list_checkpoints, read_state  # noqa: E402
 
 
 def table(rows: list) -> str:
@@ -42,9 +42,14 @@ def main(argv=None):
     for step, path in list_checkpoints(args.run):
         if step in done:
             continue
-        res = eval_vae.main([path, "--num_samples", str(args.num_samples)])
+        try:  # the run prunes old checkpoints: one may go while it is read (once loaded, the model is in memory)
+            hours = read_state(path).get("train_seconds", 0.0) / 3600
+            res = eval_vae.main([path, "--num_samples", str(args.num_samples)])
+        except (OSError, CheckpointError) as e:
+            print(f"checkpoint-{step} went before it was read ({e}); skipped", file=sys.stderr)
+            continue
         res.pop("recon", None)
-        rows.append({"step": step, "train_hours": read_state(path).get("train_seconds", 0.0) / 3600, **res})
+        rows.append({"step": step, "train_hours": hours, **res})
         with open(args.out + ".json", "w") as f:  # after every checkpoint: a killed sweep keeps what it measured
             json.dump({"num_samples": args.num_samples, "rows": sorted(rows, key=lambda r: r["step"])}, f, indent=2)
     name = args.title or os.path.basename(os.path.normpath(args.run))
