@@ -163,6 +163,12 @@ def _candidates(sched, n_candidates: int, starts: Sequence[Sequence[float]]) -> 
     return torch.unique(torch.cat([ts] + [torch.as_tensor(s, dtype=torch.float64) for s in starts])).flip(0)
 
 
+def _grid_starts(sched, n: int) -> torch.Tensor:
+    """The model timesteps where the N steps of ``sched.set_timesteps(n)`` start (its grid points but the end)."""
+    sched.set_timesteps(n)
+    return sched.t_to_timestep(torch.tensor([p.t for p in sched._points[:-1]], dtype=torch.float64))
+
+
 def _seed_grids(sched, counts: Sequence[int], cand: torch.Tensor, end: int) -> Dict[int, List[List[int]]]:
     """Per N, the N-step grids of every ``time_grid`` (log_snr, uniform, rho) on the scheduler's process as
     paths over the candidates (each step snapped to the nearest candidate, the end appended): more starting
@@ -177,9 +183,7 @@ def _seed_grids(sched, counts: Sequence[int], cand: torch.Tensor, end: int) -> D
         except ValueError:  # a grid this process does not offer
             continue
         for n in counts:
-            other.set_timesteps(n)
-            ts = other.t_to_timestep(torch.tensor([p.t for p in other._points[:-1]], dtype=torch.float64))
-            path = [int((cand - t).abs().argmin()) for t in ts.tolist()]
+            path = [int((cand - t).abs().argmin()) for t in _grid_starts(other, n).tolist()]
             if all(a < b for a, b in zip(path, path[1:])) and path[-1] < end and path not in seeds[n]:
                 seeds[n].append(path + [end])
     return seeds
@@ -265,8 +269,7 @@ def optimize_steps(
     # The start grids: what set_timesteps(N) runs now (a saved optimized list included).
     starts = {}
     for n in counts:
-        sched.set_timesteps(n)  # its grid points but the end are the steps' starts
-        starts[n] = sched.t_to_timestep(torch.tensor([p.t for p in sched._points[:-1]], dtype=torch.float64))
+        starts[n] = _grid_starts(sched, n)
     cand = _candidates(sched, candidates, list(starts.values()))
 
     # 1. The teacher through every candidate: its sample and the model's (x0, eps) at each.
