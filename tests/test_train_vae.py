@@ -126,3 +126,53 @@ def test_decoder_only_fine_tuning_keeps_the_latent_space(idx_data, tmp_path):
     with pytest.raises(ConfigError, match="--pretrained_model_path"):
         script.main([str(a) for a in [*base, "--max_train_steps", "1", "--train_decoder_only",
                                       "--output_dir", tmp_path / "refused"]])
+
+
+def test_stop_at_step_is_an_earlier_point_of_the_longer_run(idx_data, tmp_path, capsys):
+    """--stop_at_step N (how the shipped vae8 first stage is step 4,000 of a 12,000-step schedule): the saved
+    VAE is bit for bit the longer run's checkpoint-N -- the LR schedule stays that of --max_train_steps, unlike a
+    run of N steps --; a run resumed at N only saves, one resumed past N is refused by name, and the card says
+    the adversarial term never started."""
+    import shutil
+
+    import pytest
+    import torch
+
+    from hf_ddm.models.vae import VAE
+    from hf_ddm.training.checkpoint import load_model
+
+    base = ["--data_dir", idx_data, "--channels", "1", "--resolution", "8", "--block_out_channels", "8,16",
+            "--norm_num_groups", "4", "--latent_channels", "2", *FAST, "--train_batch_size", "4",
+            "--lr_scheduler", "cosine", "--learning_rate", "1e-2", "--disc_weight", "0.5", "--disc_start", "4",
+            "--disc_channels", "8", "--checkpointing_steps", "1", "--seed", "3"]
+    ref = tmp_path / "ref"
+    run_script("train_vae", [*base, "--max_train_steps", "6", "--output_dir", ref])
+    at3 = load_model(VAE, str(ref / "checkpoint-3")).state_dict()
+
+    def weights(folder):
+        return VAE.from_pretrained(folder).state_dict()
+
+    stop = tmp_path / "stop"
+    _, summary = run_script("train_vae", [*base, "--max_train_steps", "6", "--stop_at_step", "3", "--output_dir", stop])
+    assert summary["global_step"] == 3 and summary["stop_at_step"] == 3
+    assert all(torch.equal(v, at3[k]) for k, v in weights(stop).items())
+    short = tmp_path / "short"
+    run_script("train_vae", [*base, "--max_train_steps", "3", "--output_dir", short])
+    assert not all(torch.equal(v, at3[k]) for k, v in weights(short).items())  # a 3-step schedule: other weights
+    card = (stop / "README.md").read_text()
+    assert "stopped at step 3, before its start at step 4" in card and "over 6 steps, stopped at step 3" in card
+
+    for step, rc in ((3, 0), (5, 2)):
+        out = tmp_path / f"resumed{step}"
+        out.mkdir()
+        shutil.copytree(ref / f"checkpoint-{step}", out / f"checkpoint-{step}")
+        shutil.copy(ref / "model_config.json", out)
+        run_script("train_vae", [*base, "--max_train_steps", "6", "--stop_at_step", "3", "--resume_from_checkpoint",
+                                 "latest", "--output_dir", out], expect_rc=rc)
+    assert all(torch.equal(v, at3[k]) for k, v in weights(tmp_path / "resumed3").items())
+    assert not (tmp_path / "resumed5" / "config.json").exists()
+
+    with pytest.raises(SystemExit):
+        load_script("train_vae").main([str(a) for a in [*base, "--max_train_steps", "6", "--stop_at_step", "0",
+                                                        "--output_dir", tmp_path / "zero"]])
+    assert "--stop_at_step must be >= 1 (got 0)" in capsys.readouterr().err

@@ -144,10 +144,15 @@ class VAETask(TrainingTask):
 
     def card_info(self):
         a = self.args
+        adversarial = (f"PatchGAN hinge loss, weight {a.disc_weight}{' x adaptive' if a.adaptive_disc_weight else ''}"
+                       f", from step {a.disc_start}" if a.disc_weight else "none")
+        if a.disc_weight and a.stop_at_step is not None and a.stop_at_step <= a.disc_start:
+            adversarial = f"none (the run stopped at step {a.stop_at_step}, before its start at step {a.disc_start})"
         details = {"reconstruction NLL": f"{a.reconstruction}, decoder scale {a.decoder_std}", "KL weight": a.kl_weight,
-                   "adversarial term": (f"PatchGAN hinge loss, weight {a.disc_weight}"
-                                        f"{' x adaptive' if a.adaptive_disc_weight else ''}, from step {a.disc_start}"
-                                        if a.disc_weight else "none")}
+                   "adversarial term": adversarial}
+        if a.stop_at_step is not None:
+            details["schedule"] = (f"{a.lr_scheduler} learning rate over {a.max_train_steps} steps, stopped at step "
+                                   f"{a.stop_at_step}")
         if a.train_decoder_only:
             details["trained parts"] = ("decoder only (encoder and scaling_factor frozen: latents and the latent "
                                         "models trained on them are unchanged)")

@@ -174,12 +174,19 @@ def add_performance_args(parser: argparse.ArgumentParser) -> argparse._ArgumentG
     g.add_argument("--max_train_seconds", type=float, default=None,
                    help="Stop after this many seconds of training (checked after each optimizer step; set-up and "
                         "the final save are not counted), then save as at the end of a run.")
+    g.add_argument("--stop_at_step", type=int, default=None,
+                   help="End the run at this optimizer step and save as at the end of a run, with the LR schedule "
+                        "(and a discriminator's start) still those of --max_train_steps: an earlier point of a "
+                        "longer run, e.g. the step a measured curve picked. A run resumed at it saves its "
+                        "checkpoint's weights without training; one resumed past it is refused.")
     return g
 
 
 def _check_performance_args(args, errors: list) -> None:
     if getattr(args, "max_train_seconds", None) is not None and not args.max_train_seconds > 0:
         errors.append("--max_train_seconds must be > 0")
+    if getattr(args, "stop_at_step", None) is not None and args.stop_at_step < 1:
+        errors.append(f"--stop_at_step must be >= 1 (got {args.stop_at_step})")
     if getattr(args, "dataloader_num_workers", 0) < 0:
         errors.append("--dataloader_num_workers must be >= 0")
     if getattr(args, "torch_compile_mode", None) and not getattr(args, "torch_compile", False):

@@ -269,6 +269,7 @@ class Run:
     step_times: List[float] = field(default_factory=list)
     grad_norm: Optional[float] = None
     stopped_by_time: bool = False  # --max_train_seconds ended the run before max_steps
+    stop_at: Optional[int] = None  # --stop_at_step: the step the run ends at (the schedule runs to max_steps)
     # Training time of the steps before this run (from the checkpoint it resumed; None: a checkpoint that did
     # not record it), and when this run's loop started: a model trained over several resumed runs reports
     # the time of all its steps, not only the last run's.
@@ -353,7 +354,8 @@ def setup(args, task: TrainingTask, dataset, accelerator=None, collate_fn=defaul
 
     run = Run(accelerator=accelerator, task=task, modules=modules, params=params, optimizer=optimizer,
               lr_scheduler=lr_scheduler, ema=ema, train_dataloader=train_dataloader, sampler=sampler,
-              steps_per_epoch=steps_per_epoch, max_steps=max_steps, num_epochs=num_epochs)
+              steps_per_epoch=steps_per_epoch, max_steps=max_steps, num_epochs=num_epochs,
+              stop_at=getattr(args, "stop_at_step", None))
     resumed = resume(accelerator, args.resume_from_checkpoint, out, lr_scheduler, ema,
                      accelerator.unwrap_model(modules[names[0]]))
     if resumed is not None:
@@ -476,6 +478,7 @@ def save_final(run: Run, args, data_info, num_examples: int, elapsed: float) -> 
         "train_seconds_this_run": elapsed,
         "train_seconds": run.train_seconds(),
         "stopped_by_time_budget": run.stopped_by_time,
+        "stop_at_step": run.stop_at,
         "examples": num_examples,
         "data_source": getattr(data_info, "display", None),
     }
@@ -515,7 +518,15 @@ def train(args, task: TrainingTask, dataset, data_info=None, accelerator=None, c
 
     for m in run.modules.values():
         m.train()
-    done = run.global_step >= run.max_steps
+    end = min(run.max_steps, run.stop_at or run.max_steps)
+    if run.global_step > end:
+        from .args import ConfigError
+
+        progress.close()
+        accelerator.end_training()
+        raise ConfigError(f"--stop_at_step {end}: the run resumed at step {run.global_step}, past it; resume from "
+                          f"a checkpoint at or before step {end} (--resume_from_checkpoint PATH)")
+    done = run.global_step >= end
     for epoch in range(run.first_epoch, run.num_epochs):
         if done:
             break
@@ -545,11 +556,11 @@ def train(args, task: TrainingTask, dataset, data_info=None, accelerator=None, c
                 accelerator.log(logs, step=step)
             if args.checkpointing_steps and step % args.checkpointing_steps == 0:
                 save_checkpoint(run, out, epoch, args.seed, args.checkpoints_total_limit, hub_args)
-            if args.validation_steps and step % args.validation_steps == 0 and step != run.max_steps:
+            if args.validation_steps and step % args.validation_steps == 0 and step != end:
                 if accelerator.is_main_process:
                     validate(run, step, args.seed, out, args)
                 accelerator.wait_for_everyone()
-            if step >= run.max_steps:
+            if step >= end:
                 done = True
                 break
             if _time_is_up(args, accelerator, t_start):
