@@ -47,7 +47,7 @@ from typing import Dict, Optional
 
 import torch
 
-from hf_ddm.training.hub import public_path
+from hf_ddm.training.hub import public_path, recorded_arg, recorded_command
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ["ldm_class", "ddpm", "sde"]
@@ -232,7 +232,7 @@ def baselines(args, case: dict) -> Optional[dict]:
     if not same:
         raise SystemExit(f"--baselines-from {public_path(args.baselines_from)}: no run of {case['folder']} with the "
                          "same seed, batch, reference and guidance scale at every NFE asked for")
-    case["baselines_from"] = public_path(args.baselines_from)
+    case["baselines_from"] = recorded_arg(args.baselines_from)
     if "reference_half" in old:
         case["reference_half"] = old["reference_half"]
     return old
@@ -342,9 +342,8 @@ def main(argv=None) -> int:
         from diffusers.utils import logging as diffusers_logging
 
         diffusers_logging.set_verbosity_error()
-        # What a results file records: no path of the machine that ran it (a folder or file as its last part).
-        command = " ".join(["OMP_NUM_THREADS=1 python benchmarks/bench_few_step_models.py"]
-                           + [public_path(a) if os.sep in a else a for a in (sys.argv[1:] if argv is None else argv)])
+        command = recorded_command("OMP_NUM_THREADS=1 python benchmarks/bench_few_step_models.py",
+                                   sys.argv[1:] if argv is None else argv)
         results = {}
         for name in args.models:
             results[name] = dict(one_model(os.path.join(args.root, name), args), command=command)

@@ -27,6 +27,7 @@ from hf_ddm.adapter import process_view
 from hf_ddm.likelihood import ode_log_likelihood
 from hf_ddm.mixture import GaussianMixture
 from hf_ddm.schedulers.sde import SDEScheduler
+from hf_ddm.training.hub import recorded_command
 
 MIX = GaussianMixture([[-1.0, 0.0], [1.0, 0.5]], [0.3, 0.2], [0.6, 0.4])
 PROBLEMS = {
@@ -124,7 +125,7 @@ def main(argv=None):
     torch.set_num_threads(1)
     start = time.time()
     tables = run(args.num_points, args.seed)
-    command = "python benchmarks/bench_likelihood.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+    command = recorded_command("python benchmarks/bench_likelihood.py", argv if argv is not None else sys.argv[1:])
     md = markdown(tables, args.num_points, args.seed, time.time() - start, command)
     print(md)
     with open(args.out, "w") as fh:

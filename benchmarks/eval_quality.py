@@ -58,7 +58,6 @@ import importlib
 import json
 import math
 import os
-import shlex
 import sys
 import time
 from typing import Optional
@@ -72,7 +71,7 @@ import reference_classifier as rc  # noqa: E402
 
 # The library's sampler catalogue by name; anything else: "module:Class" or a diffusers class name.
 from hf_ddm.catalogue import SAMPLERS  # noqa: E402
-from hf_ddm.training.hub import public_path  # noqa: E402
+from hf_ddm.training.hub import recorded_arg, recorded_command  # noqa: E402
 
 SCHEDULERS = {name: (spec.module, spec.cls, dict(spec.overrides)) for name, spec in SAMPLERS.items()}
 
@@ -135,12 +134,6 @@ def compare(feats, logits, test_feats, labels=None, k: int = 3) -> dict:
 
 
 # ---------------------------------------------------------------------------------------- pipelines
-def recorded(arg: str) -> str:
-    """An argument as a results file records it: no path of the machine that ran it (an absolute path as its
-    last part; a path relative to the checkout as it is)."""
-    return public_path(arg) if os.path.isabs(arg) else arg
-
-
 def make_scheduler(name: str, base_config, kwargs: dict):
     if name in (None, "", "default"):
         return None
@@ -337,8 +330,7 @@ def main(argv=None):
         log(f"NOTE: {args.num_samples} samples (< 10000): FD is biased upward; compare only at equal N")
 
     given = sys.argv[1:] if argv is None else argv
-    res = {"command": "python benchmarks/eval_quality.py " + shlex.join(
-               recorded(a) for a in given),
+    res = {"command": recorded_command("python benchmarks/eval_quality.py", given),
            "reference_version": ref.version, "reference_sha256": ref.sha256, "data_transform": args.data_transform,
            "k": args.k, "seed": args.seed, "batch_size": args.batch_size, "test_set_size": len(x_test)}
     if args.pipeline is not None:
@@ -367,7 +359,7 @@ def main(argv=None):
         cond = conditioning(pipe, args.pipeline)
         log(f"pipeline {type(pipe).__name__} from {args.pipeline}; scheduler {type(pipe.scheduler).__name__} "
             f"({args.scheduler}); conditioning {cond[0]}{f' ({cond[1]} classes, cycled)' if cond[1] else ''}")
-        pipeline = recorded(args.pipeline)
+        pipeline = recorded_arg(args.pipeline)
         res.update(pipeline=pipeline, pipeline_class=type(pipe).__name__, conditioning=cond[0],
                    scheduler=args.scheduler, scheduler_class=type(pipe.scheduler).__name__,
                    scheduler_config={k: v for k, v in dict(pipe.scheduler.config).items() if not k.startswith("_")},
@@ -378,7 +370,7 @@ def main(argv=None):
             from hf_ddm.training.utils import save_grid
 
             save_grid((samples[:100] + 1) / 2, args.grid, nrow=10)
-            res["grid"] = recorded(args.grid)
+            res["grid"] = recorded_arg(args.grid)
             log(f"wrote {args.grid}")
         feats, logits = embed(ref, samples)
         if not np.isfinite(feats).all():
@@ -388,7 +380,7 @@ def main(argv=None):
         if args.features:
             np.savez_compressed(args.features, features=feats, logits=logits.numpy(),
                                 labels=np.array([]) if labels is None else labels.numpy())
-            res["features"] = recorded(args.features)
+            res["features"] = recorded_arg(args.features)
         res.setdefault("class_accuracy", None)
         res["sampling_seconds"] = round(time.time() - t_start, 1)
         if args.nll_samples > 0:

@@ -57,6 +57,7 @@ class ReferenceTampered(RuntimeError):
 
 # ----------------------------------------------------------------------------------------------- data
 from hf_ddm.training.data import read_idx  # noqa: E402  (the one IDX reader)
+from hf_ddm.training.hub import recorded_command  # noqa: E402
 
 
 def _find(data_dir: str, stem: str) -> str:
@@ -299,8 +300,8 @@ def main(argv=None):
                 old = json.load(f)["version"]
             version = f"v{int(old.lstrip('v')) + 1}"
             print(f"training NEW reference version {version} (replaces {old}); numbers are not comparable across versions")
-        command = "python benchmarks/reference_classifier.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        train(args.out_dir, args.data_dir, args.epochs, args.batch_size, args.lr, version, command.strip())
+        command = recorded_command("python benchmarks/reference_classifier.py", argv if argv is not None else sys.argv[1:])
+        train(args.out_dir, args.data_dir, args.epochs, args.batch_size, args.lr, version, command)
     if args.eval:
         model = load_reference(args.out_dir)
         xte, yte = load_fashion_mnist("test", args.data_dir)

@@ -49,6 +49,18 @@ def test_path_pattern_catches_paths_and_spares_urls_and_relative_paths():
     assert ABSOLUTE.findall(text) == ["/work/ckpt/ddpm3", "/usr/share/datasets/fashion-mnist"]
 
 
+def test_a_recorded_command_names_no_machine_path(tmp_path):
+    """What the benchmarks write into results files: absolute paths by their last part, relative paths and
+    Hub ids as given, quoted so the line runs again."""
+    from hf_ddm.training.hub import recorded_arg, recorded_command
+
+    line = recorded_command("python benchmarks/x.py", [str(tmp_path / "runs" / "vae8"), "space/models/ldm_class",
+                                                       "--scheduler_kwargs", '{"a": 1}', "user/repo", 3])
+    assert line == "python benchmarks/x.py vae8 space/models/ldm_class --scheduler_kwargs '{\"a\": 1}' user/repo 3"
+    assert not ABSOLUTE.findall(line) and str(tmp_path) not in line
+    assert recorded_arg("/usr/share/datasets/fashion-mnist/") == "fashion-mnist"
+
+
 @pytest.mark.parametrize("folder", SHIPPED, ids=lambda p: p.name)
 def test_shipped_folders_name_no_machine_path(folder):
     assert machine_paths(folder, known=(str(REPO),)) == []

@@ -31,6 +31,19 @@ def public_path(value) -> Optional[str]:
     return value
 
 
+def recorded_arg(arg: str) -> str:
+    """An argument as a results file records it: no path of the machine that ran it (an absolute path as its
+    last part; a path relative to the checkout as it is, e.g. ``space/models/ldm_class``)."""
+    return public_path(arg) if os.path.isabs(arg) else arg
+
+
+def recorded_command(program: str, argv) -> str:
+    """A command line as a results file records it: ``program`` then ``argv`` (``recorded_arg``), shell-quoted."""
+    import shlex
+
+    return " ".join([program, shlex.join(recorded_arg(str(a)) for a in argv)]).strip()
+
+
 def public_config(args) -> dict:
     """The run's flags for a card or a tracker: no token, no private keys, no local paths."""
     out = {}
