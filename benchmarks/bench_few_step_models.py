@@ -91,9 +91,7 @@ def sample(sched, model, noise, **set_kw):
 
 def decoded(pipe, latents) -> torch.Tensor:
     """What the pipeline outputs, in [-1, 1] (float64)."""
-    if getattr(pipe, "vae", None) is not None:
-        latents = pipe.decode_latents(pipe.vae, latents)
-    return latents.double().clamp(-1, 1)
+    return pipe.output_images(latents).double()
 
 
 def errors(x, ref) -> dict:

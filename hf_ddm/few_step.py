@@ -235,7 +235,7 @@ def optimize_steps(
         max_start_signal: ... and only where the marginal's data coefficient a(t) (x_t = a x0 + s eps) is at
             most this: the noise stands for the sample only where the data's share of it is small. 0: the top.
         decode: what the error is measured on, as a function of the final sample: a latent model's decoder to
-            images as its pipeline outputs them (``write_folder`` passes the VAE's, clamped to [-1, 1]), so
+            images as its pipeline outputs them (``write_folder`` passes the pipeline's ``output_images``), so
             the steps minimise the error one sees rather than the latent error the decoder may hide. None:
             the sample itself. It applies to the end-to-end objective (the search and the choice between
             paths: one decoder call per run); the DP still scores its jumps on the samples themselves, a
@@ -517,7 +517,7 @@ def write_folder(folder: str, nfes: Sequence[int], batch_size: int = 16, guidanc
     vae = getattr(pipe, "vae", None)
     if vae is not None and measure_on == "images":
         vae.eval().requires_grad_(False)
-        kwargs["decode"] = lambda z: pipe.decode_latents(vae, z).clamp(-1, 1)
+        kwargs["decode"] = pipe.output_images
     with torch.no_grad():
         found = optimize_steps(model, pipe.scheduler, list(nfes), sample_shape=shape, seed=seed, **kwargs)
     path = os.path.join(folder, "scheduler", "scheduler_config.json")

@@ -245,6 +245,13 @@ class HfDdmPipeline(DiffusionPipeline):
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor + shift).sample
 
+    def output_images(self, latents: torch.Tensor) -> torch.Tensor:
+        """The images a sampling run ends in, in [-1, 1] as ``to_output`` reads them: the final latents decoded
+        through the pipeline's VAE when it has one, clamped (what few-step calibration and its benchmark
+        measure an error on)."""
+        vae = getattr(self, "vae", None)
+        return (self.decode_latents(vae, latents) if vae is not None else latents).clamp(-1, 1)
+
     # --- output -----------------------------------------------------------------------------------
     def to_output(self, images: torch.Tensor, output_type: str, return_dict: bool):
         """images in [-1, 1] (NCHW) -> the requested output type, diffusers' conventions."""

@@ -273,6 +273,12 @@ def test_class_conditioned_latent_pipeline(tmp_path):
     # Any case, as the Space reads them ("sneaker" for "Sneaker").
     by_case = loaded(class_labels=["CLASS 9", " class 3 "], generator=torch.Generator().manual_seed(0), **kw).images
     torch.testing.assert_close(by_case, by_id)
+    # output_images (what few-step calibration measures on): the latents decoded and clamped, i.e. the output
+    latents = loaded(class_labels=[9, 3], generator=torch.Generator().manual_seed(0),
+                     **{**kw, "output_type": "latent"}).images
+    torch.testing.assert_close(loaded.output_images(latents) / 2 + 0.5, by_id)
+    pixel = PixelDiffusionPipeline(unet=tiny_unet(), scheduler=VPScheduler(num_train_timesteps=50))
+    assert pixel.output_images(torch.tensor([[[[-3.0, 0.5, 2.0]]]])).tolist() == [[[[-1.0, 0.5, 1.0]]]]
     with pytest.raises(ValueError, match="class_names"):
         loaded(class_labels=["dog"], num_inference_steps=2)
     with pytest.raises(ValueError, match="class_labels"):
