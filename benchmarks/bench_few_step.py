@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 import warnings
 
 import torch
@@ -40,6 +39,7 @@ from diffusers.utils import logging as diffusers_logging
 from hf_ddm import optimize_steps
 from hf_ddm.mixture import GaussianMixture, sliced_wasserstein
 from hf_ddm.schedulers import SDEScheduler
+from hf_ddm.solver_registry import few_step_solvers
 
 diffusers_logging.set_verbosity_error()
 warnings.filterwarnings("ignore")
@@ -53,9 +53,8 @@ SCHEDULES = {
     "scaled_linear": dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"),
 }
 NFES = [4, 5, 6, 8, 10]
-# The deterministic solvers the optimized row may use (per NFE the one that calibrates best).
-OPTIMIZED = {"2M": dict(solver="multistep", solver_order=2), "3M": dict(solver="multistep", solver_order=3),
-             "iPNDM": dict(solver="ipndm")}
+# The solvers the optimized row may use (per NFE the one that calibrates best): the registry's few-step ones.
+OPTIMIZED = few_step_solvers()
 
 
 def run(sched, model, noise, **set_kw):

@@ -47,6 +47,7 @@ from typing import Dict, Optional
 
 import torch
 
+from hf_ddm.solver_registry import few_step_solvers
 from hf_ddm.training.hub import public_path, recorded_arg, recorded_command
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,22 +100,15 @@ def errors(x, ref) -> dict:
     return {"mae": float(d.abs().mean()), "rms": float(d.pow(2).mean().sqrt())}
 
 
-def grid_name(order, grid, denoise) -> str:
-    return f"{order}M {grid}{'' if denoise else ' no-denoise'}"
+def grid_name(solver: str, grid, denoise) -> str:
+    return f"{solver} {grid}{'' if denoise else ' no-denoise'}"
 
 
 def fixed_grids(config) -> Dict[str, dict]:
-    out = {}
-    for order in (2, 3):
-        for grid in ("log_snr", "uniform"):
-            for denoise in (True, False):
-                out[grid_name(order, grid, denoise)] = dict(
-                    solver="multistep", solver_order=order, time_grid=grid, denoise_final=denoise)
-    for grid in ("log_snr", "uniform"):
-        for denoise in (True, False):
-            out[f"iPNDM {grid}{'' if denoise else ' no-denoise'}"] = dict(solver="ipndm", time_grid=grid,
-                                                                          denoise_final=denoise)
-    return out
+    """Every few-step solver of the registry on each fixed grid, with and without the final denoise."""
+    return {grid_name(label, grid, denoise): dict(kw, time_grid=grid, denoise_final=denoise)
+            for label, kw in few_step_solvers().items()
+            for grid in ("log_snr", "uniform") for denoise in (True, False)}
 
 
 def diffusers_schedulers(base) -> Dict[str, object]:
@@ -146,7 +140,7 @@ def one_model(folder: str, args) -> dict:
     plain = dict(config, optimized_timesteps=None)
     own = None  # the fixed grid the folder's scheduler runs without its optimized steps
     if config.get("solver") == "multistep" and config.get("time_grid") in ("log_snr", "uniform"):
-        own = grid_name(config["solver_order"], config["time_grid"], config["denoise_final"])
+        own = grid_name(f"{config['solver_order']}M", config["time_grid"], config["denoise_final"])
     case = {"folder": os.path.basename(os.path.normpath(folder)), "guidance_scale": scale, "batch": args.batch, "seed": args.seed, "own_grid": own,
             "optimized_steps": {n: saved.get(n) for n in args.nfes}, "nfe": {}}
 

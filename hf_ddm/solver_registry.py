@@ -166,6 +166,7 @@ class Solver:
     processes: Tuple[str, ...] = ALL_PROCESSES
     aliases: Mapping[str, str] = field(default_factory=dict)  # scheduler class -> its name in that config
     variants: Tuple[Variant, ...] = ()
+    short: Optional[str] = None  # its name in benchmark tables (default: ``name``)
 
     @property
     def takes_eta(self) -> bool:
@@ -237,6 +238,7 @@ SOLVERS: Dict[str, Solver] = {s.name: s for s in (
                              families=("vp",)))),
     Solver("ipndm", "probability-flow ODE, iPNDM (Adams-Bashforth on eps in sigma = s/a, fixed weights, order 4)",
            stochastic=False, order=4, calls_per_step=1, state="eps history", make_stepper=lambda config: IPNDMStepper(),
+           short="iPNDM",
            variants=(Variant("sde-ipndm", "ODE: iPNDM (few-step multistep) (hf_ddm)"),)),
     Solver("multistep_sde", "reverse SDE, SDE-DPM-Solver++(2M) in log-SNR (diffusers' sde-dpmsolver++)",
            stochastic=True, order=2, calls_per_step=1, state="x0 history",
@@ -247,6 +249,23 @@ SOLVERS: Dict[str, Solver] = {s.name: s for s in (
 
 NAMES: Tuple[str, ...] = tuple(SOLVERS)
 STOCHASTIC: Tuple[str, ...] = tuple(n for n, s in SOLVERS.items() if s.stochastic)
+
+
+def few_step_solvers() -> Dict[str, dict]:
+    """The samplers few-step steps are calibrated for (``optimize_steps``' candidates in the benchmarks), as
+    ``SDEScheduler`` keyword arguments by a short label: the deterministic solvers of one model call per step
+    that keep a history of earlier calls -- what makes a solver accurate at a handful of calls -- the
+    multistep one at each order its variants name ("2M", "3M", DPM-Solver++'s names)."""
+    out = {}
+    for s in SOLVERS.values():
+        if s.stochastic or s.calls_per_step != 1 or not s.state.endswith("history"):
+            continue
+        orders = sorted({int(v.overrides["solver_order"]) for v in s.variants if "solver_order" in v.overrides})
+        if orders:
+            out.update({f"{o}M": dict(solver=s.name, solver_order=o) for o in orders})
+        else:
+            out[s.short or s.name] = dict(solver=s.name)
+    return out
 
 
 def get(name: str) -> Solver:

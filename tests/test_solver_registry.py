@@ -68,3 +68,22 @@ def test_the_discrete_schedulers_run_only_one_call_formulas():
         for value in names_in(scheduler):
             solver = for_config(scheduler, value)
             assert solver.rule is not None and solver.calls_per_step == 1 and not solver.correctors
+
+
+def test_few_step_solvers_are_the_deterministic_one_call_history_solvers():
+    """What the few-step benchmarks calibrate steps for comes from the table: every entry runs in an
+    SDEScheduler with one model call per step and no noise, keeps a history (so beats DDIM at a handful of
+    calls on the oracle), and the multistep solver appears at each order its variants name."""
+    from hf_ddm.solver_registry import few_step_solvers
+
+    found = few_step_solvers()
+    assert {kw["solver"] for kw in found.values()} == {
+        n for n, s in SOLVERS.items() if not s.stochastic and s.calls_per_step == 1 and s.state.endswith("history")}
+    assert {"2M", "3M"} <= found.keys() and "ode_euler" not in {kw["solver"] for kw in found.values()}
+    ref, _ = sample(SDEScheduler(solver="ode_euler"), 0, steps=200)
+    ddim, _ = sample(SDEScheduler(solver="ode_euler"), 0, steps=5)
+    for label, kw in found.items():
+        x, calls = sample(SDEScheduler(**kw), 0, steps=5)
+        y, _ = sample(SDEScheduler(**kw), 1, steps=5)
+        assert calls == 5 and torch.equal(x, y), label
+        assert (x - ref).norm() < 0.7 * (ddim - ref).norm(), label
