@@ -100,3 +100,24 @@ def test_solver_flag_a_scheduler_cannot_run_is_refused_naming_its_solvers(schedu
                  *(["--prediction_type", "score"] if scheduler == "ve" else []))
     with pytest.raises(ConfigError, match=f"--solver '{solver}'.*one of"):
         build_scheduler(args)
+
+
+def test_ddp_timeout_reaches_the_process_group_settings(capsys, tmp_path):
+    """--ddp_timeout (Trainer's name): the seconds a multi-process collective may wait, handed to Accelerate's
+    process-group set-up; 30 minutes by default, as torch's; not a positive number: refused by name."""
+    from datetime import timedelta
+
+    from hf_ddm.training.loop import make_accelerator
+
+    from test_train_common import reset_accelerate
+
+    args = parse("train_ddpm", "--ddp_timeout", 90, "--cpu", "--report_to", "none", "--output_dir", tmp_path)
+    reset_accelerate()
+    try:
+        assert make_accelerator(args).init_handler.timeout == timedelta(seconds=90)
+    finally:
+        reset_accelerate()
+    assert parse("train_ddpm").ddp_timeout == 1800
+    with pytest.raises(SystemExit):
+        parse("train_ddpm", "--ddp_timeout", 0)
+    assert "--ddp_timeout must be > 0" in capsys.readouterr().err

@@ -120,6 +120,9 @@ def add_training_args(parser: argparse.ArgumentParser, *, lr: float = 1e-4, batc
                    help="Default: the accelerate config's value.")
     g.add_argument("--allow_tf32", action="store_true")
     g.add_argument("--cpu", action="store_true", help="Force CPU (gloo when launched with several processes).")
+    g.add_argument("--ddp_timeout", type=float, default=1800,
+                   help="Seconds a collective of a multi-process run may wait for the other processes before it "
+                        "fails (transformers' Trainer's ddp_timeout; torch's default, 30 min, here too).")
     add_performance_args(parser)
 
     c = parser.add_argument_group("checkpointing")
@@ -185,6 +188,8 @@ def add_performance_args(parser: argparse.ArgumentParser) -> argparse._ArgumentG
 def _check_performance_args(args, errors: list) -> None:
     if getattr(args, "max_train_seconds", None) is not None and not args.max_train_seconds > 0:
         errors.append("--max_train_seconds must be > 0")
+    if getattr(args, "ddp_timeout", 1800) is not None and not args.ddp_timeout > 0:
+        errors.append(f"--ddp_timeout must be > 0 seconds (got {args.ddp_timeout})")
     if getattr(args, "stop_at_step", None) is not None and args.stop_at_step < 1:
         errors.append(f"--stop_at_step must be >= 1 (got {args.stop_at_step})")
     if getattr(args, "dataloader_num_workers", 0) < 0:

@@ -159,13 +159,16 @@ class TrainResult:
 
 
 def make_accelerator(args):
+    from datetime import timedelta
+
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
+    from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
 
     project_config = ProjectConfiguration(project_dir=args.output_dir,
                                           logging_dir=os.path.join(args.output_dir, args.logging_dir))
     kwargs = dict(gradient_accumulation_steps=args.gradient_accumulation_steps, log_with=args.report_to,
-                  project_config=project_config)
+                  project_config=project_config,
+                  kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=getattr(args, "ddp_timeout", 1800)))])
     if args.mixed_precision is not None:
         kwargs["mixed_precision"] = args.mixed_precision
     if args.cpu:
