@@ -27,17 +27,25 @@ def table(rows: list) -> str:
     return "\n".join(lines)
 
 
+def save(path: str, num_samples: int, rows: list, note) -> None:
+    with open(path, "w") as f:
+        json.dump({"num_samples": num_samples, "rows": sorted(rows, key=lambda r: r["step"]), "note": note}, f, indent=2)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="the training run's output_dir (holds checkpoint-N and model_config.json)")
     p.add_argument("out", help="path stem of the results: OUT.json, OUT.md")
     p.add_argument("--num_samples", type=int, default=10000)
     p.add_argument("--title", default=None, help="heading of OUT.md (default: the run folder's name)")
+    p.add_argument("--note", default=None, help="a paragraph under the table (what the run changed at which step, "
+                                                 "which step ships); kept in OUT.json for later runs")
     args = p.parse_args(argv)
-    rows = []
+    rows, note = [], args.note
     if os.path.isfile(args.out + ".json"):
         with open(args.out + ".json") as f:
-            rows = json.load(f)["rows"]
+            saved = json.load(f)
+        rows, note = saved["rows"], note or saved.get("note")
     done = {r["step"] for r in rows}
     for step, path in list_checkpoints(args.run):
         if step in done:
@@ -50,8 +58,8 @@ def main(argv=None):
             continue
         res.pop("recon", None)
         rows.append({"step": step, "train_hours": hours, **res})
-        with open(args.out + ".json", "w") as f:  # after every checkpoint: a killed sweep keeps what it measured
-            json.dump({"num_samples": args.num_samples, "rows": sorted(rows, key=lambda r: r["step"])}, f, indent=2)
+        save(args.out + ".json", args.num_samples, rows, note)  # after every checkpoint: a killed sweep keeps it
+    save(args.out + ".json", args.num_samples, rows, note)
     name = args.title or os.path.basename(os.path.normpath(args.run))
     with open(args.out + ".md", "w") as f:
         f.write(f"# First stage `{name}`: reconstruction against training time\n\n"
@@ -59,7 +67,7 @@ def main(argv=None):
                 "while the run goes on (RUN = the recipe stage's output folder). The first "
                 f"{args.num_samples:,} Fashion-MNIST test images, posterior mean decoded; FD in the reference "
                 "network's features. Wall time is the run's own training time on the shared 2-core CPU (one "
-                "thread), slowed by whatever else ran.\n\n" + table(rows) + "\n")
+                "thread), slowed by whatever else ran.\n\n" + table(rows) + "\n" + (f"\n{note}\n" if note else ""))
     print(table(rows))
 
 
