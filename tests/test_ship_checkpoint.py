@@ -224,3 +224,23 @@ def test_cards_give_the_training_time_over_resumed_runs():
         "900 steps, 10.0 min of training in its last run (earlier runs' time not recorded)"
     # summaries from before train_seconds existed
     assert steps_and_time({"global_step": 900, "train_seconds_this_run": 600.0}) == "900 steps, 10.0 min of training"
+
+
+def test_default_guidance_scale_is_set_when_shipped_and_on_refresh(runs):
+    """--default_guidance_scale: the scale the folder's evaluations recommend goes into model_index.json and
+    the card's usage line, at shipping and again on --refresh (weights untouched); not a finite number, refused."""
+    tmp, _vae_run, ldm_run, _ = runs
+    dest = tmp / "space" / "ldm_class"
+    _ship()([str(ldm_run), str(dest), "--command", "x", "--default_guidance_scale", "2.5"])
+
+    def scale():
+        return json.loads((dest / "model_index.json").read_text())["default_guidance_scale"]
+
+    assert scale() == 2.5 and "the pipeline uses 2.5" in (dest / "README.md").read_text()
+    before = (dest / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    _ship()(["--refresh", str(dest), "--default_guidance_scale", "4"])
+    assert scale() == 4 and "the pipeline uses 4," in (dest / "README.md").read_text()
+    assert (dest / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == before
+    with pytest.raises(ValueError, match="default_guidance_scale"):
+        _ship()(["--refresh", str(dest), "--default_guidance_scale", "nan"])
+    assert scale() == 4

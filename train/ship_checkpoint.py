@@ -77,6 +77,9 @@ def main(argv=None):
                    help="save this recommended sampler instead of the run's scheduler: SDEScheduler keyword "
                         "arguments on the model's own discrete schedule, e.g. "
                         "'{\"solver\": \"multistep\", \"time_grid\": \"uniform\", \"denoise_final\": false}'")
+    p.add_argument("--default_guidance_scale", type=float, metavar="SCALE",
+                   help="the guidance scale a call without one uses (model_index.json), the one the folder's "
+                        "evaluations recommend; also with --refresh")
     p.add_argument("--extra_runs", nargs="*", default=[], help="runs of other stages (their train_summary.json)")
     p.add_argument("--component_card", nargs="*", default=[], metavar="NAME=RUN_DIR",
                    help="write RUN_DIR's model card into the component subfolder NAME")
@@ -93,11 +96,12 @@ def main(argv=None):
             p.error(f"{flag} goes with --refresh SHIPPED_DIR and the --command that trained it")
     if args.refresh:
         return refresh(args.refresh, args.dataset, args.vae, args.command, _pairs(args.component_eval, "--component_eval"),
-                       args.eval, unet_dir=args.unet)
+                       args.eval, unet_dir=args.unet, guidance_scale=args.default_guidance_scale)
     if not (args.run_dir and args.dest and args.command):
         p.error("give RUN_DIR DEST --command ..., or --refresh SHIPPED_DIR")
 
-    save_shipped(args.run_dir, args.dest, json.loads(args.scheduler) if args.scheduler else None)
+    save_shipped(args.run_dir, args.dest, json.loads(args.scheduler) if args.scheduler else None,
+                 guidance_scale=args.default_guidance_scale)
     card_path = os.path.join(args.run_dir, "README.md")
     card = open(card_path).read() if os.path.exists(card_path) else f"# {os.path.basename(args.dest)}\n"
     card = card.replace(args.run_dir.rstrip("/"), os.path.basename(args.dest.rstrip("/")))
@@ -153,13 +157,13 @@ def _unet_folder(path: str) -> str:
 
 
 def save_shipped(src: str, dest: str, scheduler_kwargs: Optional[dict] = None, vae_dir: Optional[str] = None,
-                 unet_dir: Optional[str] = None) -> None:
+                 unet_dir: Optional[str] = None, guidance_scale: Optional[float] = None) -> None:
     """``src`` loaded with the installed hf_ddm class and saved to ``dest`` as float16, ``portable=False``
     without even the one-import pipeline file that save writes (weights, configs, cards: no code;
     ``python -m hf_ddm.portable`` writes the copy that is published), with no local ``_name_or_path``. ``scheduler_kwargs``: save
     ``SDEScheduler(**scheduler_kwargs)`` on the model's own discrete schedule (its recommended sampler).
     ``vae_dir``: a decoder fine-tune of the folder's VAE to ship instead of it; ``unet_dir``: a U-Net of the
-    same architecture to ship instead of the folder's."""
+    same architecture to ship instead of the folder's; ``guidance_scale``: its ``default_guidance_scale``."""
     index = DiffusionPipeline.load_config(src)
     cls = getattr(pipelines, index["_class_name"][1])
     pipe = cls.from_pretrained(src)
@@ -180,6 +184,10 @@ def save_shipped(src: str, dest: str, scheduler_kwargs: Optional[dict] = None, v
             # hf_ddm's default grid unless the kwargs name one (not the trained config's diffusers spacing)
             pipe.scheduler = SDEScheduler.from_config(schedule_config(trained.config),
                                                       **{"time_grid": "log_snr", **scheduler_kwargs})
+    if guidance_scale is not None:
+        if "default_guidance_scale" not in pipe.config:
+            raise ValueError(f"--default_guidance_scale: {type(pipe).__name__} has no guidance (an unconditional model)")
+        pipe.register_default_guidance_scale(guidance_scale)
     if os.path.isdir(dest):
         shutil.rmtree(dest)
     pipe.to(torch.float16).save_pretrained(dest, portable=False)
@@ -190,7 +198,8 @@ def save_shipped(src: str, dest: str, scheduler_kwargs: Optional[dict] = None, v
 
 
 def refresh(folder: str, dataset: str, vae_dir: Optional[str] = None, command: Optional[str] = None,
-            component_evals: Optional[dict] = None, evals=(), unet_dir: Optional[str] = None) -> int:
+            component_evals: Optional[dict] = None, evals=(), unet_dir: Optional[str] = None,
+            guidance_scale: Optional[float] = None) -> int:
     """Re-save a shipped folder in place (weights unchanged: float16 -> float32 -> float16 is exact) and
     rebuild its cards; samples and cards are kept (the VAE's replaced when ``vae_dir`` swaps it in, the U-Net
     when ``unet_dir`` does; the card's Evaluation section by ``evals`` when given)."""
@@ -205,7 +214,7 @@ def refresh(folder: str, dataset: str, vae_dir: Optional[str] = None, command: O
                 keep[rel] = open(os.path.join(root, name), "rb").read()
     tmp = tempfile.mkdtemp(prefix=".refresh-", dir=os.path.dirname(os.path.abspath(folder)))
     try:
-        save_shipped(folder, os.path.join(tmp, "out"), vae_dir=vae_dir, unet_dir=unet_dir)
+        save_shipped(folder, os.path.join(tmp, "out"), vae_dir=vae_dir, unet_dir=unet_dir, guidance_scale=guidance_scale)
         for rel, data in keep.items():
             os.makedirs(os.path.dirname(os.path.join(tmp, "out", rel)), exist_ok=True)
             with open(os.path.join(tmp, "out", rel), "wb") as f:
