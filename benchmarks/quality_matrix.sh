@@ -5,7 +5,8 @@
 # sample grids (the measured samples) in benchmarks/results/grids/.
 #
 #   bash benchmarks/quality_matrix.sh            # about 80 min on 2 CPU cores
-#   bash benchmarks/quality_matrix.sh ddpm ldm   # some lanes (floor ldm few_step ldm_n10k ldm_text guided grids ddpm sde sde_em); the table
+#   bash benchmarks/quality_matrix.sh ddpm ldm   # some lanes (floor ldm few_step ldm_n10k ldm_text ldm_text_n10k guided
+#                                                # guided_n10k grids ddpm sde sde_em); the table
 #                                                # is rebuilt from every JSON present
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +40,17 @@ lane_few_step() {  # the folder's optimized steps (set_timesteps(N) runs them) a
 lane_ldm_n10k() {  # the headline row: the saved sampler and scale at N = 10,000
   E $M/ldm_class --scheduler sde-multistep --scheduler_kwargs '{"time_grid": "uniform", "denoise_final": false}' \
     --steps 25 --guidance_scale 3 --num_samples 10000 --json $R/ldm_class_sdeuniform25_w3_n10k.json
+}
+default_scale() { python -c "import json, sys; print(f\"{json.load(open(sys.argv[1]))['default_guidance_scale']:g}\")" "$M/$1/model_index.json"; }
+lane_guided_n10k() {  # the headline row: the saved sampler at the folder's default scale, N = 10,000
+  local s; s=$(default_scale guided)
+  E $M/guided --scheduler sde-multistep --scheduler_kwargs '{"time_grid": "uniform", "denoise_final": false}' \
+    --steps 25 --guidance_scale "$s" --num_samples 10000 --json $R/guided_sdeuniform25_s${s}_n10k.json
+}
+lane_ldm_text_n10k() {  # the headline row: the saved sampler at the folder's default scale, N = 10,000
+  local w; w=$(default_scale ldm_text)
+  E $M/ldm_text --scheduler sde-multistep --scheduler_kwargs '{"time_grid": "uniform", "denoise_final": false}' \
+    --steps 25 --guidance_scale "$w" --num_samples 10000 --json $R/ldm_text_sdeuniform25_w${w}_n10k.json
 }
 lane_guided() {  # classifier scale s = 0 ignores the classifier
   for s in 0 1 3 10; do
@@ -79,7 +91,7 @@ lane_sde_em() {  # the reverse SDE: many steps, a lane of its own
 }
 
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(floor ldm few_step ldm_n10k ldm_text guided grids ddpm sde sde_em)
+[ ${#stages[@]} -gt 0 ] || stages=(floor ldm few_step ldm_n10k ldm_text ldm_text_n10k guided guided_n10k grids ddpm sde sde_em)
 pids=()
 for s in "${stages[@]}"; do "lane_$s" > "$R/lane_$s.log" 2>&1 & pids+=($!); done
 for p in "${pids[@]}"; do wait "$p"; done
