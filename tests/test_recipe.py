@@ -58,6 +58,8 @@ def test_first_stage_switch_keeps_the_latent_models_apart(tmp_path):
     vae8, ldm, clf, text = (shlex.split(line) for line in lines)
     vae8 = load_script("train_vae").build_parser().parse_args(vae8[1:])
     assert vae8.latent_channels == 8
+    # the shipped first stage is step 4,000 of the 12,000-step schedule, before its adversarial term starts
+    assert vae8.stop_at_step == 4000 < vae8.max_train_steps and vae8.disc_start >= vae8.stop_at_step
     for argv, script, out in ((ldm, "train_ldm", "ldm_class_vae8"), (clf, "train_classifier", "classifier_vae8"),
                               (text, "train_ldm", "ldm_text_vae8")):
         args = load_script(script).build_parser().parse_args(argv[1:])

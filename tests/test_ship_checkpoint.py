@@ -244,3 +244,54 @@ def test_default_guidance_scale_is_set_when_shipped_and_on_refresh(runs):
     with pytest.raises(ValueError, match="default_guidance_scale"):
         _ship()(["--refresh", str(dest), "--default_guidance_scale", "nan"])
     assert scale() == 4
+
+
+def test_the_ship_script_ships_the_three_latent_folders_on_one_first_stage(runs):
+    """train/ship_fashion_mnist.sh on runs laid out as the recipe writes them (FIRST_STAGE=vae8): each folder gets
+    the saved sampler, its guidance default, a card with the recipe command and every stage's steps, and the
+    first stage's card and measurement in vae/ (the classifier's in guided/classifier/)."""
+    import os
+    import shutil
+    import subprocess
+
+    from hf_ddm.models import NoisyClassifier
+    from hf_ddm.pipelines import ClassifierGuidedPipeline
+
+    from test_pipelines import tiny_text_pipe
+
+    tmp, vae_run, ldm_run, ev = runs
+    work = tmp / "work"
+    work.mkdir()
+    shutil.copytree(vae_run, work / "vae8")
+    shutil.copytree(ldm_run, work / "ldm_class_vae8")
+    ldm = LatentDiffusionPipeline.from_pretrained(ldm_run)
+    clf_run = work / "classifier_vae8"
+    torch.manual_seed(0)
+    NoisyClassifier(in_channels=2, num_classes=10, sample_size=4, block_out_channels=(8, 8), layers_per_block=1,
+                    attention_levels=(), mid_block_attention=False, norm_num_groups=4).save_pretrained(clf_run / "classifier")
+    (clf_run / "README.md").write_text("# classifier\n\nnoise-aware\n")
+    (clf_run / "train_summary.json").write_text(json.dumps({"task": "classifier", "global_step": 3,
+                                                            "train_seconds_this_run": 12.0}))
+    ClassifierGuidedPipeline(unet=ldm.unet, classifier=NoisyClassifier.from_pretrained(clf_run / "classifier"),
+                             scheduler=ldm.scheduler, vae=ldm.vae, class_names=ldm.config.class_names,
+                             default_guidance_scale=10.0).save_pretrained(work / "guided_vae8")
+    tiny_text_pipe().save_pretrained(work / "ldm_text_vae8")
+    (work / "ldm_text_vae8" / "README.md").write_text("# text\n")
+    models = tmp / "models"
+    env = dict(os.environ, WORK=str(work), MODELS=str(models), VAE_EVAL=str(ev), GUIDED_SCALE="7", OMP_NUM_THREADS="1")
+    subprocess.run(["bash", "train/ship_fashion_mnist.sh", "ldm_class", "guided", "ldm_text"], cwd=REPO, env=env,
+                   check=True, capture_output=True, text=True)
+    scales = {}
+    for name in ("ldm_class", "guided", "ldm_text"):
+        folder = models / name
+        index = json.loads((folder / "model_index.json").read_text())
+        scales[name] = index["default_guidance_scale"]
+        scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+        assert scheduler["_class_name"] == "SDEScheduler" and scheduler["time_grid"] == "uniform", name
+        card = (folder / "README.md").read_text()
+        assert "FIRST_STAGE=vae8 bash train/fashion_mnist_recipe.sh vae8" in card and "- vae: 7 steps" in card, name
+        assert "kl_nats_per_image=224.5" in (folder / "vae" / "README.md").read_text(), name
+        assert str(tmp) not in card
+    assert scales == {"ldm_class": None, "guided": 7.0, "ldm_text": 3.0}
+    assert "noise-aware" in (models / "guided" / "classifier" / "README.md").read_text()
+    assert "- classifier: 3 steps" in (models / "guided" / "README.md").read_text()
