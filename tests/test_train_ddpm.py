@@ -182,13 +182,16 @@ def test_two_process_gloo_ranks_stay_identical_and_resume_exactly(idx_data, tmp_
     require_scheduler("vp")
 
     def torchrun(out, *extra):
-        run_subprocess([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        _free_port(), "train/train_ddpm.py",
-                        *ddpm_args(idx_data, out, "--max_train_steps", "6", "--checkpointing_steps", "5",
-                                   "--gradient_accumulation_steps", "2", "--use_ema", "--random_flip",
-                                   # a gloo work left waiting at teardown (rank 0 once hung in ~ProcessGroupGloo
-                                   # under load) gives up in 2 minutes, not torch's 30
-                                   "--ddp_timeout", "120", *extra)])
+        proc = run_subprocess([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                               "--master_port", _free_port(), "tests/ddp_teardown_probe.py", "train/train_ddpm.py",
+                               *ddpm_args(idx_data, out, "--max_train_steps", "6", "--checkpointing_steps", "5",
+                                          "--gradient_accumulation_steps", "2", "--use_ema", "--random_flip",
+                                          "--ddp_timeout", "120", *extra)])
+        # the wrappers are gone before the group is destroyed: a DDP reducer freed later holds the gloo
+        # group's last reference and joins its threads with the GIL held (rank 0 once hung there)
+        for rank in (0, 1):
+            assert (f"rank {rank} after end_training: 0 live DDP wrappers, process group initialized: False"
+                    in proc.stdout), proc.stdout
         return json.loads((out / "train_summary.json").read_text())
 
     out = tmp_path / "ddp"

@@ -294,6 +294,12 @@ class Run:
     def unwrapped(self) -> Dict[str, torch.nn.Module]:
         return {k: self.accelerator.unwrap_model(v) for k, v in self.modules.items()}
 
+    def train_mode(self) -> None:
+        # a method, not a loop in train(): a loop variable there would keep the last DDP wrapper alive
+        # past end_run (see there)
+        for m in self.modules.values():
+            m.train()
+
 
 def setup(args, task: TrainingTask, dataset, accelerator=None, collate_fn=default_collate) -> Run:
     """Accelerator, output folder, data loader, optimizer, LR schedule, EMA, trackers, and the resumed state
@@ -504,6 +510,16 @@ def save_final(run: Run, args, data_info, num_examples: int, elapsed: float) -> 
     return summary
 
 
+def end_run(run: Run) -> None:
+    """Drop the prepared (DDP) wrappers, then ``end_training`` (trackers, process group). A DDP reducer that
+    outlives ``destroy_process_group`` holds the last reference to the gloo group, whose destructor then
+    joins the group's worker threads from the wrapper's deallocation with the GIL held; a worker that
+    needs the GIL to free a tensor deadlocks it, as a 2-process CPU run did under load at exit."""
+    run.modules = run.unwrapped()
+    run.accelerator.free_memory()
+    run.accelerator.end_training()
+
+
 def train(args, task: TrainingTask, dataset, data_info=None, accelerator=None, collate_fn=default_collate) -> TrainResult:
     """Train ``task`` on ``dataset`` as configured by the shared flags (see ``args.add_training_args``):
     ``setup``, then ``train_step`` per micro-batch with checkpoints and validations on their schedules, then
@@ -519,14 +535,13 @@ def train(args, task: TrainingTask, dataset, data_info=None, accelerator=None, c
     run.step_times.append(t_start)
     hub_args = args if getattr(args, "hub_upload_checkpoints", False) else None
 
-    for m in run.modules.values():
-        m.train()
+    run.train_mode()
     end = min(run.max_steps, run.stop_at or run.max_steps)
     if run.global_step > end:
         from .args import ConfigError
 
         progress.close()
-        accelerator.end_training()
+        end_run(run)
         raise ConfigError(f"--stop_at_step {end}: the run resumed at step {run.global_step}, past it; resume from "
                           f"a checkpoint at or before step {end} (--resume_from_checkpoint PATH)")
     done = run.global_step >= end
@@ -547,7 +562,7 @@ def train(args, task: TrainingTask, dataset, data_info=None, accelerator=None, c
                                   lambda: ckpt.latest_checkpoint(out))
             except NonFiniteLossError:
                 progress.close()
-                accelerator.end_training()
+                end_run(run)
                 raise
             if logs is None:
                 continue
@@ -575,7 +590,7 @@ def train(args, task: TrainingTask, dataset, data_info=None, accelerator=None, c
     elapsed = time.perf_counter() - t_start
 
     summary = save_final(run, args, data_info, len(dataset), elapsed)
-    accelerator.end_training()
+    end_run(run)
     return TrainResult(global_step=run.global_step, num_processes=accelerator.num_processes, output_dir=out,
                        losses=run.losses, summary=summary, step_times=run.step_times)
 
