@@ -104,7 +104,10 @@ def main(argv=None):
                  guidance_scale=args.default_guidance_scale)
     card_path = os.path.join(args.run_dir, "README.md")
     card = open(card_path).read() if os.path.exists(card_path) else f"# {os.path.basename(args.dest)}\n"
-    card = card.replace(args.run_dir.rstrip("/"), os.path.basename(args.dest.rstrip("/")))
+    name = os.path.basename(args.dest.rstrip("/"))
+    card = card.replace(args.run_dir.rstrip("/"), name)
+    # the card names the folder it ships as, not the run it came from (ldm_class_vae8 ships as ldm_class)
+    card = re.sub(r"^# .*$", lambda _: f"# {name}", card, count=1, flags=re.M)
     lines = ["", "## How this checkpoint was made", "", f"- command: `{args.command}`",
              f"- hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU "
              f"(torch {torch.__version__})", "- weights stored as float16 (the Space and `dtype=torch.float32` "
