@@ -56,7 +56,7 @@ lane_guided() {  # classifier scale s = 0 ignores the classifier
   for s in 0 1 3 10; do
     E $M/guided --scheduler vp-ddim --steps 25 --guidance_scale $s --num_samples 1000 --json $R/guided_ddim25_s$s.json
   done
-  for s in 6 8 10; do  # the saved scheduler; 8 is the folder's default_guidance_scale
+  for s in 6 8 10 14; do  # the saved scheduler; the folder's default_guidance_scale is the best of these
     E $M/guided --scheduler sde-multistep --scheduler_kwargs '{"time_grid": "uniform", "denoise_final": false}' \
       --steps 25 --guidance_scale $s --num_samples 1000 --json $R/guided_sdeuniform25_s$s.json
   done
@@ -64,17 +64,17 @@ lane_guided() {  # classifier scale s = 0 ignores the classifier
 lane_grids() {  # 100 samples each; column j is class j for the conditional models
   E $M/ldm_class --scheduler vp-ddim --steps 25 --guidance_scale 3 --num_samples 100 --grid $G/ldm_class.png \
     --json $R/grid_ldm_class.json
-  E $M/guided --scheduler vp-ddim --steps 25 --guidance_scale 8 --num_samples 100 --grid $G/guided.png \
-    --json $R/grid_guided.json
+  E $M/guided --scheduler vp-ddim --steps 25 --guidance_scale "$(default_scale guided)" --num_samples 100 \
+    --grid $G/guided.png --json $R/grid_guided.json
 }
 lane_ldm_text() {
   E $M/ldm_text --scheduler vp-ddim --steps 25 --guidance_scale 3 --num_samples 500 --grid $G/ldm_text.png \
     --json $R/ldm_text_ddim25_w3.json
-  for w in 3 4; do  # 4: the folder's default_guidance_scale
-    E $M/ldm_text --scheduler vp-ddim --steps 25 --guidance_scale $w --num_samples 1000 --json $R/ldm_text_ddim25_w${w}_n1000.json
+  E $M/ldm_text --scheduler vp-ddim --steps 25 --guidance_scale 3 --num_samples 1000 --json $R/ldm_text_ddim25_w3_n1000.json
+  for w in 2 3 4; do  # the saved scheduler; the folder's default_guidance_scale is the best of these
+    E $M/ldm_text --scheduler sde-multistep --scheduler_kwargs '{"time_grid": "uniform", "denoise_final": false}' \
+      --steps 25 --guidance_scale $w --num_samples 1000 --json $R/ldm_text_sdeuniform25_w${w}_n1000.json
   done
-  E $M/ldm_text --scheduler sde-multistep --scheduler_kwargs '{"time_grid": "uniform", "denoise_final": false}' \
-    --steps 25 --guidance_scale 4 --num_samples 1000 --json $R/ldm_text_sdeuniform25_w4_n1000.json
 }
 lane_ddpm() {  # the shipped ddpm (H200); ddpm_cpu_*.json are the replaced 0.1 CPU checkpoint's rows
   E $M/ddpm --scheduler sde-multistep --steps 20 --num_samples 1000 --json $R/ddpm_gpu_multistep20.json

@@ -292,6 +292,7 @@ def test_the_ship_script_ships_the_three_latent_folders_on_one_first_stage(runs)
         assert "FIRST_STAGE=vae8 bash train/fashion_mnist_recipe.sh vae8" in card and "- vae: 7 steps" in card, name
         assert "kl_nats_per_image=224.5" in (folder / "vae" / "README.md").read_text(), name
         assert str(tmp) not in card
+        assert "the same weights in ldm_class, ldm_text and guided" in card, name
         assert card.split("---\n")[-1].lstrip().startswith(f"# {name}\n"), name  # not the run's name (ldm_class_vae8)
     assert scales == {"ldm_class": None, "guided": 7.0, "ldm_text": 3.0}
     assert "noise-aware" in (models / "guided" / "classifier" / "README.md").read_text()

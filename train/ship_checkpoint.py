@@ -80,6 +80,8 @@ def main(argv=None):
     p.add_argument("--default_guidance_scale", type=float, metavar="SCALE",
                    help="the guidance scale a call without one uses (model_index.json), the one the folder's "
                         "evaluations recommend; also with --refresh")
+    p.add_argument("--note", nargs="*", default=[], metavar="TEXT",
+                   help="more lines for the card's \"How this checkpoint was made\" (e.g. which folders share a part)")
     p.add_argument("--extra_runs", nargs="*", default=[], help="runs of other stages (their train_summary.json)")
     p.add_argument("--component_card", nargs="*", default=[], metavar="NAME=RUN_DIR",
                    help="write RUN_DIR's model card into the component subfolder NAME")
@@ -117,6 +119,7 @@ def main(argv=None):
         if os.path.exists(summary):
             s = json.load(open(summary))
             lines.append(f"- {s.get('task', os.path.basename(run))}: {_steps_and_time(s)}")
+    lines += [f"- {note}" for note in args.note]
     lines += eval_lines(args.eval)
     own = os.path.join(args.run_dir, "train_summary.json")
     grid = json.load(open(own)).get("sample_grid") if os.path.exists(own) else None

@@ -21,7 +21,8 @@ VAE_EVAL=${VAE_EVAL:-benchmarks/results/vae8.json}
 SAMPLER='{"solver": "multistep", "time_grid": "uniform", "denoise_final": false}'
 RECIPE="WORK=runs/fmnist FIRST_STAGE=vae8 bash train/fashion_mnist_recipe.sh"
 HOW="one thread of a shared 2-core CPU per stage"
-FIRST=(--component_card vae="$VAE" --component_eval vae="$VAE_EVAL")
+SHARED="first stage: \`vae/\` is the recipe's \`vae8\` VAE (32x32x1 -> 8x8x8), the same weights in ldm_class, ldm_text and guided; its card and measurement: \`vae/README.md\`"
+FIRST=(--component_card vae="$VAE" --component_eval vae="$VAE_EVAL" --note "$SHARED")
 ship() { python train/ship_checkpoint.py "$@" --scheduler "$SAMPLER"; }
 
 for stage in "$@"; do
@@ -33,7 +34,8 @@ for stage in "$@"; do
       ship "$WORK/guided_vae8" "$MODELS/guided" --default_guidance_scale "${GUIDED_SCALE:-10}" \
         --command "$RECIPE vae8 ldm_class classifier guided ($HOW; the unet is the class LDM's null-class branch)" \
         --extra_runs "$WORK/classifier_vae8" "$WORK/ldm_class_vae8" "$VAE" \
-        --component_card vae="$VAE" classifier="$WORK/classifier_vae8" --component_eval vae="$VAE_EVAL" ;;
+        --component_card vae="$VAE" classifier="$WORK/classifier_vae8" --component_eval vae="$VAE_EVAL" \
+        --note "$SHARED" ;;
     ldm_text)
       ship "$WORK/ldm_text_vae8" "$MODELS/ldm_text" --default_guidance_scale "${TEXT_SCALE:-3}" \
         --command "$RECIPE vae8 ldm_text ($HOW)" --extra_runs "$VAE" "${FIRST[@]}" ;;
