@@ -9,7 +9,8 @@ import subprocess
 
 from test_train_common import REPO, load_script
 
-STAGES = {"vae": "train_vae", "ldm_class": "train_ldm", "classifier": "train_classifier", "ldm_text": "train_ldm",
+STAGES = {"vae": "train_vae", "ldm_class": "train_ldm", "ldm_class_more": "train_ldm", "classifier": "train_classifier",
+          "ldm_text": "train_ldm",
           "vae_decoder": "train_vae", "ddpm": "train_ddpm", "sde": "train_ddpm"}
 
 
@@ -42,6 +43,10 @@ def test_recipe_stages_parse_and_scale(tmp_path):
     decoder = base["vae_decoder"]  # fine-tunes the decoder of the vae stage's output, its latents unchanged
     assert decoder.train_decoder_only and decoder.pretrained_model_path == base["ldm_class"].vae_path
     assert decoder.disc_weight > 0 and decoder.disc_start == 0
+    more = base["ldm_class_more"]  # continues the class stage's U-Net on the same latents, into its own folder
+    assert more.pretrained_model_path == base["ldm_class"].output_dir != more.output_dir
+    assert more.vae_path == base["ldm_class"].vae_path and more.conditioning == "class"
+    assert more.learning_rate < base["ldm_class"].learning_rate
     text = base["ldm_text"]
     assert text.conditioning == "text" and text.caption_style == "varied" and text.validation_prompts
     assert text.vae_path == base["ldm_class"].vae_path == base["classifier"].vae_path
