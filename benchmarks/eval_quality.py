@@ -148,7 +148,9 @@ def make_scheduler(name: str, base_config, kwargs: dict):
     if cls is None:
         raise SystemExit(f"unknown scheduler {name!r}; known: {', '.join(SCHEDULERS)}, or module:Class, "
                          "or a diffusers scheduler class name")
-    return cls.from_config(base_config, **{**over, **kwargs})
+    # A named scheduler runs its own grid: the folder's optimized steps are what the default rows measure.
+    base = {k: v for k, v in dict(base_config).items() if k != "optimized_timesteps"}
+    return cls.from_config(base, **{**over, **kwargs})
 
 
 def conditioning(pipe, pipe_dir: str):

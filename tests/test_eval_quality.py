@@ -296,3 +296,20 @@ def test_real_images_are_rarely_speckled():
     images, _ = rc.load_fashion_mnist("test")
     x = rc.to_reference_input(images[:2000])
     assert qm.speckled_fraction(x) < 0.03
+
+
+def test_a_named_scheduler_runs_its_own_grid_not_the_folders_optimized_steps():
+    """A row labelled "sde-multistep (uniform t) 10" measures that grid: the folder's optimized steps belong to
+    the default rows (``--scheduler`` left out), which keep them."""
+    import eval_quality
+
+    from hf_ddm.schedulers.sde import SDEScheduler
+
+    saved = SDEScheduler(num_train_timesteps=1000, solver="multistep", time_grid="uniform", denoise_final=False,
+                         optimized_timesteps={"4": [900, 600, 300, 50]})
+    saved.set_timesteps(4)
+    named = eval_quality.make_scheduler("sde-multistep", saved.config, {"time_grid": "uniform", "denoise_final": False})
+    named.set_timesteps(4)
+    assert named.config.get("optimized_timesteps") is None
+    assert named.timesteps.tolist() != saved.timesteps.tolist()
+    assert eval_quality.make_scheduler("default", saved.config, {}) is None  # the pipeline keeps its own
