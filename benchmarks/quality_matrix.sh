@@ -27,8 +27,10 @@ lane_ldm() {
     E $M/ldm_class --scheduler sde-multistep --scheduler_kwargs '{"time_grid": "uniform", "denoise_final": false}' \
       --steps $n --guidance_scale 3 --num_samples 2000 --json $R/ldm_class_sdeuniform${n}_w3.json
   done
-  E $M/ldm_class --scheduler sde-multistep --scheduler_kwargs '{"time_grid": "uniform", "denoise_final": false}' \
-    --steps 25 --guidance_scale 2 --num_samples 2000 --json $R/ldm_class_sdeuniform25_w2.json
+  for w in 2 4; do
+    E $M/ldm_class --scheduler sde-multistep --scheduler_kwargs '{"time_grid": "uniform", "denoise_final": false}' \
+      --steps 25 --guidance_scale $w --num_samples 2000 --json $R/ldm_class_sdeuniform25_w$w.json
+  done
 }
 lane_few_step() {  # the folder's optimized steps (set_timesteps(N) runs them) and diffusers' best at NFE 5
   for n in 5 10; do

@@ -294,6 +294,6 @@ def test_the_ship_script_ships_the_three_latent_folders_on_one_first_stage(runs)
         assert str(tmp) not in card
         assert "the same weights in ldm_class, ldm_text and guided" in card, name
         assert card.split("---\n")[-1].lstrip().startswith(f"# {name}\n"), name  # not the run's name (ldm_class_vae8)
-    assert scales == {"ldm_class": None, "guided": 7.0, "ldm_text": 3.0}
+    assert scales == {"ldm_class": None, "guided": 7.0, "ldm_text": 4.0}
     assert "noise-aware" in (models / "guided" / "classifier" / "README.md").read_text()
     assert "- classifier: 3 steps" in (models / "guided" / "README.md").read_text()

@@ -31,13 +31,13 @@ for stage in "$@"; do
       ship "$WORK/ldm_class_vae8" "$MODELS/ldm_class" --command "$RECIPE vae8 ldm_class ($HOW)" \
         --extra_runs "$VAE" "${FIRST[@]}" ;;
     guided)  # the class model's null branch steered by the noise-aware latent classifier
-      ship "$WORK/guided_vae8" "$MODELS/guided" --default_guidance_scale "${GUIDED_SCALE:-10}" \
+      ship "$WORK/guided_vae8" "$MODELS/guided" --default_guidance_scale "${GUIDED_SCALE:-8}" \
         --command "$RECIPE vae8 ldm_class classifier guided ($HOW; the unet is the class LDM's null-class branch)" \
         --extra_runs "$WORK/classifier_vae8" "$WORK/ldm_class_vae8" "$VAE" \
         --component_card vae="$VAE" classifier="$WORK/classifier_vae8" --component_eval vae="$VAE_EVAL" \
         --note "$SHARED" ;;
     ldm_text)
-      ship "$WORK/ldm_text_vae8" "$MODELS/ldm_text" --default_guidance_scale "${TEXT_SCALE:-3}" \
+      ship "$WORK/ldm_text_vae8" "$MODELS/ldm_text" --default_guidance_scale "${TEXT_SCALE:-4}" \
         --command "$RECIPE vae8 ldm_text ($HOW)" --extra_runs "$VAE" "${FIRST[@]}" ;;
     *) echo "unknown folder $stage (ldm_class guided ldm_text)" >&2; exit 2 ;;
   esac
