@@ -6,8 +6,8 @@
 #
 #   bash benchmarks/quality_matrix.sh            # about 80 min on 2 CPU cores
 #   bash benchmarks/quality_matrix.sh ddpm ldm   # some lanes (floor ldm few_step ldm_n10k ldm_text ldm_text_n10k guided
-#                                                # guided_n10k grids ddpm sde sde_em); the table
-#                                                # is rebuilt from every JSON present
+#                                                # guided_n10k grids ddpm sde sde_em; table: none); the
+#                                                # table is rebuilt from every JSON present
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=benchmarks/results/quality
@@ -87,6 +87,7 @@ lane_sde() {
   E $M/sde --scheduler sde-ode_heun --steps 25 --num_samples 1000 --nll_samples 50 --grid $G/sde.png \
     --json $R/sde_heun25.json
 }
+lane_table() { :; }  # nothing sampled: `quality_matrix.sh table` rebuilds quality.md from the JSONs present
 lane_sde_em() {  # the reverse SDE: many steps, a lane of its own
   E $M/sde --scheduler sde-euler_maruyama --steps 100 --num_samples 500 --json $R/sde_em100.json
   E $M/sde --scheduler sde-euler_maruyama --steps 250 --num_samples 500 --json $R/sde_em250.json
