@@ -313,3 +313,48 @@ def test_a_named_scheduler_runs_its_own_grid_not_the_folders_optimized_steps():
     assert named.config.get("optimized_timesteps") is None
     assert named.timesteps.tolist() != saved.timesteps.tolist()
     assert eval_quality.make_scheduler("default", saved.config, {}) is None  # the pipeline keeps its own
+
+
+@needs_data
+def test_ldm_curve_measures_each_checkpoints_ema_unet_once(tmp_path):
+    """benchmarks/ldm_curve.py: the base pipeline as the first row, then each checkpoint's EMA U-Net (not its raw
+    weights) in a copy of it; a second call measures nothing again; no machine path in what it writes."""
+    import ldm_curve
+    from safetensors.torch import save_file
+
+    from hf_ddm.models import VAE, UNet
+    from hf_ddm.pipelines import LatentDiffusionPipeline
+    from hf_ddm.schedulers.vp import VPScheduler
+    from hf_ddm.training.checkpoint import MANIFEST_KEY, STATE_FILE, manifest
+
+    torch.manual_seed(0)
+    vae = VAE(in_channels=1, out_channels=1, latent_channels=2, block_out_channels=(8, 16), layers_per_block=1,
+              norm_num_groups=4)
+    kw = dict(sample_size=16, in_channels=2, out_channels=2, block_out_channels=(8, 16), layers_per_block=1,
+              attention_levels=(), mid_block_attention=False, norm_num_groups=4, attention_head_dim=8,
+              num_class_embeds=10)
+    base_unet, ema_unet = UNet(**kw), UNet(**kw)
+    LatentDiffusionPipeline(unet=base_unet, vae=vae, scheduler=VPScheduler(num_train_timesteps=20),
+                            class_names=[f"c{i}" for i in range(10)]).save_pretrained(tmp_path / "base")
+    ckpt = tmp_path / "run" / "checkpoint-2"
+    ckpt.mkdir(parents=True)
+    save_file(base_unet.state_dict(), ckpt / "model.safetensors")  # the raw weights: the base's
+    save_file(ema_unet.state_dict(), ckpt / "ema.safetensors")
+    (ckpt / STATE_FILE).write_text(json.dumps({"global_step": 2, "train_seconds": 36.0, MANIFEST_KEY: manifest(str(ckpt))}))
+    out = tmp_path / "curve"
+    argv = [str(tmp_path / "run"), str(tmp_path / "base"), str(out), "--base_step", "10", "--steps", "2",
+            "--num_samples", "16", "--batch_size", "8", "--test_samples", "500"]
+    ldm_curve.main(argv)
+    rows = json.loads((tmp_path / "curve.json").read_text())["rows"]
+    assert [r["step"] for r in rows] == [10, 12] and rows[1]["train_hours"] == pytest.approx(0.01)
+    assert rows[0]["fd"] != rows[1]["fd"]  # the EMA U-Net sampled, not the raw (= base) weights
+    assert all(0 <= r["class_accuracy"] <= 1 and np.isfinite(r["fd"]) for r in rows)
+    md = (tmp_path / "curve.md").read_text()
+    assert "| 12 | 0.01 |" in md and str(tmp_path) not in md
+    calls = []
+    ldm_curve.eval_quality.main, real = (lambda a: calls.append(a)), ldm_curve.eval_quality.main
+    try:
+        ldm_curve.main(argv)
+    finally:
+        ldm_curve.eval_quality.main = real
+    assert calls == [] and json.loads((tmp_path / "curve.json").read_text())["rows"] == rows

@@ -125,12 +125,13 @@ def verify(path: str) -> Optional[str]:
     return None
 
 
-def load_model(cls, path: str, config: Optional[str] = None):
+def load_model(cls, path: str, config: Optional[str] = None, weights: str = "model"):
     """The ``cls`` model a training checkpoint holds, built from ``config`` (a config JSON; default: the run's
     ``model_config.json`` beside the checkpoint) -- for evaluating a run while it is still going. The
     checkpoint is verified first (a damaged or planted file is refused, nothing pickled is read); among
     its ``model*.safetensors`` (Accelerate numbers them in prepare order) the one whose tensors fit ``cls``
-    exactly, under one common prefix (a training task's wrapper module, e.g. ``vae.``), is loaded."""
+    exactly, under one common prefix (a training task's wrapper module, e.g. ``vae.``), is loaded.
+    ``weights="ema"``: the EMA weights (``ema.safetensors``) instead, what a finished run would save."""
     from safetensors.torch import load_file
 
     problem = verify(path)
@@ -141,7 +142,7 @@ def load_model(cls, path: str, config: Optional[str] = None):
         raise CheckpointError(f"{path}: no model config: pass one ({MODEL_CONFIG_FILE} of the run is missing)")
     model = cls.from_config(cls.load_config(config))
     expected = model.state_dict()
-    for name in sorted(f for f in os.listdir(path) if re.fullmatch(r"model(_\d+)?\.safetensors", f)):
+    for name in sorted(f for f in os.listdir(path) if re.fullmatch(rf"{re.escape(weights)}(_\d+)?\.safetensors", f)):
         tensors = load_file(os.path.join(path, name))
         some = next(iter(expected), "")
         prefixes = {k[: len(k) - len(some)] for k in tensors if k.endswith(some)}
@@ -151,7 +152,7 @@ def load_model(cls, path: str, config: Optional[str] = None):
                     t.shape == expected[k].shape for k, t in inner.items()):
                 model.load_state_dict(inner)
                 return model.eval()
-    raise CheckpointError(f"{path}: no model*.safetensors holds a {cls.__name__} of the configuration {config}")
+    raise CheckpointError(f"{path}: no {weights}*.safetensors holds a {cls.__name__} of the configuration {config}")
 
 
 # ---- writing ----------------------------------------------------------------------------------------

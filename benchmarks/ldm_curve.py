@@ -1,0 +1,113 @@
+"""Sample quality of a latent U-Net training run against its training time: every complete checkpoint of RUN
+not measured yet goes into a copy of the pipeline BASE (its U-Net replaced by the checkpoint's EMA weights,
+what the finished run would save), is sampled as eval_quality.py samples and measured in the reference
+features; rows go to OUT.json / OUT.md. Run it again while the run goes on (checkpoints are pruned, so
+measure them as they appear). ``--base_step N``: BASE is the run's starting point (a continued run) at step N,
+measured once as the first row, and checkpoint steps are counted from it.
+
+    python benchmarks/ldm_curve.py RUN BASE benchmarks/results/ldm_class_more_curve --base_step 6000 \\
+        --steps 25 --guidance_scale 3 --num_samples 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import eval_quality  # noqa: E402
+
+from hf_ddm.models import UNet  # noqa: E402
+from hf_ddm.training.checkpoint import CheckpointError, list_checkpoints, load_model, read_state  # noqa: E402
+from hf_ddm.training.hub import recorded_command  # noqa: E402
+
+KEYS = ("fd", "fd_inf", "precision", "recall", "class_accuracy")
+
+
+def table(rows: list) -> str:
+    lines = ["| step | training wall time of this run (h) | FD | FD∞ | precision | recall | class accuracy |",
+             "|---|---|---|---|---|---|---|"]
+    def num(v):  # FD∞ needs N >= 512 (subsets from 256); an unconditional model has no class accuracy
+        return "—" if v is None else f"{v:.3f}"
+
+    for r in sorted(rows, key=lambda r: r["step"]):
+        lines.append(f"| {r['step']:,} | {r['train_hours']:.2f} | " + " | ".join(num(r.get(k)) for k in KEYS) + " |")
+    return "\n".join(lines)
+
+
+def measure(base: str, unet, sampling: list) -> dict:
+    """eval_quality on a copy of ``base`` holding ``unet`` (None: ``base`` itself)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = base
+        if unet is not None:
+            folder = os.path.join(tmp, "pipe")
+            shutil.copytree(base, folder, ignore=shutil.ignore_patterns("checkpoint-*", "logs", "samples"))
+            shutil.rmtree(os.path.join(folder, "unet"))
+            unet.save_pretrained(os.path.join(folder, "unet"))
+        res = eval_quality.main([folder, *sampling])
+    return {k: res.get(k) for k in KEYS}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="the training run's output_dir (holds checkpoint-N)")
+    p.add_argument("base", help="a saved pipeline folder of the same U-Net architecture (the run's starting "
+                                "point for a continued run)")
+    p.add_argument("out", help="path stem of the results: OUT.json, OUT.md")
+    p.add_argument("--base_step", type=int, default=None,
+                   help="BASE is the run's start at this step: measured as a row, checkpoint steps counted from it")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--guidance_scale", type=float, default=3.0)
+    p.add_argument("--num_samples", type=int, default=1000)
+    p.add_argument("--batch_size", type=int, default=250)
+    p.add_argument("--test_samples", type=int, default=10000, help="test images the samples are compared with")
+    p.add_argument("--title", default=None, help="heading of OUT.md (default: the run folder's name)")
+    args = p.parse_args(argv)
+    sampling = ["--steps", str(args.steps), "--guidance_scale", f"{args.guidance_scale:g}", "--num_samples",
+                str(args.num_samples), "--batch_size", str(args.batch_size), "--test_samples", str(args.test_samples),
+                "--threads", "1"]
+    rows = []
+    if os.path.isfile(args.out + ".json"):
+        with open(args.out + ".json") as f:
+            rows = json.load(f)["rows"]
+    done = {r["step"] for r in rows}
+    offset = args.base_step or 0
+
+    def save():
+        with open(args.out + ".json", "w") as f:
+            json.dump({"num_samples": args.num_samples, "steps": args.steps, "guidance_scale": args.guidance_scale,
+                       "rows": sorted(rows, key=lambda r: r["step"])}, f, indent=2)
+
+    if args.base_step is not None and args.base_step not in done:
+        rows.append({"step": args.base_step, "train_hours": 0.0, **measure(args.base, None, sampling)})
+        save()
+    config = os.path.join(args.base, "unet", "config.json")
+    for step, path in list_checkpoints(args.run):
+        if offset + step in done:
+            continue
+        try:  # the run prunes old checkpoints: one may go while it is read (once loaded, the model is in memory)
+            hours = read_state(path).get("train_seconds", 0.0) / 3600
+            unet = load_model(UNet, path, config=config, weights="ema")
+        except (OSError, CheckpointError) as e:
+            print(f"checkpoint-{step} went before it was read ({e}); skipped", file=sys.stderr)
+            continue
+        rows.append({"step": offset + step, "train_hours": hours, **measure(args.base, unet, sampling)})
+        save()  # after every checkpoint: a killed sweep keeps it
+    save()
+    name = args.title or os.path.basename(os.path.normpath(args.run))
+    command = recorded_command("python benchmarks/ldm_curve.py", sys.argv[1:] if argv is None else argv)
+    with open(args.out + ".md", "w") as f:
+        f.write(f"# Latent U-Net `{name}`: sample quality against training time\n\n`{command}` while the run "
+                f"goes on. {args.num_samples:,} samples from each checkpoint's EMA U-Net in the base pipeline "
+                f"(its saved scheduler, {args.steps} steps, guidance {args.guidance_scale:g}; classes cycled), FD "
+                f"and FD∞ against {args.test_samples:,} test images in the reference network's features. Wall "
+                "time is the run's own training time on the shared 2-core CPU (one thread).\n\n" + table(rows) + "\n")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
