@@ -128,3 +128,53 @@ def test_caption_column_errors(tmp_path):
     with pytest.raises(ConfigError, match="need --conditioning text"):
         mod.main(["--vae_path", str(tmp_path), "--data_dir", str(tmp_path), "--conditioning", "class",
                   "--caption_column", "text", "--output_dir", str(tmp_path / "o")])
+
+
+def test_a_text_run_continued_keeps_its_text_encoder_and_tokenizer(captioned_dataset, tmp_path):
+    """--pretrained_model_path on a text pipeline starts from its U-Net *and* its text encoder and tokenizer (the
+    U-Net was trained on their embeddings); a tokenizer missing words of the captions is refused by name."""
+    from hf_ddm.models.vae import VAE
+    from hf_ddm.text import build_tokenizer
+    from hf_ddm.training import run_main
+    from hf_ddm.training.args import ConfigError
+    from transformers import CLIPTextModel
+
+    path, _ = captioned_dataset
+    torch.manual_seed(0)
+    VAE(in_channels=1, out_channels=1, latent_channels=2, block_out_channels=(8, 16), norm_num_groups=4,
+        sample_size=16).save_pretrained(tmp_path / "vae")
+    mod = load_script("train_ldm")
+    common = ["--vae_path", tmp_path / "vae", "--dataset_name", path, "--channels", "1", "--resolution", "16",
+              *TINY_UNET, "--attention_levels", "1", *FAST, "--train_batch_size", "4", "--max_train_steps", "2",
+              "--caption_column", "text", "--validation_steps", "100"]
+
+    def run(*extra):
+        reset_accelerate()
+        try:
+            return run_main(mod.main, [str(a) for a in [*common, *extra]])
+        finally:
+            reset_accelerate()
+
+    base = tmp_path / "base"
+    assert run("--text_hidden_size", "16", "--text_heads", "2", "--output_dir", base) == 0
+    started = {}
+    init = mod.LDMTask.__init__
+
+    def spy(self, unet, vae, scheduler, args, class_names, text_encoder=None, tokenizer=None, captions=None):
+        started.update(encoder={k: v.clone() for k, v in text_encoder.state_dict().items()},
+                       vocab=tokenizer.get_vocab())
+        init(self, unet, vae, scheduler, args, class_names, text_encoder, tokenizer, captions)
+
+    mod.LDMTask.__init__ = spy
+    try:  # the default --text_hidden_size (64) would build another encoder: the saved one's 16 is kept
+        assert run("--pretrained_model_path", base, "--output_dir", tmp_path / "more") == 0
+    finally:
+        mod.LDMTask.__init__ = init
+    saved = CLIPTextModel.from_pretrained(base / "text_encoder").state_dict()
+    assert started["encoder"].keys() == saved.keys()
+    assert all(torch.equal(started["encoder"][k], saved[k]) for k in saved)
+    assert started["vocab"] == build_tokenizer([f"a photo of a {w}" for w in WORDS]).get_vocab()
+
+    build_tokenizer(["a photo of a cat"]).save_pretrained(base / "tokenizer")
+    with pytest.raises(ConfigError, match=r"--pretrained_model_path .* lacks words of the training captions \(gecko"):
+        mod.main([str(a) for a in [*common, "--pretrained_model_path", base, "--output_dir", tmp_path / "bad"]])

@@ -10,7 +10,7 @@ import subprocess
 from test_train_common import REPO, load_script
 
 STAGES = {"vae": "train_vae", "ldm_class": "train_ldm", "ldm_class_more": "train_ldm", "classifier": "train_classifier",
-          "ldm_text": "train_ldm",
+          "ldm_text": "train_ldm", "ldm_text_more": "train_ldm",
           "vae_decoder": "train_vae", "ddpm": "train_ddpm", "sde": "train_ddpm"}
 
 
@@ -48,6 +48,10 @@ def test_recipe_stages_parse_and_scale(tmp_path):
     assert more.vae_path == base["ldm_class"].vae_path and more.conditioning == "class"
     assert more.learning_rate < base["ldm_class"].learning_rate
     text = base["ldm_text"]
+    text_more = base["ldm_text_more"]  # the text U-Net (and its encoder, read from the same folder) continued
+    assert text_more.pretrained_model_path == text.output_dir != text_more.output_dir
+    assert text_more.conditioning == "text" and text_more.caption_style == text.caption_style
+    assert text_more.validation_prompts == text.validation_prompts and text_more.learning_rate < text.learning_rate
     assert text.conditioning == "text" and text.caption_style == "varied" and text.validation_prompts
     assert text.vae_path == base["ldm_class"].vae_path == base["classifier"].vae_path
     assert text.latent_cache_dir == base["ldm_class"].latent_cache_dir  # one cache (keyed by VAE + data)

@@ -297,3 +297,60 @@ def test_the_ship_script_ships_the_three_latent_folders_on_one_first_stage(runs)
     assert scales == {"ldm_class": None, "guided": 7.0, "ldm_text": 4.0}
     assert "noise-aware" in (models / "guided" / "classifier" / "README.md").read_text()
     assert "- classifier: 3 steps" in (models / "guided" / "README.md").read_text()
+
+
+def test_the_ship_script_ships_continued_runs_and_guided_steers_the_continued_class_unet(runs):
+    """CLASS_RUN / TEXT_RUN name the continued runs (ldm_class_vae8_more, ldm_text_vae8_more): ldm_class ships
+    its U-Net, the recipe's guided stage built with the same CLASS_RUN steers it, and the cards give the recipe
+    stages and both runs' steps (the shared task named by run); an unknown run is refused before anything ships."""
+    import os
+    import shutil
+    import subprocess
+
+    from hf_ddm.models import NoisyClassifier
+
+    from test_pipelines import tiny_text_pipe
+
+    tmp, vae_run, ldm_run, ev = runs
+    work = tmp / "work"
+    work.mkdir()
+    shutil.copytree(vae_run, work / "vae8")
+    shutil.copytree(ldm_run, work / "ldm_class_vae8")
+    more = LatentDiffusionPipeline.from_pretrained(ldm_run)
+    with torch.no_grad():
+        for p in more.unet.parameters():
+            p.add_(0.25)
+    more.save_pretrained(work / "ldm_class_vae8_more")
+    (work / "ldm_class_vae8_more" / "README.md").write_text("# ldm continued\n")
+    (work / "ldm_class_vae8_more" / "train_summary.json").write_text(
+        json.dumps({"task": "ldm", "global_step": 9, "train_seconds_this_run": 90.0}))
+    torch.manual_seed(0)
+    NoisyClassifier(in_channels=2, num_classes=10, sample_size=4, block_out_channels=(8, 8), layers_per_block=1,
+                    attention_levels=(), mid_block_attention=False,
+                    norm_num_groups=4).save_pretrained(work / "classifier_vae8" / "classifier")
+    (work / "classifier_vae8" / "README.md").write_text("# classifier\n")
+    for name in ("ldm_text_vae8", "ldm_text_vae8_more"):
+        tiny_text_pipe().save_pretrained(work / name)
+        (work / name / "train_summary.json").write_text(json.dumps({"task": "ldm", "global_step": 4,
+                                                                     "train_seconds_this_run": 6.0}))
+    env = dict(os.environ, WORK=str(work), MODELS=str(tmp / "models"), VAE_EVAL=str(ev), OMP_NUM_THREADS="1",
+               FIRST_STAGE="vae8", CLASS_RUN="ldm_class_vae8_more", TEXT_RUN="ldm_text_vae8_more")
+    subprocess.run(["bash", "train/fashion_mnist_recipe.sh", "guided"], cwd=REPO, env=env, check=True,
+                   capture_output=True, text=True)
+    subprocess.run(["bash", "train/ship_fashion_mnist.sh", "ldm_class", "guided", "ldm_text"], cwd=REPO, env=env,
+                   check=True, capture_output=True, text=True)
+    want = {k: v.half() for k, v in more.unet.state_dict().items()}
+    for name in ("ldm_class", "guided"):
+        shipped = UNet.from_pretrained(tmp / "models" / name / "unet", torch_dtype=torch.float16).state_dict()
+        assert all(torch.equal(shipped[k], want[k]) for k in want), name
+    ldm_card, guided_card, text_card = ((tmp / "models" / n / "README.md").read_text()
+                                        for n in ("ldm_class", "guided", "ldm_text"))
+    assert "fashion_mnist_recipe.sh vae8 ldm_class ldm_class_more (" in ldm_card
+    assert "- ldm (ldm_class_vae8_more): 9 steps" in ldm_card and "- ldm (ldm_class_vae8): 5 steps" in ldm_card
+    assert "`CLASS_RUN=ldm_class_vae8_more WORK=runs/fmnist FIRST_STAGE=vae8 bash train/fashion_mnist_recipe.sh " \
+           "vae8 ldm_class ldm_class_more classifier guided" in guided_card
+    assert "- ldm (ldm_class_vae8_more): 9 steps" in guided_card
+    assert "fashion_mnist_recipe.sh vae8 ldm_text ldm_text_more (" in text_card and str(tmp) not in text_card
+    bad = subprocess.run(["bash", "train/ship_fashion_mnist.sh", "ldm_class"], cwd=REPO, capture_output=True,
+                         text=True, env=dict(env, CLASS_RUN="ldm_class_vae8_longer", MODELS=str(tmp / "none")))
+    assert bad.returncode == 2 and "unknown run ldm_class_vae8_longer" in bad.stderr and not (tmp / "none").exists()

@@ -114,11 +114,11 @@ def main(argv=None):
              f"- hardware: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, no GPU "
              f"(torch {torch.__version__})", "- weights stored as float16 (the Space and `dtype=torch.float32` "
              "loading upcast them)", "- images: Fashion-MNIST 28x28 padded with the background to 32x32"]
-    for run in [args.run_dir, *args.extra_runs]:
-        summary = os.path.join(run, "train_summary.json")
-        if os.path.exists(summary):
-            s = json.load(open(summary))
-            lines.append(f"- {s.get('task', os.path.basename(run))}: {_steps_and_time(s)}")
+    summaries = [(os.path.basename(run.rstrip("/")), json.load(open(os.path.join(run, "train_summary.json"))))
+                 for run in [args.run_dir, *args.extra_runs] if os.path.exists(os.path.join(run, "train_summary.json"))]
+    tasks = [s.get("task", run) for run, s in summaries]
+    for (run, s), task in zip(summaries, tasks):  # a continued run and its start share a task: name their runs
+        lines.append(f"- {task}{f' ({run})' if tasks.count(task) > 1 else ''}: {_steps_and_time(s)}")
     lines += [f"- {note}" for note in args.note]
     lines += eval_lines(args.eval)
     own = os.path.join(args.run_dir, "train_summary.json")

@@ -9,9 +9,10 @@
 # `python benchmarks/eval_vae.py WORK/vae8 --json benchmarks/results/vae8.json`. Then the few-step steps
 # (`python -m hf_ddm.few_step space/models/ldm_class --nfe 4 5 6 8 10`), the quality lanes
 # (`bash benchmarks/quality_matrix.sh ...`) and their results into the cards (`ship_checkpoint.py --refresh
-# FOLDER --eval ...`). Environment: WORK (the recipe's run folders), MODELS (where the folders go, default
-# space/models), VAE_EVAL (the first stage's eval_vae JSON), GUIDED_SCALE, TEXT_SCALE (the default_guidance_scale
-# the evaluations pick for guided and ldm_text; ldm_class keeps its training scale).
+# FOLDER --eval ...`). Environment: WORK (the recipe's run folders), CLASS_RUN and TEXT_RUN (below), MODELS
+# (where the folders go, default space/models), VAE_EVAL (the first stage's eval_vae JSON), GUIDED_SCALE,
+# TEXT_SCALE (the default_guidance_scale the evaluations pick for guided and ldm_text; ldm_class keeps its
+# training scale).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${WORK:-runs/fmnist}
@@ -24,21 +25,37 @@ HOW="one thread of a shared 2-core CPU per stage"
 SHARED="first stage: \`vae/\` is the recipe's \`vae8\` VAE (32x32x1 -> 8x8x8), the same weights in ldm_class, ldm_text and guided; its card and measurement: \`vae/README.md\`"
 FIRST=(--component_card vae="$VAE" --component_eval vae="$VAE_EVAL" --note "$SHARED")
 ship() { python train/ship_checkpoint.py "$@" --scheduler "$SAMPLER"; }
+# CLASS_RUN / TEXT_RUN: the class and text U-Net runs shipped -- the recipe's first runs (ldm_class_vae8,
+# ldm_text_vae8; the default) or their continuations (ldm_class_vae8_more, ldm_text_vae8_more), which the cards
+# then record with the runs they started from. guided steers the class run the recipe's guided stage was built
+# from: run that stage with the same CLASS_RUN.
+CLASS_RUN=${CLASS_RUN:-ldm_class_vae8}
+TEXT_RUN=${TEXT_RUN:-ldm_text_vae8}
+continued() {  # RUN BASE STAGE -> STAGES (the recipe stages that made RUN) and BEFORE (the run it continued)
+  case "$1" in
+    "$2") STAGES="$3"; BEFORE=() ;;
+    "$2_more") STAGES="$3 ${3}_more"; BEFORE=("$WORK/$2") ;;
+    *) echo "unknown run $1 ($2 or $2_more)" >&2; exit 2 ;;
+  esac
+}
+continued "$CLASS_RUN" ldm_class_vae8 ldm_class; CLASS_STAGES=$STAGES; CLASS_BEFORE=("${BEFORE[@]}")
+continued "$TEXT_RUN" ldm_text_vae8 ldm_text; TEXT_STAGES=$STAGES; TEXT_BEFORE=("${BEFORE[@]}")
+CLASS_ENV=$([ "$CLASS_RUN" = ldm_class_vae8 ] && echo "" || echo "CLASS_RUN=$CLASS_RUN ")
 
 for stage in "$@"; do
   case "$stage" in
     ldm_class)
-      ship "$WORK/ldm_class_vae8" "$MODELS/ldm_class" --command "$RECIPE vae8 ldm_class ($HOW)" \
-        --extra_runs "$VAE" "${FIRST[@]}" ;;
+      ship "$WORK/$CLASS_RUN" "$MODELS/ldm_class" --command "$RECIPE vae8 $CLASS_STAGES ($HOW)" \
+        --extra_runs "${CLASS_BEFORE[@]}" "$VAE" "${FIRST[@]}" ;;
     guided)  # the class model's null branch steered by the noise-aware latent classifier
       ship "$WORK/guided_vae8" "$MODELS/guided" --default_guidance_scale "${GUIDED_SCALE:-8}" \
-        --command "$RECIPE vae8 ldm_class classifier guided ($HOW; the unet is the class LDM's null-class branch)" \
-        --extra_runs "$WORK/classifier_vae8" "$WORK/ldm_class_vae8" "$VAE" \
+        --command "$CLASS_ENV$RECIPE vae8 $CLASS_STAGES classifier guided ($HOW; the unet is the class LDM's null-class branch)" \
+        --extra_runs "$WORK/classifier_vae8" "$WORK/$CLASS_RUN" "${CLASS_BEFORE[@]}" "$VAE" \
         --component_card vae="$VAE" classifier="$WORK/classifier_vae8" --component_eval vae="$VAE_EVAL" \
         --note "$SHARED" ;;
     ldm_text)
-      ship "$WORK/ldm_text_vae8" "$MODELS/ldm_text" --default_guidance_scale "${TEXT_SCALE:-4}" \
-        --command "$RECIPE vae8 ldm_text ($HOW)" --extra_runs "$VAE" "${FIRST[@]}" ;;
+      ship "$WORK/$TEXT_RUN" "$MODELS/ldm_text" --default_guidance_scale "${TEXT_SCALE:-4}" \
+        --command "$RECIPE vae8 $TEXT_STAGES ($HOW)" --extra_runs "${TEXT_BEFORE[@]}" "$VAE" "${FIRST[@]}" ;;
     *) echo "unknown folder $stage (ldm_class guided ldm_text)" >&2; exit 2 ;;
   esac
 done

@@ -158,6 +158,27 @@ def build_parser():
     return p
 
 
+def pretrained_text_encoder(path, captions):
+    """The text encoder and tokenizer of a text-conditional pipeline --pretrained_model_path continues from
+    (its U-Net was trained on their embeddings: a fresh encoder would throw that away); (None, None) when the
+    folder has none. A tokenizer that lacks words of the training captions is refused (they would be unknown)."""
+    import os
+
+    from transformers import CLIPTextModel, PreTrainedTokenizerFast
+
+    from hf_ddm.training.components import resolve_pretrained
+
+    folder = resolve_pretrained(path, "--pretrained_model_path")
+    if not folder or not all(os.path.isdir(os.path.join(folder, sub)) for sub in ("text_encoder", "tokenizer")):
+        return None, None
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(os.path.join(folder, "tokenizer"))
+    missing = sorted(set(build_tokenizer(captions.texts).get_vocab()) - set(tokenizer.get_vocab()))
+    if missing:
+        raise ConfigError(f"--pretrained_model_path {path!r}: its tokenizer lacks words of the training captions "
+                          f"({', '.join(missing[:8])}{', ...' if len(missing) > 8 else ''})")
+    return CLIPTextModel.from_pretrained(os.path.join(folder, "text_encoder")), tokenizer
+
+
 def main(argv=None):
     args = parse_args(build_parser(), argv)
     if args.conditioning is None:
@@ -204,9 +225,11 @@ def main(argv=None):
     if args.conditioning == "class":
         kwargs["num_class_embeds"] = len(class_names)
     elif args.conditioning == "text":
-        tokenizer = build_tokenizer(captions.texts, args.text_max_length)
-        text_encoder = build_text_encoder(tokenizer, args.text_hidden_size, args.text_layers, args.text_heads)
-        kwargs["cross_attention_dim"] = args.text_hidden_size
+        text_encoder, tokenizer = pretrained_text_encoder(args.pretrained_model_path, captions)
+        if text_encoder is None:
+            tokenizer = build_tokenizer(captions.texts, args.text_max_length)
+            text_encoder = build_text_encoder(tokenizer, args.text_hidden_size, args.text_layers, args.text_heads)
+        kwargs["cross_attention_dim"] = text_encoder.config.hidden_size
     unet = build_model(UNet, kwargs, args.pretrained_model_path)
     task = LDMTask(unet, vae, scheduler, args, class_names, text_encoder, tokenizer, captions)
     return train(args, task, dataset_for_training, info, accelerator=accelerator, collate_fn=collate_fn)
