@@ -43,6 +43,18 @@ def evaluate(vae: VAE, x: torch.Tensor, batch_size: int = 500) -> dict:
     }
 
 
+def measure(vae: VAE, num_samples: int = 10000, data_dir: str = rc.DEFAULT_DATA_DIR) -> dict:
+    """``evaluate`` on the first ``num_samples`` test images, and the reconstructions' FD to them in the
+    reference network's features."""
+    x, _ = eq.real_images("test", "pad", data_dir, n=num_samples)
+    res = evaluate(vae, x)
+    ref = rc.load_reference()
+    f_rec, _ = eq.embed(ref, eq.quantize(res.pop("recon")))
+    f_test, _ = eq.embed(ref, x)
+    res["fd_reconstructions_vs_test"] = qm.frechet_distance_features(f_rec, f_test)
+    return res
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("vae")
@@ -52,12 +64,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     is_checkpoint = os.path.isfile(os.path.join(args.vae, STATE_FILE))
     vae = load_model(VAE, args.vae) if is_checkpoint else VAE.from_pretrained(args.vae).eval()
-    x, _ = eq.real_images("test", "pad", args.data_dir, n=args.num_samples)
-    res = evaluate(vae, x)
-    ref = rc.load_reference()
-    f_rec, _ = eq.embed(ref, eq.quantize(res.pop("recon")))
-    f_test, _ = eq.embed(ref, x)
-    res["fd_reconstructions_vs_test"] = qm.frechet_distance_features(f_rec, f_test)
+    res = measure(vae, args.num_samples, args.data_dir)
     print("| test images | MSE/pixel ([-1,1]) | PSNR dB | KL nats/image | FD(recon, test) |\n|---|---|---|---|---|")
     print(f"| {res['num_samples']} | {res['mse_per_pixel']:.4f} | {res['psnr_db']:.2f} | {res['kl_nats_per_image']:.1f} "
           f"| {res['fd_reconstructions_vs_test']:.3f} |")

@@ -19,10 +19,11 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import checkpoint_curve  # noqa: E402
 import eval_quality  # noqa: E402
 
 from hf_ddm.models import UNet  # noqa: E402
-from hf_ddm.training.checkpoint import CheckpointError, list_checkpoints, load_model, read_state  # noqa: E402
+from hf_ddm.training.checkpoint import load_model  # noqa: E402
 from hf_ddm.training.hub import recorded_command  # noqa: E402
 
 KEYS = ("fd", "fd_inf", "precision", "recall", "class_accuracy")
@@ -70,33 +71,19 @@ def main(argv=None):
     sampling = ["--steps", str(args.steps), "--guidance_scale", f"{args.guidance_scale:g}", "--num_samples",
                 str(args.num_samples), "--batch_size", str(args.batch_size), "--test_samples", str(args.test_samples),
                 "--threads", "1"]
-    rows = []
-    if os.path.isfile(args.out + ".json"):
-        with open(args.out + ".json") as f:
-            rows = json.load(f)["rows"]
-    done = {r["step"] for r in rows}
-    offset = args.base_step or 0
+    rows = checkpoint_curve.saved(args.out).get("rows", [])
 
     def save():
         with open(args.out + ".json", "w") as f:
             json.dump({"num_samples": args.num_samples, "steps": args.steps, "guidance_scale": args.guidance_scale,
                        "rows": sorted(rows, key=lambda r: r["step"])}, f, indent=2)
 
-    if args.base_step is not None and args.base_step not in done:
+    if args.base_step is not None and args.base_step not in {r["step"] for r in rows}:
         rows.append({"step": args.base_step, "train_hours": 0.0, **measure(args.base, None, sampling)})
         save()
     config = os.path.join(args.base, "unet", "config.json")
-    for step, path in list_checkpoints(args.run):
-        if offset + step in done:
-            continue
-        try:  # the run prunes old checkpoints: one may go while it is read (once loaded, the model is in memory)
-            hours = read_state(path).get("train_seconds", 0.0) / 3600
-            unet = load_model(UNet, path, config=config, weights="ema")
-        except (OSError, CheckpointError) as e:
-            print(f"checkpoint-{step} went before it was read ({e}); skipped", file=sys.stderr)
-            continue
-        rows.append({"step": offset + step, "train_hours": hours, **measure(args.base, unet, sampling)})
-        save()  # after every checkpoint: a killed sweep keeps it
+    checkpoint_curve.measure_new(args.run, rows, lambda path: load_model(UNet, path, config=config, weights="ema"),
+                                 lambda unet: measure(args.base, unet, sampling), save, offset=args.base_step or 0)
     save()
     name = args.title or os.path.basename(os.path.normpath(args.run))
     command = recorded_command("python benchmarks/ldm_curve.py", sys.argv[1:] if argv is None else argv)

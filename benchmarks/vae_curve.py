@@ -14,9 +14,12 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import checkpoint_curve  # noqa: E402
 import eval_vae  # noqa: E402
 
-from hf_ddm.training.checkpoint import CheckpointError, list_checkpoints, read_state  # noqa: E402
+from hf_ddm.models.vae import VAE  # noqa: E402
+from hf_ddm.training.checkpoint import load_model  # noqa: E402
+from hf_ddm.training.hub import recorded_command  # noqa: E402
 
 
 def table(rows: list) -> str:
@@ -25,11 +28,6 @@ def table(rows: list) -> str:
         lines.append(f"| {r['step']:,} | {r['train_hours']:.2f} | {r['psnr_db']:.2f} | {r['kl_nats_per_image']:.1f} "
                      f"| {r['fd_reconstructions_vs_test']:.3f} |")
     return "\n".join(lines)
-
-
-def save(path: str, num_samples: int, rows: list, note) -> None:
-    with open(path, "w") as f:
-        json.dump({"num_samples": num_samples, "rows": sorted(rows, key=lambda r: r["step"]), "note": note}, f, indent=2)
 
 
 def main(argv=None):
@@ -41,29 +39,21 @@ def main(argv=None):
     p.add_argument("--note", default=None, help="a paragraph under the table (what the run changed at which step, "
                                                  "which step ships); kept in OUT.json for later runs")
     args = p.parse_args(argv)
-    rows, note = [], args.note
-    if os.path.isfile(args.out + ".json"):
-        with open(args.out + ".json") as f:
-            saved = json.load(f)
-        rows, note = saved["rows"], note or saved.get("note")
-    done = {r["step"] for r in rows}
-    for step, path in list_checkpoints(args.run):
-        if step in done:
-            continue
-        try:  # the run prunes old checkpoints: one may go while it is read (once loaded, the model is in memory)
-            hours = read_state(path).get("train_seconds", 0.0) / 3600
-            res = eval_vae.main([path, "--num_samples", str(args.num_samples)])
-        except (OSError, CheckpointError) as e:
-            print(f"checkpoint-{step} went before it was read ({e}); skipped", file=sys.stderr)
-            continue
-        res.pop("recon", None)
-        rows.append({"step": step, "train_hours": hours, **res})
-        save(args.out + ".json", args.num_samples, rows, note)  # after every checkpoint: a killed sweep keeps it
-    save(args.out + ".json", args.num_samples, rows, note)
+    previous = checkpoint_curve.saved(args.out)
+    rows, note = previous.get("rows", []), args.note or previous.get("note")
+
+    def save():
+        with open(args.out + ".json", "w") as f:
+            json.dump({"num_samples": args.num_samples, "rows": sorted(rows, key=lambda r: r["step"]), "note": note},
+                      f, indent=2)
+
+    checkpoint_curve.measure_new(args.run, rows, lambda path: load_model(VAE, path),
+                                 lambda vae: eval_vae.measure(vae, args.num_samples), save)
+    save()
     name = args.title or os.path.basename(os.path.normpath(args.run))
     with open(args.out + ".md", "w") as f:
         f.write(f"# First stage `{name}`: reconstruction against training time\n\n"
-                f"`python benchmarks/vae_curve.py RUN {os.path.relpath(args.out)} --num_samples {args.num_samples}` "
+                f"`{recorded_command('python benchmarks/vae_curve.py RUN', [args.out, '--num_samples', args.num_samples])}` "
                 "while the run goes on (RUN = the recipe stage's output folder). The first "
                 f"{args.num_samples:,} Fashion-MNIST test images, posterior mean decoded; FD in the reference "
                 "network's features. Wall time is the run's own training time on the shared 2-core CPU (one "

@@ -358,3 +358,45 @@ def test_ldm_curve_measures_each_checkpoints_ema_unet_once(tmp_path):
     finally:
         ldm_curve.eval_quality.main = real
     assert calls == [] and json.loads((tmp_path / "curve.json").read_text())["rows"] == rows
+
+
+@needs_data
+def test_vae_curve_measures_each_checkpoint_once_and_skips_a_pruned_one(tmp_path, capsys):
+    """benchmarks/vae_curve.py: a row per checkpoint (eval_vae's measurement of its weights), none measured
+    twice across calls, a checkpoint pruned before it is read skipped with a message, the note kept."""
+    import vae_curve
+    from safetensors.torch import save_file
+
+    from hf_ddm.models import VAE
+    from hf_ddm.training.checkpoint import MANIFEST_KEY, MODEL_CONFIG_FILE, STATE_FILE, manifest
+
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.manual_seed(0)
+    vae = VAE(in_channels=1, out_channels=1, latent_channels=2, block_out_channels=(8, 16), layers_per_block=1,
+              norm_num_groups=4)
+    (run / MODEL_CONFIG_FILE).write_text(json.dumps(dict(vae.config)))
+    for step in (3, 6):
+        ckpt = run / f"checkpoint-{step}"
+        ckpt.mkdir()
+        save_file({f"vae.{k}": v.contiguous() for k, v in vae.state_dict().items()}, ckpt / "model.safetensors")
+        (ckpt / STATE_FILE).write_text(json.dumps({"global_step": step, "train_seconds": 360.0 * step,
+                                                   MANIFEST_KEY: manifest(str(ckpt))}))
+    (run / "checkpoint-6" / "model.safetensors").write_bytes(b"pruned")  # fails its manifest: as if half-deleted
+    out = tmp_path / "curve"
+    argv = [str(run), str(out), "--num_samples", "64", "--note", "step 3 ships"]
+    vae_curve.main(argv)
+    assert "checkpoint-6 went before it was read" in capsys.readouterr().err
+    saved = json.loads((tmp_path / "curve.json").read_text())
+    assert [r["step"] for r in saved["rows"]] == [3] and saved["rows"][0]["train_hours"] == pytest.approx(0.3)
+    assert np.isfinite(saved["rows"][0]["fd_reconstructions_vs_test"]) and saved["note"] == "step 3 ships"
+    calls = []
+    vae_curve.eval_vae.measure, real = (lambda *a: calls.append(a)), vae_curve.eval_vae.measure
+    try:
+        vae_curve.main([str(run), str(out), "--num_samples", "64"])
+    finally:
+        vae_curve.eval_vae.measure = real
+    again = json.loads((tmp_path / "curve.json").read_text())
+    assert calls == [] and again["rows"] == saved["rows"] and again["note"] == "step 3 ships"
+    md = (tmp_path / "curve.md").read_text()
+    assert "| 3 | 0.30 |" in md and "step 3 ships" in md and str(tmp_path) not in md
