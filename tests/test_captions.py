@@ -162,7 +162,7 @@ def test_a_text_run_continued_keeps_its_text_encoder_and_tokenizer(captioned_dat
 
     def spy(self, unet, vae, scheduler, args, class_names, text_encoder=None, tokenizer=None, captions=None):
         started.update(encoder={k: v.clone() for k, v in text_encoder.state_dict().items()},
-                       vocab=tokenizer.get_vocab())
+                       vocab=tokenizer.get_vocab(), hidden=args.text_hidden_size, levels=args.block_out_channels)
         init(self, unet, vae, scheduler, args, class_names, text_encoder, tokenizer, captions)
 
     mod.LDMTask.__init__ = spy
@@ -173,6 +173,7 @@ def test_a_text_run_continued_keeps_its_text_encoder_and_tokenizer(captioned_dat
     saved = CLIPTextModel.from_pretrained(base / "text_encoder").state_dict()
     assert started["encoder"].keys() == saved.keys()
     assert all(torch.equal(started["encoder"][k], saved[k]) for k in saved)
+    assert started["hidden"] == 16 and started["levels"] == [8, 16]  # the card records the loaded networks
     assert started["vocab"] == build_tokenizer([f"a photo of a {w}" for w in WORDS]).get_vocab()
 
     build_tokenizer(["a photo of a cat"]).save_pretrained(base / "tokenizer")

@@ -77,6 +77,25 @@ def test_vae_path_and_pretrained_model_path_take_hub_ids_from_the_cache(tmp_path
         build_model(UNet, {}, os.path.join(str(tmp_path), "missing"))
 
 
+def test_a_pretrained_start_records_its_architecture_not_the_default_flags(tmp_path):
+    """The card and tracker show the flags: a model loaded from --pretrained_model_path puts its own architecture
+    there (the ldm_class continuation's card once said block_out_channels [64, 128, 256] of a (64, 128) U-Net)."""
+    from hf_ddm.models import UNet
+    from hf_ddm.training.components import build_model
+
+    UNet(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+         attention_levels=(1,), mid_block_attention=False, norm_num_groups=4,
+         attention_head_dim=8).save_pretrained(tmp_path / "unet")
+    args = load_script("train_ddpm").build_parser().parse_args(["--data_dir", "x"])
+    assert args.block_out_channels != [8, 16] and not args.no_mid_block_attention
+    build_model(UNet, {}, str(tmp_path / "unet"), args)
+    assert (args.block_out_channels, args.layers_per_block, args.attention_levels, args.norm_num_groups,
+            args.attention_head_dim, args.no_mid_block_attention) == ([8, 16], 1, [1], 4, 8, True)
+    fresh = load_script("train_ddpm").build_parser().parse_args(["--data_dir", "x"])
+    build_model(UNet, {"block_out_channels": (8, 16), "norm_num_groups": 4, "attention_head_dim": 8}, None, fresh)
+    assert fresh.block_out_channels != [8, 16]  # built from the flags: they already say what was built
+
+
 @pytest.mark.parametrize("scheduler, solver, key, value", [
     ("vp", "ddim", "sampler", "ddim"),  # the scheduler's own name for a solver
     ("vp", "ode_euler", "sampler", "ddim"),  # the registry's name for the same solver

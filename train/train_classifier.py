@@ -117,7 +117,7 @@ def main(argv=None):
     set_seed(args.seed)
     kwargs.update(sample_size=size, in_channels=in_ch, num_classes=num_classes)
     kwargs.pop("pretrained_model_path", None)
-    classifier = build_model(NoisyClassifier, kwargs, args.pretrained_model_path)
+    classifier = build_model(NoisyClassifier, kwargs, args.pretrained_model_path, args)
     task = ClassifierTask(classifier, scheduler, args, vae, dataset, collate_fn)
     return train(args, task, dataset, info, accelerator=accelerator, collate_fn=collate_fn)
 

@@ -73,7 +73,7 @@ def prepare(args):
     dataset, info = load_image_dataset(args, channels)
     set_seed(args.seed)
     kwargs.update(sample_size=args.resolution, in_channels=channels, out_channels=channels)
-    unet = build_model(UNet, kwargs, args.pretrained_model_path)
+    unet = build_model(UNet, kwargs, args.pretrained_model_path, args)
     task = DDPMTask(unet, scheduler, args.random_flip, Objective.from_args(args))
     task.base_model = args.pretrained_model_path
     return task, dataset, info

@@ -226,11 +226,16 @@ def main(argv=None):
         kwargs["num_class_embeds"] = len(class_names)
     elif args.conditioning == "text":
         text_encoder, tokenizer = pretrained_text_encoder(args.pretrained_model_path, captions)
-        if text_encoder is None:
+        if text_encoder is not None:  # the flags that would have built one record the loaded one
+            c = text_encoder.config
+            args.text_hidden_size, args.text_layers, args.text_heads = (c.hidden_size, c.num_hidden_layers,
+                                                                        c.num_attention_heads)
+            args.text_max_length = tokenizer.model_max_length
+        else:
             tokenizer = build_tokenizer(captions.texts, args.text_max_length)
             text_encoder = build_text_encoder(tokenizer, args.text_hidden_size, args.text_layers, args.text_heads)
         kwargs["cross_attention_dim"] = text_encoder.config.hidden_size
-    unet = build_model(UNet, kwargs, args.pretrained_model_path)
+    unet = build_model(UNet, kwargs, args.pretrained_model_path, args)
     task = LDMTask(unet, vae, scheduler, args, class_names, text_encoder, tokenizer, captions)
     return train(args, task, dataset_for_training, info, accelerator=accelerator, collate_fn=collate_fn)
 

@@ -217,7 +217,7 @@ def main(argv=None):
     dataset, info = load_image_dataset(args, channels)
     set_seed(args.seed)
     kwargs.update(in_channels=channels, out_channels=channels, sample_size=args.resolution)
-    vae = build_model(VAE, kwargs, args.pretrained_model_path)
+    vae = build_model(VAE, kwargs, args.pretrained_model_path, args)
     # Checkpoints hold bare tensors; this makes every checkpoint-N of the run loadable on its own
     # (benchmarks/eval_vae.py RUN/checkpoint-N) while the run is still going.
     os.makedirs(args.output_dir, exist_ok=True)

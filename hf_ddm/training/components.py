@@ -150,18 +150,37 @@ def resolve_pretrained(path: Optional[str], flag: str) -> Optional[str]:
                           f"({type(e).__name__}: {e}). With HF_HUB_OFFLINE=1 it must be in the HF cache already.") from e
 
 
-def build_model(cls, kwargs: dict, pretrained: Optional[str] = None):
-    """Instantiate ``cls(**kwargs)`` (or load ``pretrained``: a folder or a Hub id), turning config errors
-    into ConfigError."""
+# flags that build a model; a model loaded from --pretrained_model_path has its own (record_architecture)
+ARCHITECTURE_FLAGS = ("block_out_channels", "layers_per_block", "attention_levels", "attention_head_dim",
+                      "norm_num_groups", "dropout", "latent_channels")
+
+
+def record_architecture(args, config) -> None:
+    """Set the architecture flags in ``args`` to a loaded model's ``config``: the card and the tracker then show
+    the network that was trained, not defaults that built nothing."""
+    for key in ARCHITECTURE_FLAGS:
+        if hasattr(args, key) and key in config:
+            value = config[key]
+            setattr(args, key, list(value) if isinstance(value, (list, tuple)) else value)
+    if hasattr(args, "no_mid_block_attention") and "mid_block_attention" in config:
+        args.no_mid_block_attention = not config["mid_block_attention"]
+
+
+def build_model(cls, kwargs: dict, pretrained: Optional[str] = None, args=None):
+    """Instantiate ``cls(**kwargs)`` (or load ``pretrained``: a folder or a Hub id, its architecture then
+    recorded in ``args``), turning config errors into ConfigError."""
     if pretrained:
         pretrained = resolve_pretrained(pretrained, "--pretrained_model_path")
         sub = os.path.join(pretrained, {"VAE": "vae", "NoisyClassifier": "classifier"}.get(cls.__name__, "unet"))
         if not os.path.isfile(os.path.join(pretrained, "config.json")) and os.path.isdir(sub):
             pretrained = sub  # a pipeline folder or repo: start from its component of this class
         try:
-            return cls.from_pretrained(pretrained)
+            model = cls.from_pretrained(pretrained)
         except Exception as e:  # noqa: BLE001
             raise ConfigError(f"--pretrained_model_path {pretrained!r} is not a saved {cls.__name__}: {e}") from e
+        if args is not None:
+            record_architecture(args, model.config)
+        return model
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as e:
