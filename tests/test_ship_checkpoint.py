@@ -354,3 +354,57 @@ def test_the_ship_script_ships_continued_runs_and_guided_steers_the_continued_cl
     bad = subprocess.run(["bash", "train/ship_fashion_mnist.sh", "ldm_class"], cwd=REPO, capture_output=True,
                          text=True, env=dict(env, CLASS_RUN="ldm_class_vae8_longer", MODELS=str(tmp / "none")))
     assert bad.returncode == 2 and "unknown run ldm_class_vae8_longer" in bad.stderr and not (tmp / "none").exists()
+
+
+def test_card_sections_are_written_from_the_quality_jsons(tmp_path):
+    """train/card_sections.py: the headline row is the largest N at the folder's default scale (read from the
+    JSON, not its name), the sweep the next N; a few-step section only where the scheduler saves steps; a folder
+    with no row at its default scale is refused by name; a second run replaces the sections, not appends."""
+    spec = importlib.util.spec_from_file_location("_card_sections", REPO / "train" / "card_sections.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    results = tmp_path / "quality"
+    results.mkdir()
+
+    def row(name, scale, n, fd_inf, acc, steps=25):
+        (results / name).write_text(json.dumps({"guidance_scale": scale, "num_samples": n, "fd_inf": fd_inf,
+                                                "class_accuracy": acc, "steps": steps}))
+
+    def folder(name, scale, optimized=None):
+        f = tmp_path / "models" / name
+        (f / "scheduler").mkdir(parents=True)
+        (f / "model_index.json").write_text(json.dumps({"default_guidance_scale": scale}))
+        (f / "scheduler" / "scheduler_config.json").write_text(json.dumps(
+            {"_class_name": "SDEScheduler", "solver": "multistep", "time_grid": "uniform", "denoise_final": False,
+             "optimized_timesteps": optimized}))
+        (f / "README.md").write_text(f"# {name}\n\n## Usage\n\nx\n")
+        return f
+
+    row("ldm_class_sdeuniform25_w3_n10k.json", 3.0, 10000, 1.44, 0.981)
+    row("ldm_class_sdeuniform25_w3.25_n10k.json", 3.25, 10000, 1.52, 0.984)
+    row("ldm_class_sdeuniform25_w2.json", 2.0, 2000, 1.9, 0.93)
+    row("ldm_class_sdeuniform25_w3.json", 3.0, 2000, 1.5, 0.97)
+    row("ldm_class_sdeuniform25_w4.json", 4.0, 2000, 2.0, 0.985)
+    row("ldm_class_ddim25_w3.json", 3.0, 2000, 1.7, 0.975)
+    row("ldm_class_opt5_w3.json", 3.0, 2000, 1.8, 0.97, steps=5)
+    row("guided_sdeuniform25_s8_typo_named_s6.json", 8.0, 1000, 4.5, 0.93)
+    ldm = folder("ldm_class", 3.0, {"5": [999, 700, 500, 300, 100]})
+    guided = folder("guided", 8.0)
+    mod.main([str(ldm), str(guided), "--results", str(results), "--note", "guided=Its U-Net is ldm_class's."])
+    mod.main([str(ldm), str(guided), "--results", str(results), "--note", "guided=Its U-Net is ldm_class's."])
+    card = (ldm / "README.md").read_text()
+    assert card.count("## Recommended sampler") == 1 and card.count("## Few-step schedules") == 1
+    assert ("DPM-Solver++(2M) on this model's own schedule, steps uniform in train time, no final denoising call, "
+            "with `default_guidance_scale` 3: FD∞ 1.44 and class accuracy 0.981 at 25 steps, N = 10,000 "
+            "(`ldm_class_sdeuniform25_w3_n10k.json`)") in card
+    assert "At N = 2,000, w = 2 / 3 / 4 give FD∞ 1.90 / 1.50 / 2.00 and class accuracy 0.930 / 0.970 / 0.985." in card
+    assert "DDIM (`VPScheduler`, 25 steps) at w = 3: FD∞ 1.70" in card
+    assert "- 5 steps: 999, 700, 500, 300, 100" in card and "FD∞ 1.80 at 5 steps (N = 2,000, w = 3)" in card
+    assert "python -m hf_ddm.few_step space/models/ldm_class --nfe 5" in card and str(tmp_path) not in card
+    gcard = (guided / "README.md").read_text()
+    assert "`default_guidance_scale` 8: FD∞ 4.50" in gcard and "Few-step" not in gcard
+    assert gcard.count("Its U-Net is ldm_class's.") == 1
+    text = folder("ldm_text", 5.0)
+    row("ldm_text_sdeuniform25_w4_n1000.json", 4.0, 1000, 2.6, 0.96)
+    with pytest.raises(SystemExit, match="ldm_text: no ldm_text_sdeuniform25_\\* row at its default_guidance_scale 5"):
+        mod.main([str(text), "--results", str(results)])
