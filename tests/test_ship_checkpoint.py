@@ -301,7 +301,7 @@ def test_the_ship_script_ships_the_three_latent_folders_on_one_first_stage(runs)
 
 def test_the_ship_script_ships_continued_runs_and_guided_steers_the_continued_class_unet(runs):
     """CLASS_RUN / TEXT_RUN name the continued runs (ldm_class_vae8_more, ldm_text_vae8_more): ldm_class ships
-    its U-Net, the recipe's guided stage built with the same CLASS_RUN steers it, and the cards give the recipe
+    its U-Net (at CLASS_SCALE), the recipe's guided stage built with the same CLASS_RUN steers it, and the cards give the recipe
     stages and both runs' steps (the shared task named by run); an unknown run is refused before anything ships."""
     import os
     import shutil
@@ -334,7 +334,7 @@ def test_the_ship_script_ships_continued_runs_and_guided_steers_the_continued_cl
         (work / name / "train_summary.json").write_text(json.dumps({"task": "ldm", "global_step": 4,
                                                                      "train_seconds_this_run": 6.0}))
     env = dict(os.environ, WORK=str(work), MODELS=str(tmp / "models"), VAE_EVAL=str(ev), OMP_NUM_THREADS="1",
-               FIRST_STAGE="vae8", CLASS_RUN="ldm_class_vae8_more", TEXT_RUN="ldm_text_vae8_more")
+               FIRST_STAGE="vae8", CLASS_RUN="ldm_class_vae8_more", TEXT_RUN="ldm_text_vae8_more", CLASS_SCALE="3.25")
     subprocess.run(["bash", "train/fashion_mnist_recipe.sh", "guided"], cwd=REPO, env=env, check=True,
                    capture_output=True, text=True)
     subprocess.run(["bash", "train/ship_fashion_mnist.sh", "ldm_class", "guided", "ldm_text"], cwd=REPO, env=env,
@@ -343,6 +343,7 @@ def test_the_ship_script_ships_continued_runs_and_guided_steers_the_continued_cl
     for name in ("ldm_class", "guided"):
         shipped = UNet.from_pretrained(tmp / "models" / name / "unet", torch_dtype=torch.float16).state_dict()
         assert all(torch.equal(shipped[k], want[k]) for k in want), name
+    assert json.loads((tmp / "models" / "ldm_class" / "model_index.json").read_text())["default_guidance_scale"] == 3.25
     ldm_card, guided_card, text_card = ((tmp / "models" / n / "README.md").read_text()
                                         for n in ("ldm_class", "guided", "ldm_text"))
     assert "fashion_mnist_recipe.sh vae8 ldm_class ldm_class_more (" in ldm_card

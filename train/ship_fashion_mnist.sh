@@ -5,14 +5,15 @@
 #
 #   WORK=runs/fmnist bash train/ship_fashion_mnist.sh [ldm_class] [guided] [ldm_text]
 #
-# Run after `FIRST_STAGE=vae8 bash train/fashion_mnist_recipe.sh vae8 ldm_class classifier guided ldm_text` and
-# `python benchmarks/eval_vae.py WORK/vae8 --json benchmarks/results/vae8.json`. Then the few-step steps
-# (`python -m hf_ddm.few_step space/models/ldm_class --nfe 4 5 6 8 10`), the quality lanes
-# (`bash benchmarks/quality_matrix.sh ...`) and their results into the cards (`ship_checkpoint.py --refresh
-# FOLDER --eval ...`). Environment: WORK (the recipe's run folders), CLASS_RUN and TEXT_RUN (below), MODELS
-# (where the folders go, default space/models), VAE_EVAL (the first stage's eval_vae JSON), GUIDED_SCALE,
-# TEXT_SCALE (the default_guidance_scale the evaluations pick for guided and ldm_text; ldm_class keeps its
-# training scale).
+# Run after `FIRST_STAGE=vae8 bash train/fashion_mnist_recipe.sh vae8 ldm_class ldm_class_more classifier guided
+# ldm_text` (with CLASS_RUN=ldm_class_vae8_more for guided) and `python benchmarks/eval_vae.py WORK/vae8 --json
+# benchmarks/results/vae8.json`. Then the few-step steps (`python -m hf_ddm.few_step space/models/ldm_class --nfe
+# 4 5 6 8 10`), the quality lanes (`bash benchmarks/quality_matrix.sh ...`), their results into the cards
+# (`ship_checkpoint.py --refresh FOLDER --eval ...`) and the cards' measured sections (`python
+# train/card_sections.py FOLDER ...`). Environment: WORK (the recipe's run folders), CLASS_RUN and TEXT_RUN
+# (below), MODELS (where the folders go, default space/models), VAE_EVAL (the first stage's eval_vae JSON),
+# CLASS_SCALE, GUIDED_SCALE, TEXT_SCALE (the default_guidance_scale the evaluations pick for ldm_class, guided
+# and ldm_text; without CLASS_SCALE ldm_class keeps its training scale).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${WORK:-runs/fmnist}
@@ -46,7 +47,7 @@ for stage in "$@"; do
   case "$stage" in
     ldm_class)
       ship "$WORK/$CLASS_RUN" "$MODELS/ldm_class" --command "$RECIPE vae8 $CLASS_STAGES ($HOW)" \
-        --extra_runs "${CLASS_BEFORE[@]}" "$VAE" "${FIRST[@]}" ;;
+        ${CLASS_SCALE:+--default_guidance_scale "$CLASS_SCALE"} --extra_runs "${CLASS_BEFORE[@]}" "$VAE" "${FIRST[@]}" ;;
     guided)  # the class model's null branch steered by the noise-aware latent classifier
       ship "$WORK/guided_vae8" "$MODELS/guided" --default_guidance_scale "${GUIDED_SCALE:-8}" \
         --command "$CLASS_ENV$RECIPE vae8 $CLASS_STAGES classifier guided ($HOW; the unet is the class LDM's null-class branch)" \
