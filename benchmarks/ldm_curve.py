@@ -67,16 +67,19 @@ def main(argv=None):
     p.add_argument("--batch_size", type=int, default=250)
     p.add_argument("--test_samples", type=int, default=10000, help="test images the samples are compared with")
     p.add_argument("--title", default=None, help="heading of OUT.md (default: the run folder's name)")
+    p.add_argument("--note", default=None, help="a paragraph under the table (e.g. what a larger N measured); kept "
+                                                 "in OUT.json for later runs")
     args = p.parse_args(argv)
     sampling = ["--steps", str(args.steps), "--guidance_scale", f"{args.guidance_scale:g}", "--num_samples",
                 str(args.num_samples), "--batch_size", str(args.batch_size), "--test_samples", str(args.test_samples),
                 "--threads", "1"]
-    rows = checkpoint_curve.saved(args.out).get("rows", [])
+    previous = checkpoint_curve.saved(args.out)
+    rows, note = previous.get("rows", []), args.note or previous.get("note")
 
     def save():
         with open(args.out + ".json", "w") as f:
             json.dump({"num_samples": args.num_samples, "steps": args.steps, "guidance_scale": args.guidance_scale,
-                       "rows": sorted(rows, key=lambda r: r["step"])}, f, indent=2)
+                       "rows": sorted(rows, key=lambda r: r["step"]), "note": note}, f, indent=2)
 
     if args.base_step is not None and args.base_step not in {r["step"] for r in rows}:
         rows.append({"step": args.base_step, "train_hours": 0.0, **measure(args.base, None, sampling)})
@@ -86,13 +89,17 @@ def main(argv=None):
                                  lambda unet: measure(args.base, unet, sampling), save, offset=args.base_step or 0)
     save()
     name = args.title or os.path.basename(os.path.normpath(args.run))
-    command = recorded_command("python benchmarks/ldm_curve.py", sys.argv[1:] if argv is None else argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    if "--note" in given:  # the note is printed under the table, not in the command
+        del given[given.index("--note"):given.index("--note") + 2]
+    command = recorded_command("python benchmarks/ldm_curve.py", given)
     with open(args.out + ".md", "w") as f:
         f.write(f"# Latent U-Net `{name}`: sample quality against training time\n\n`{command}` while the run "
                 f"goes on. {args.num_samples:,} samples from each checkpoint's EMA U-Net in the base pipeline "
                 f"(its saved scheduler, {args.steps} steps, guidance {args.guidance_scale:g}; classes cycled), FD "
                 f"and FD∞ against {args.test_samples:,} test images in the reference network's features. Wall "
-                "time is the run's own training time on the shared 2-core CPU (one thread).\n\n" + table(rows) + "\n")
+                "time is the run's own training time on the shared 2-core CPU (one thread).\n\n" + table(rows) + "\n"
+                + (f"\n{note}\n" if note else ""))
     print(table(rows))
 
 

@@ -27,7 +27,7 @@ lane_ldm() {
     E $M/ldm_class --scheduler sde-multistep --scheduler_kwargs '{"time_grid": "uniform", "denoise_final": false}' \
       --steps $n --guidance_scale 3 --num_samples 2000 --json $R/ldm_class_sdeuniform${n}_w3.json
   done
-  for w in 2 4; do
+  for w in 2 2.5 4; do
     E $M/ldm_class --scheduler sde-multistep --scheduler_kwargs '{"time_grid": "uniform", "denoise_final": false}' \
       --steps 25 --guidance_scale $w --num_samples 2000 --json $R/ldm_class_sdeuniform25_w$w.json
   done

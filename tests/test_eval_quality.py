@@ -354,10 +354,12 @@ def test_ldm_curve_measures_each_checkpoints_ema_unet_once(tmp_path):
     calls = []
     ldm_curve.eval_quality.main, real = (lambda a: calls.append(a)), ldm_curve.eval_quality.main
     try:
-        ldm_curve.main(argv)
+        ldm_curve.main([*argv, "--note", "N = 10,000 reads higher"])
     finally:
         ldm_curve.eval_quality.main = real
     assert calls == [] and json.loads((tmp_path / "curve.json").read_text())["rows"] == rows
+    md = (tmp_path / "curve.md").read_text()
+    assert md.endswith("N = 10,000 reads higher\n") and md.count("reads higher") == 1
 
 
 @needs_data
