@@ -1,6 +1,7 @@
 """Sample quality of a latent U-Net training run against its training time: every complete checkpoint of RUN
 not measured yet goes into a copy of the pipeline BASE (its U-Net replaced by the checkpoint's EMA weights,
-what the finished run would save), is sampled as eval_quality.py samples and measured in the reference
+what the finished run would save, and a text pipeline's text encoder by the checkpoint's, trained with it), is
+sampled as eval_quality.py samples and measured in the reference
 features; rows go to OUT.json / OUT.md. Run it again while the run goes on (checkpoints are pruned, so
 measure them as they appear). ``--base_step N``: BASE is the run's starting point (a continued run) at step N,
 measured once as the first row, and checkpoint steps are counted from it.
@@ -40,17 +41,32 @@ def table(rows: list) -> str:
     return "\n".join(lines)
 
 
-def measure(base: str, unet, sampling: list) -> dict:
-    """eval_quality on a copy of ``base`` holding ``unet`` (None: ``base`` itself)."""
+def measure(base: str, models: dict, sampling: list) -> dict:
+    """eval_quality on a copy of ``base`` holding ``models`` (component name -> model; none: ``base`` itself)."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = base
-        if unet is not None:
+        if models:
             folder = os.path.join(tmp, "pipe")
             shutil.copytree(base, folder, ignore=shutil.ignore_patterns("checkpoint-*", "logs", "samples"))
-            shutil.rmtree(os.path.join(folder, "unet"))
-            unet.save_pretrained(os.path.join(folder, "unet"))
+            for name, model in models.items():
+                shutil.rmtree(os.path.join(folder, name))
+                model.save_pretrained(os.path.join(folder, name))
         res = eval_quality.main([folder, *sampling])
     return {k: res.get(k) for k in KEYS}
+
+
+def checkpoint_models(base: str):
+    """A function of a checkpoint path -> the components it replaces in ``base``: the U-Net's EMA weights, and
+    the text encoder's weights where ``base`` has one."""
+    def load(path: str) -> dict:
+        models = {"unet": load_model(UNet, path, config=os.path.join(base, "unet", "config.json"), weights="ema")}
+        if os.path.isdir(os.path.join(base, "text_encoder")):
+            from transformers import CLIPTextModel
+
+            models["text_encoder"] = load_model(CLIPTextModel, path,
+                                                config=os.path.join(base, "text_encoder", "config.json"))
+        return models
+    return load
 
 
 def main(argv=None):
@@ -82,11 +98,10 @@ def main(argv=None):
                        "rows": sorted(rows, key=lambda r: r["step"]), "note": note}, f, indent=2)
 
     if args.base_step is not None and args.base_step not in {r["step"] for r in rows}:
-        rows.append({"step": args.base_step, "train_hours": 0.0, **measure(args.base, None, sampling)})
+        rows.append({"step": args.base_step, "train_hours": 0.0, **measure(args.base, {}, sampling)})
         save()
-    config = os.path.join(args.base, "unet", "config.json")
-    checkpoint_curve.measure_new(args.run, rows, lambda path: load_model(UNet, path, config=config, weights="ema"),
-                                 lambda unet: measure(args.base, unet, sampling), save, offset=args.base_step or 0)
+    checkpoint_curve.measure_new(args.run, rows, checkpoint_models(args.base),
+                                 lambda models: measure(args.base, models, sampling), save, offset=args.base_step or 0)
     save()
     name = args.title or os.path.basename(os.path.normpath(args.run))
     given = list(sys.argv[1:] if argv is None else argv)
@@ -96,7 +111,8 @@ def main(argv=None):
     with open(args.out + ".md", "w") as f:
         f.write(f"# Latent U-Net `{name}`: sample quality against training time\n\n`{command}` while the run "
                 f"goes on. {args.num_samples:,} samples from each checkpoint's EMA U-Net in the base pipeline "
-                f"(its saved scheduler, {args.steps} steps, guidance {args.guidance_scale:g}; classes cycled), FD "
+                f"(its saved scheduler, {args.steps} steps, guidance {args.guidance_scale:g}; classes cycled, named "
+                f"by the prompts of a text pipeline), FD "
                 f"and FD∞ against {args.test_samples:,} test images in the reference network's features. Wall "
                 "time is the run's own training time on the shared 2-core CPU (one thread).\n\n" + table(rows) + "\n"
                 + (f"\n{note}\n" if note else ""))

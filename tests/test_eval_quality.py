@@ -402,3 +402,44 @@ def test_vae_curve_measures_each_checkpoint_once_and_skips_a_pruned_one(tmp_path
     assert calls == [] and again["rows"] == saved["rows"] and again["note"] == "step 3 ships"
     md = (tmp_path / "curve.md").read_text()
     assert "| 3 | 0.30 |" in md and "step 3 ships" in md and str(tmp_path) not in md
+
+
+def test_ldm_curve_puts_a_text_runs_checkpoint_encoder_beside_its_ema_unet(tmp_path):
+    """A text LDM's run trains its text encoder with the U-Net: the measured copy holds the checkpoint's EMA U-Net
+    and its text encoder (Accelerate's ``model_1.safetensors``), not the base's."""
+    import ldm_curve
+    from safetensors.torch import save_file
+    from transformers import CLIPTextModel
+
+    from hf_ddm.models import UNet
+    from hf_ddm.training.checkpoint import MANIFEST_KEY, STATE_FILE, manifest
+    from test_pipelines import tiny_text_pipe
+
+    pipe = tiny_text_pipe()
+    pipe.save_pretrained(tmp_path / "base")
+    unet, enc = pipe.unet, pipe.text_encoder
+    with torch.no_grad():
+        ema = {k: v + 0.5 for k, v in unet.state_dict().items()}
+        trained_enc = {k: v + 0.25 for k, v in enc.state_dict().items()}
+    ckpt = tmp_path / "run" / "checkpoint-4"
+    ckpt.mkdir(parents=True)
+    save_file(unet.state_dict(), ckpt / "model.safetensors")
+    save_file(trained_enc, ckpt / "model_1.safetensors")
+    save_file(ema, ckpt / "ema.safetensors")
+    (ckpt / STATE_FILE).write_text(json.dumps({"global_step": 4, "train_seconds": 7.2, MANIFEST_KEY: manifest(str(ckpt))}))
+    seen = {}
+
+    def fake_eval(argv):
+        folder = argv[0]
+        seen["unet"] = UNet.from_pretrained(os.path.join(folder, "unet")).state_dict()
+        seen["enc"] = CLIPTextModel.from_pretrained(os.path.join(folder, "text_encoder")).state_dict()
+        return {"fd": 1.0, "fd_inf": 0.9, "precision": 0.5, "recall": 0.5, "class_accuracy": 0.9}
+
+    ldm_curve.eval_quality.main, real = fake_eval, ldm_curve.eval_quality.main
+    try:
+        ldm_curve.main([str(tmp_path / "run"), str(tmp_path / "base"), str(tmp_path / "curve")])
+    finally:
+        ldm_curve.eval_quality.main = real
+    assert all(torch.equal(seen["unet"][k], ema[k]) for k in ema)
+    assert all(torch.equal(seen["enc"][k], v) for k, v in trained_enc.items())
+    assert [r["step"] for r in json.loads((tmp_path / "curve.json").read_text())["rows"]] == [4]

@@ -125,6 +125,18 @@ def verify(path: str) -> Optional[str]:
     return None
 
 
+def _fit(tensors: dict, expected: dict):
+    """``tensors`` renamed to ``expected``'s keys when they are the same set of shapes under one common prefix
+    (a training task's wrapper module, e.g. ``vae.``, or none); None when they are not."""
+    some = next(iter(expected), "")
+    for prefix in sorted({k[: len(k) - len(some)] for k in tensors if k.endswith(some)}, key=len):
+        fitted = {k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)}
+        if len(fitted) == len(tensors) and fitted.keys() == expected.keys() and all(
+                t.shape == expected[k].shape for k, t in fitted.items()):
+            return fitted
+    return None
+
+
 def load_model(cls, path: str, config: Optional[str] = None, weights: str = "model"):
     """The ``cls`` model a training checkpoint holds, built from ``config`` (a config JSON; default: the run's
     ``model_config.json`` beside the checkpoint) -- for evaluating a run while it is still going. The
@@ -140,18 +152,16 @@ def load_model(cls, path: str, config: Optional[str] = None, weights: str = "mod
     config = config or os.path.join(os.path.dirname(os.path.abspath(path)), MODEL_CONFIG_FILE)
     if not os.path.isfile(config):
         raise CheckpointError(f"{path}: no model config: pass one ({MODEL_CONFIG_FILE} of the run is missing)")
-    model = cls.from_config(cls.load_config(config))
+    if hasattr(cls, "config_class"):  # a transformers model (the text encoder of a text LDM)
+        model = cls(cls.config_class.from_json_file(config))
+    else:
+        model = cls.from_config(cls.load_config(config))
     expected = model.state_dict()
     for name in sorted(f for f in os.listdir(path) if re.fullmatch(rf"{re.escape(weights)}(_\d+)?\.safetensors", f)):
-        tensors = load_file(os.path.join(path, name))
-        some = next(iter(expected), "")
-        prefixes = {k[: len(k) - len(some)] for k in tensors if k.endswith(some)}
-        for prefix in sorted(prefixes, key=len):
-            inner = {k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)}
-            if len(inner) == len(tensors) and inner.keys() == expected.keys() and all(
-                    t.shape == expected[k].shape for k, t in inner.items()):
-                model.load_state_dict(inner)
-                return model.eval()
+        fitted = _fit(load_file(os.path.join(path, name)), expected)
+        if fitted is not None:
+            model.load_state_dict(fitted)
+            return model.eval()
     raise CheckpointError(f"{path}: no {weights}*.safetensors holds a {cls.__name__} of the configuration {config}")
 
 
