@@ -15,9 +15,11 @@ with classifier-free guidance ``--guidance_scale``.
 """
 
 import logging
+import os
 
 import torch
 from accelerate.utils import set_seed
+from transformers import CLIPTextModel, PreTrainedTokenizerFast
 
 from hf_ddm.models.unet import UNet
 from hf_ddm.pipelines import LatentDiffusionPipeline
@@ -26,7 +28,7 @@ from hf_ddm.training import (ConfigError, TrainingTask, add_latent_args, add_tra
                              copy_scheduler, load_frozen_vae, load_image_dataset, make_accelerator, parse_args,
                              run_main, script_parser, train, validation_images)
 from hf_ddm.training.captions import CaptionBank, dataset_captions, with_index
-from hf_ddm.training.components import build_model, latent_geometry, unet_kwargs_from_args
+from hf_ddm.training.components import build_model, latent_geometry, resolve_pretrained, unet_kwargs_from_args
 from hf_ddm.training.latents import latent_training_data, latents_from_batch
 from hf_ddm.training.args import add_objective_args
 from hf_ddm.training.objectives import Objective, denoising_loss, drop_labels
@@ -162,12 +164,6 @@ def pretrained_text_encoder(path, captions):
     """The text encoder and tokenizer of a text-conditional pipeline --pretrained_model_path continues from
     (its U-Net was trained on their embeddings: a fresh encoder would throw that away); (None, None) when the
     folder has none. A tokenizer that lacks words of the training captions is refused (they would be unknown)."""
-    import os
-
-    from transformers import CLIPTextModel, PreTrainedTokenizerFast
-
-    from hf_ddm.training.components import resolve_pretrained
-
     folder = resolve_pretrained(path, "--pretrained_model_path")
     if not folder or not all(os.path.isdir(os.path.join(folder, sub)) for sub in ("text_encoder", "tokenizer")):
         return None, None
