@@ -246,25 +246,20 @@ def test_default_guidance_scale_is_set_when_shipped_and_on_refresh(runs):
     assert scale() == 4
 
 
-def test_the_ship_script_ships_the_three_latent_folders_on_one_first_stage(runs):
-    """train/ship_fashion_mnist.sh on runs laid out as the recipe writes them (FIRST_STAGE=vae8): each folder gets
-    the saved sampler, its guidance default, a card with the recipe command and every stage's steps, and the
-    first stage's card and measurement in vae/ (the classifier's in guided/classifier/)."""
+def _recipe_runs(runs, **env):
+    """The recipe's run folders on the vae8 first stage (vae8, ldm_class_vae8, classifier_vae8), `guided_vae8`
+    built by the recipe's own guided stage, and the environment the ship script reads (``env`` added)."""
     import os
     import shutil
     import subprocess
 
     from hf_ddm.models import NoisyClassifier
-    from hf_ddm.pipelines import ClassifierGuidedPipeline
-
-    from test_pipelines import tiny_text_pipe
 
     tmp, vae_run, ldm_run, ev = runs
     work = tmp / "work"
-    work.mkdir()
+    work.mkdir(exist_ok=True)
     shutil.copytree(vae_run, work / "vae8")
     shutil.copytree(ldm_run, work / "ldm_class_vae8")
-    ldm = LatentDiffusionPipeline.from_pretrained(ldm_run)
     clf_run = work / "classifier_vae8"
     torch.manual_seed(0)
     NoisyClassifier(in_channels=2, num_classes=10, sample_size=4, block_out_channels=(8, 8), layers_per_block=1,
@@ -272,13 +267,27 @@ def test_the_ship_script_ships_the_three_latent_folders_on_one_first_stage(runs)
     (clf_run / "README.md").write_text("# classifier\n\nnoise-aware\n")
     (clf_run / "train_summary.json").write_text(json.dumps({"task": "classifier", "global_step": 3,
                                                             "train_seconds_this_run": 12.0}))
-    ClassifierGuidedPipeline(unet=ldm.unet, classifier=NoisyClassifier.from_pretrained(clf_run / "classifier"),
-                             scheduler=ldm.scheduler, vae=ldm.vae, class_names=ldm.config.class_names,
-                             default_guidance_scale=10.0).save_pretrained(work / "guided_vae8")
+    full = dict(os.environ, WORK=str(work), MODELS=str(tmp / "models"), VAE_EVAL=str(ev), OMP_NUM_THREADS="1",
+                FIRST_STAGE="vae8", **env)
+    if (work / full.get("CLASS_RUN", "ldm_class_vae8")).is_dir():
+        subprocess.run(["bash", "train/fashion_mnist_recipe.sh", "guided"], cwd=REPO, env=full, check=True,
+                       capture_output=True, text=True)
+    return work, full
+
+
+def test_the_ship_script_ships_the_three_latent_folders_on_one_first_stage(runs):
+    """train/ship_fashion_mnist.sh on runs laid out as the recipe writes them (FIRST_STAGE=vae8): each folder gets
+    the saved sampler, its guidance default, a card with the recipe command and every stage's steps, and the
+    first stage's card and measurement in vae/ (the classifier's in guided/classifier/)."""
+    import subprocess
+
+    from test_pipelines import tiny_text_pipe
+
+    tmp = runs[0]
+    work, env = _recipe_runs(runs, GUIDED_SCALE="7")
     tiny_text_pipe().save_pretrained(work / "ldm_text_vae8")
     (work / "ldm_text_vae8" / "README.md").write_text("# text\n")
     models = tmp / "models"
-    env = dict(os.environ, WORK=str(work), MODELS=str(models), VAE_EVAL=str(ev), GUIDED_SCALE="7", OMP_NUM_THREADS="1")
     subprocess.run(["bash", "train/ship_fashion_mnist.sh", "ldm_class", "guided", "ldm_text"], cwd=REPO, env=env,
                    check=True, capture_output=True, text=True)
     scales = {}
@@ -303,40 +312,25 @@ def test_the_ship_script_ships_continued_runs_and_guided_steers_the_continued_cl
     """CLASS_RUN / TEXT_RUN name the continued runs (ldm_class_vae8_more, ldm_text_vae8_more): ldm_class ships
     its U-Net (at CLASS_SCALE), the recipe's guided stage built with the same CLASS_RUN steers it, and the cards give the recipe
     stages and both runs' steps (the shared task named by run); an unknown run is refused before anything ships."""
-    import os
-    import shutil
     import subprocess
-
-    from hf_ddm.models import NoisyClassifier
 
     from test_pipelines import tiny_text_pipe
 
-    tmp, vae_run, ldm_run, ev = runs
-    work = tmp / "work"
-    work.mkdir()
-    shutil.copytree(vae_run, work / "vae8")
-    shutil.copytree(ldm_run, work / "ldm_class_vae8")
+    tmp, _vae_run, ldm_run, _ev = runs
+    (tmp / "work").mkdir()
     more = LatentDiffusionPipeline.from_pretrained(ldm_run)
     with torch.no_grad():
         for p in more.unet.parameters():
             p.add_(0.25)
-    more.save_pretrained(work / "ldm_class_vae8_more")
-    (work / "ldm_class_vae8_more" / "README.md").write_text("# ldm continued\n")
-    (work / "ldm_class_vae8_more" / "train_summary.json").write_text(
+    more.save_pretrained(tmp / "work" / "ldm_class_vae8_more")
+    (tmp / "work" / "ldm_class_vae8_more" / "README.md").write_text("# ldm continued\n")
+    (tmp / "work" / "ldm_class_vae8_more" / "train_summary.json").write_text(
         json.dumps({"task": "ldm", "global_step": 9, "train_seconds_this_run": 90.0}))
-    torch.manual_seed(0)
-    NoisyClassifier(in_channels=2, num_classes=10, sample_size=4, block_out_channels=(8, 8), layers_per_block=1,
-                    attention_levels=(), mid_block_attention=False,
-                    norm_num_groups=4).save_pretrained(work / "classifier_vae8" / "classifier")
-    (work / "classifier_vae8" / "README.md").write_text("# classifier\n")
     for name in ("ldm_text_vae8", "ldm_text_vae8_more"):
-        tiny_text_pipe().save_pretrained(work / name)
-        (work / name / "train_summary.json").write_text(json.dumps({"task": "ldm", "global_step": 4,
-                                                                     "train_seconds_this_run": 6.0}))
-    env = dict(os.environ, WORK=str(work), MODELS=str(tmp / "models"), VAE_EVAL=str(ev), OMP_NUM_THREADS="1",
-               FIRST_STAGE="vae8", CLASS_RUN="ldm_class_vae8_more", TEXT_RUN="ldm_text_vae8_more", CLASS_SCALE="3.25")
-    subprocess.run(["bash", "train/fashion_mnist_recipe.sh", "guided"], cwd=REPO, env=env, check=True,
-                   capture_output=True, text=True)
+        tiny_text_pipe().save_pretrained(tmp / "work" / name)
+        (tmp / "work" / name / "train_summary.json").write_text(json.dumps({"task": "ldm", "global_step": 4,
+                                                                            "train_seconds_this_run": 6.0}))
+    work, env = _recipe_runs(runs, CLASS_RUN="ldm_class_vae8_more", TEXT_RUN="ldm_text_vae8_more", CLASS_SCALE="3.25")
     subprocess.run(["bash", "train/ship_fashion_mnist.sh", "ldm_class", "guided", "ldm_text"], cwd=REPO, env=env,
                    check=True, capture_output=True, text=True)
     want = {k: v.half() for k, v in more.unet.state_dict().items()}
