@@ -365,10 +365,10 @@ def test_card_sections_are_written_from_the_quality_jsons(tmp_path):
         (results / name).write_text(json.dumps({"guidance_scale": scale, "num_samples": n, "fd_inf": fd_inf,
                                                 "class_accuracy": acc, "steps": steps}))
 
-    def folder(name, scale, optimized=None):
+    def folder(name, scale, optimized=None, **components):
         f = tmp_path / "models" / name
         (f / "scheduler").mkdir(parents=True)
-        (f / "model_index.json").write_text(json.dumps({"default_guidance_scale": scale}))
+        (f / "model_index.json").write_text(json.dumps({"default_guidance_scale": scale, **components}))
         (f / "scheduler" / "scheduler_config.json").write_text(json.dumps(
             {"_class_name": "SDEScheduler", "solver": "multistep", "time_grid": "uniform", "denoise_final": False,
              "optimized_timesteps": optimized}))
@@ -383,8 +383,9 @@ def test_card_sections_are_written_from_the_quality_jsons(tmp_path):
     row("ldm_class_ddim25_w3.json", 3.0, 2000, 1.7, 0.975)
     row("ldm_class_opt5_w3.json", 3.0, 2000, 1.8, 0.97, steps=5)
     row("guided_sdeuniform25_s8_typo_named_s6.json", 8.0, 1000, 4.5, 0.93)
+    row("guided_sdeuniform25_s6.json", 6.0, 500, 4.2, 0.9)
     ldm = folder("ldm_class", 3.0, {"5": [999, 700, 500, 300, 100]})
-    guided = folder("guided", 8.0)
+    guided = folder("guided", 8.0, classifier=["hf_ddm.models.classifier", "NoisyClassifier"])
     mod.main([str(ldm), str(guided), "--results", str(results), "--note", "guided=Its U-Net is ldm_class's."])
     mod.main([str(ldm), str(guided), "--results", str(results), "--note", "guided=Its U-Net is ldm_class's."])
     card = (ldm / "README.md").read_text()
@@ -398,8 +399,12 @@ def test_card_sections_are_written_from_the_quality_jsons(tmp_path):
     assert "python -m hf_ddm.few_step space/models/ldm_class --nfe 5" in card and str(tmp_path) not in card
     gcard = (guided / "README.md").read_text()
     assert "`default_guidance_scale` 8: FD∞ 4.50" in gcard and "Few-step" not in gcard
+    assert "At N = 500, s = 6 give FD∞ 4.20 and class accuracy 0.900." in gcard  # a classifier's scale is s
     assert gcard.count("Its U-Net is ldm_class's.") == 1
-    text = folder("ldm_text", 5.0)
+    text = folder("ldm_text", 5.0, text_encoder=["transformers", "CLIPTextModel"])
     row("ldm_text_sdeuniform25_w4_n1000.json", 4.0, 1000, 2.6, 0.96)
     with pytest.raises(SystemExit, match="ldm_text: no ldm_text_sdeuniform25_\\* row at its default_guidance_scale 5"):
         mod.main([str(text), "--results", str(results)])
+    row("ldm_text_sdeuniform25_w5_n10k.json", 5.0, 10000, 3.1, 0.97)
+    mod.main([str(text), "--results", str(results)])
+    assert "FD∞ 3.10 and prompt accuracy 0.970" in (text / "README.md").read_text()  # a text model: its prompts

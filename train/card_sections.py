@@ -21,7 +21,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ship_checkpoint import _replace_section  # noqa: E402
+from ship_checkpoint import replace_section  # noqa: E402
 
 SOLVERS = {"multistep": "DPM-Solver++(2M)", "multistep3": "DPM-Solver++(3M)", "ode_heun": "probability-flow Heun",
            "euler_maruyama": "Euler–Maruyama"}
@@ -51,11 +51,13 @@ def sampler_phrase(config: dict) -> str:
 def recommended(folder: str, results: str) -> str:
     name = os.path.basename(folder.rstrip("/"))
     with open(os.path.join(folder, "model_index.json")) as f:
-        scale = json.load(f).get("default_guidance_scale")
+        index = json.load(f)
+    scale = index.get("default_guidance_scale")
     with open(os.path.join(folder, "scheduler", "scheduler_config.json")) as f:
         config = json.load(f)
-    letter = "s" if name == "guided" else "w"
-    accuracy = "prompt accuracy" if name == "ldm_text" else "class accuracy"
+    # a classifier's scale is s, classifier-free guidance's w; a text model is scored on its prompts
+    letter = "s" if index.get("classifier") else "w"
+    accuracy = "prompt accuracy" if (index.get("text_encoder") or [None])[0] else "class accuracy"
     saved = rows(results, f"{name}_sdeuniform25_*.json")
     if scale is None or not saved:
         raise SystemExit(f"{name}: no default_guidance_scale or no {name}_sdeuniform25_*.json in {results}")
@@ -119,12 +121,12 @@ def main(argv=None):
         with open(card) as f:
             text = f.read()
         body = recommended(folder, args.results) + (f"\n\n{notes[name]}" if name in notes else "")
-        text = _replace_section(text, "Recommended sampler", body, missing_at_end=True)
+        text = replace_section(text, "Recommended sampler", body, missing_at_end=True)
         steps = few_step(folder, args.results)
         if steps:
-            text = _replace_section(text, "Few-step schedules", steps, missing_at_end=True)
+            text = replace_section(text, "Few-step schedules", steps, missing_at_end=True)
         with open(card, "w") as f:
-            f.write(text)
+            f.write(text.rstrip() + "\n")
         print("sections written:", card)
 
 

@@ -236,7 +236,7 @@ def refresh(folder: str, dataset: str, vae_dir: Optional[str] = None, command: O
     if unet_dir:
         _note_unet_swap(card_path, unet_dir, command)
     if evals:
-        _edit_card(card_path, lambda text: _replace_section(text, "Evaluation", "\n".join(eval_lines(evals)[3:]),
+        _edit_card(card_path, lambda text: replace_section(text, "Evaluation", "\n".join(eval_lines(evals)[3:]),
                                                             missing_at_end=True))
     finish_cards(folder, dataset)
     print("refreshed", folder)
@@ -325,7 +325,7 @@ def _add_made_note(card_path: str, prefix: str, rest: str) -> None:
     _edit_card(card_path, edit)
 
 
-def _replace_section(text: str, heading: str, body: str, missing_at_end: bool = False) -> str:
+def replace_section(text: str, heading: str, body: str, missing_at_end: bool = False) -> str:
     """Replace section ``heading``'s body; a missing section goes under the title (or last: ``missing_at_end``)."""
     section = re.compile(rf"(^## {re.escape(heading)}\n\n)(.*?)(?=^## |\Z)", re.S | re.M)
     if section.search(text):
@@ -366,7 +366,7 @@ def finish_cards(folder: str, dataset: str) -> None:
         old_tags = [t for t in ((old.data.tags or []) if old is not None else [])
                     if t not in ("training",) and not t.startswith("scheduler-")]  # the folder's scheduler may change
         meta = card_metadata(pipeline_tag=pipeline_tag, tags=[*old_tags, *tags], datasets=[dataset])
-        text = _replace_section(public_text(text), "Usage", usage)
+        text = replace_section(public_text(text), "Usage", usage)
         title = re.search(r"^# (.*)$", text, re.M)
         body = text[title.end():] if title else text
         card = build_card(meta, title.group(1) if title else os.path.basename(folder), {})
