@@ -173,7 +173,7 @@ def conditioning(pipe, pipe_dir: str):
 
 
 @torch.no_grad()
-def generate(pipe, num_samples, batch_size, steps, guidance_scale, seed, cond, eta=None):
+def generate(pipe, num_samples, batch_size, steps, guidance_scale, seed, cond, eta=None, guidance_interval=None):
     """Samples as float (N, 1, 32, 32) in [-1, 1] (8-bit quantised), requested labels (or None), NFE."""
     kind, k, prompts = cond
     out, labels_all, nfe, t0 = [], [], None, time.time()
@@ -189,6 +189,8 @@ def generate(pipe, num_samples, batch_size, steps, guidance_scale, seed, cond, e
             labels = torch.arange(lo, hi) % min(k, 10)
             labels_all.append(labels)
             kw["guidance_scale"] = guidance_scale
+            if guidance_interval is not None:
+                kw["guidance_interval"] = guidance_interval
             if kind == "text":
                 kw["prompt"] = [prompts[i] for i in labels.tolist()]
             else:
@@ -282,6 +284,18 @@ def markdown(res: dict) -> str:
     return "\n".join([head, sep, *rows])
 
 
+def guidance_interval_used(pipe, interval):
+    """The interval a run guides in, as model_index.json stores it (None: every level): ``interval``
+    (``--guidance_interval``), else the folder's default; a pipeline without intervals takes none."""
+    if not hasattr(pipe, "guidance_interval_or_default"):
+        if interval is not None:
+            raise SystemExit(f"--guidance_interval: {type(pipe).__name__} has no guidance interval")
+        return None
+    from hf_ddm.guidance import interval_config
+
+    return interval_config(pipe.guidance_interval_or_default(interval))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("pipeline", nargs="?", help="saved pipeline folder (DiffusionPipeline.from_pretrained)")
@@ -290,6 +304,9 @@ def main(argv=None):
     p.add_argument("--scheduler_kwargs", default="{}", help="JSON config overrides for the scheduler")
     p.add_argument("--steps", type=int, default=50, help="num_inference_steps")
     p.add_argument("--guidance_scale", type=float, default=1.0)
+    p.add_argument("--guidance_interval", nargs=2, metavar=("LOW", "HIGH"), default=None,
+                   help="guide only at noise levels sigma in [LOW, HIGH] (HIGH inf: no upper end; 0 inf: every "
+                        "level); default: the folder's default_guidance_interval")
     p.add_argument("--eta", type=float, default=None)
     p.add_argument("--num_samples", type=int, default=10000)
     p.add_argument("--batch_size", type=int, default=250)
@@ -365,9 +382,10 @@ def main(argv=None):
         res.update(pipeline=pipeline, pipeline_class=type(pipe).__name__, conditioning=cond[0],
                    scheduler=args.scheduler, scheduler_class=type(pipe.scheduler).__name__,
                    scheduler_config={k: v for k, v in dict(pipe.scheduler.config).items() if not k.startswith("_")},
-                   steps=args.steps, guidance_scale=args.guidance_scale, eta=args.eta)
+                   steps=args.steps, guidance_scale=args.guidance_scale, eta=args.eta,
+                   guidance_interval=guidance_interval_used(pipe, args.guidance_interval))
         samples, labels, nfe = generate(pipe, args.num_samples, args.batch_size, args.steps, args.guidance_scale,
-                                        args.seed, cond, args.eta)
+                                        args.seed, cond, args.eta, args.guidance_interval)
         if args.grid:
             from hf_ddm.training.utils import save_grid
 

@@ -5,8 +5,9 @@
 
 Floor-only results (``eval_quality.py --floor`` without a pipeline) are not rows: they give each row the
 floor FD at the row's own N (FD is biased upward at small N, so only equal-N ratios mean anything), and
-the floor's FD∞ (extrapolated to N = infinity, from the largest floor N) for the rows that have FD∞. The
-command of every row is listed under the table.
+the floor's FD∞ (extrapolated to N = infinity, from the largest floor N) for the rows that have FD∞. A row
+that guided only in an interval of noise levels shows it beside its scale ("3 (σ ≤ 5)"). The command of
+every row is listed under the table.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+
+from hf_ddm.guidance import describe_interval
 
 HEAD = ("| model | sampler | NFE | w / scale | N | FD | floor FD | FD / floor | FD∞ | FD∞ / floor FD∞ | precision "
         "| recall | class acc | speckled | bits/dim |\n"
@@ -24,6 +27,12 @@ def _f(v, fmt=".3f"):
     return "—" if v is None else format(v, fmt)
 
 
+def interval_phrase(interval) -> str:
+    """A recorded guidance interval beside the scale; every level (none recorded) shows nothing."""
+    words = describe_interval(interval)
+    return f" ({words})" if words else ""
+
+
 def row(res: dict, floors: dict, floor_inf) -> str:
     floor = floors.get(res["num_samples"])
     ratio = None if floor is None else res["fd"] / floor
@@ -32,7 +41,7 @@ def row(res: dict, floors: dict, floor_inf) -> str:
     bpd = res.get("bits_per_dim")
     bpd_s = "—" if bpd is None else f"{bpd:.2f} ± {res['bits_per_dim_se']:.2f}"
     w = res.get("guidance_scale")
-    w_s = "—" if res.get("conditioning") == "none" else _f(w, "g")
+    w_s = "—" if res.get("conditioning") == "none" else _f(w, "g") + interval_phrase(res.get("guidance_interval"))
     name = os.path.basename(os.path.normpath(res["pipeline"]))
     sampler = res["scheduler"]
     # time_grid is an SDEScheduler argument; a VPScheduler built from a folder that saves an SDEScheduler

@@ -13,7 +13,7 @@ import inspect
 import json
 import os
 import sys
-from typing import Callable, Dict, List, Optional, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
@@ -21,7 +21,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
 from .adapter import ModelAdapter
-from .guidance import check_guidance_scale
+from .guidance import check_guidance_interval, check_guidance_scale, guidance_active, interval_config
 from .limits import as_class_ids, check_batch_size, check_step_count
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -320,19 +320,39 @@ class HfDdmPipeline(DiffusionPipeline):
             guidance_scale = getattr(self.config, "default_guidance_scale", None)
         return check_guidance_scale(1.0 if guidance_scale is None else guidance_scale)
 
+    def register_default_guidance_interval(self, value):
+        """The noise levels (low, high) a call without ``guidance_interval`` guides in, saved in
+        model_index.json (``config.default_guidance_interval``, no upper end as null). None: every level."""
+        self.register_to_config(default_guidance_interval=interval_config(
+            check_guidance_interval(value, "default_guidance_interval")))
+
+    def guidance_interval_or_default(self, guidance_interval) -> Optional[Tuple[float, float]]:
+        """``guidance_interval`` checked, or the folder's default; ``(0, None)`` guides at every level."""
+        if guidance_interval is None:
+            return check_guidance_interval(getattr(self.config, "default_guidance_interval", None),
+                                           "default_guidance_interval")
+        return check_guidance_interval(guidance_interval)
+
     @staticmethod
-    def guided_model_fn(model: Callable, cond: Dict, uncond: Dict, guidance_scale: float) -> Callable:
+    def guided_model_fn(model: Callable, cond: Dict, uncond: Dict, guidance_scale: float,
+                        guidance_interval: Optional[Tuple[float, float]] = None, scheduler=None) -> Callable:
         """A model_fn with classifier-free guidance: one batched call for both branches, or a single
-        branch when the scale makes the other irrelevant (w = 1: conditional only; w = 0: unconditional)."""
+        branch when the scale makes the other irrelevant (w = 1: conditional only; w = 0: unconditional).
+        With ``guidance_interval`` (checked; ``scheduler`` reads each timestep's noise level) the
+        conditional branch alone runs outside it."""
         from .guidance import classifier_free
 
+        if guidance_interval is not None and scheduler is None:
+            raise ValueError("guided_model_fn: a guidance_interval needs the scheduler that reads the noise levels")
         if guidance_scale == 1.0:
             return lambda x, t: model(x, t, **cond)
-        if guidance_scale == 0.0:
+        if guidance_scale == 0.0 and guidance_interval is None:
             return lambda x, t: model(x, t, **uncond)
         both = {k: torch.cat([uncond[k], cond[k]]) for k in cond}
 
         def fn(x, t):
+            if not guidance_active(scheduler, t, x, guidance_interval):
+                return model(x, t, **cond)
             out = model(torch.cat([x, x]), t, **both)
             out_uncond, out_cond = out.chunk(2)
             return classifier_free(out_uncond, out_cond, guidance_scale)

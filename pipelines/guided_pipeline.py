@@ -5,12 +5,12 @@ scheduler, any prediction type (the guidance rewrites the model output in epsilo
 Also the custom-pipeline code a saved folder carries: imports only hf_ddm, absolutely.
 """
 
-from typing import Callable, List, Optional, Union
+from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 
 from hf_ddm.adapter import call_model
-from hf_ddm.guidance import classifier_guidance
+from hf_ddm.guidance import classifier_guidance, guidance_active
 from hf_ddm.pipeline_utils import HfDdmPipeline
 
 
@@ -22,7 +22,7 @@ class ClassifierGuidedPipeline(HfDdmPipeline):
     model_cpu_offload_seq = "classifier->unet->vae"
 
     def __init__(self, unet, classifier, scheduler, vae=None, class_names: Optional[List[str]] = None,
-                 default_guidance_scale: Optional[float] = None):
+                 default_guidance_scale: Optional[float] = None, default_guidance_interval=None):
         super().__init__()
         if classifier.config.in_channels != unet.config.in_channels:
             raise ValueError(
@@ -36,6 +36,7 @@ class ClassifierGuidedPipeline(HfDdmPipeline):
         self.register_modules(unet=unet, classifier=classifier, scheduler=scheduler, vae=vae)
         self.register_class_names(class_names)
         self.register_default_guidance_scale(default_guidance_scale)
+        self.register_default_guidance_interval(default_guidance_interval)
 
     @torch.no_grad()
     def __call__(
@@ -52,21 +53,26 @@ class ClassifierGuidedPipeline(HfDdmPipeline):
         return_dict: bool = True,
         callback_on_step_end: Optional[Callable] = None,
         callback_on_step_end_tensor_inputs: Optional[List[str]] = None,
+        guidance_interval: Optional[Tuple[float, Optional[float]]] = None,
     ):
         """``guidance_scale`` s: 0 leaves the unconditional model as it is, 1 samples p(x | y) exactly
         for an exact classifier, s > 1 sharpens toward the class.
         ``guidance_scale=None`` uses the folder's ``default_guidance_scale`` (model_index.json: the one its
-        card recommends), 1.0 where it has none."""
+        card recommends), 1.0 where it has none. ``guidance_interval=(low, high)``: scale s only at noise
+        levels sigma (noise over signal) in [low, high], 1 elsewhere; None: the folder's
+        ``default_guidance_interval``; ``(0, None)``: every level."""
         batch_size = self.class_ids(class_labels).numel() if batch_size is None else batch_size
         self.check_common(batch_size, num_inference_steps, output_type, generator)
         guidance_scale = self.guidance_scale_or_default(guidance_scale)
+        guidance_interval = self.guidance_interval_or_default(guidance_interval)
         labels = self.check_class_labels(class_labels, batch_size, self.classifier.config.num_classes)
 
         latents = self.prepare_latents(self.input_shape(batch_size), self.unet.dtype, generator, latents)
 
         def model_fn(x, t):
             out = call_model(self.unet, x, t)
-            return classifier_guidance(out, x, t, self.classifier, labels, guidance_scale, self.scheduler)
+            scale = guidance_scale if guidance_active(self.scheduler, t, x, guidance_interval) else 1.0
+            return classifier_guidance(out, x, t, self.classifier, labels, scale, self.scheduler)
 
         latents = self.denoise(
             latents, model_fn, num_inference_steps, generator, eta, timesteps,

@@ -5,7 +5,7 @@ guidance. The U-Net works on z * scaling_factor; images are ``vae.decode(z / sca
 Also the custom-pipeline code a saved folder carries: imports only hf_ddm, absolutely.
 """
 
-from typing import Callable, List, Optional, Union
+from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 
@@ -22,7 +22,7 @@ class LatentDiffusionPipeline(HfDdmPipeline):
     model_cpu_offload_seq = "text_encoder->unet->vae"
 
     def __init__(self, unet, vae, scheduler, text_encoder=None, tokenizer=None, class_names: Optional[List[str]] = None,
-                 default_guidance_scale: Optional[float] = None):
+                 default_guidance_scale: Optional[float] = None, default_guidance_interval=None):
         super().__init__()
         if vae.config.latent_channels != unet.config.in_channels:
             raise ValueError(
@@ -40,6 +40,7 @@ class LatentDiffusionPipeline(HfDdmPipeline):
         self.register_modules(unet=unet, vae=vae, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer)
         self.register_class_names(class_names)
         self.register_default_guidance_scale(default_guidance_scale)
+        self.register_default_guidance_interval(default_guidance_interval)
 
     def encode_prompt(self, prompts: List[str]):
         """Token embeddings and attention mask for a list of prompts (one padded batch)."""
@@ -66,12 +67,16 @@ class LatentDiffusionPipeline(HfDdmPipeline):
         return_dict: bool = True,
         callback_on_step_end: Optional[Callable] = None,
         callback_on_step_end_tensor_inputs: Optional[List[str]] = None,
+        guidance_interval: Optional[Tuple[float, Optional[float]]] = None,
     ):
         """``prompt`` (text models) or ``class_labels`` (class models) with classifier-free
         ``guidance_scale`` w (1: conditional, 0: unconditional, > 1: guided); neither: unconditional.
         ``guidance_scale=None`` uses the folder's ``default_guidance_scale`` (model_index.json: the one its
         card recommends), 1.0 where it has none.
-        ``negative_prompt`` replaces the empty prompt of the unconditional branch."""
+        ``negative_prompt`` replaces the empty prompt of the unconditional branch.
+        ``guidance_interval=(low, high)`` guides only at noise levels sigma = s / a in [low, high] and runs
+        the conditional branch alone elsewhere (``hf_ddm.guidance``); None uses the folder's
+        ``default_guidance_interval``, ``(0, None)`` guides at every level."""
         if prompt is not None and class_labels is not None:
             raise ValueError("pass either prompt or class_labels, not both")
         if prompt is not None and self.text_encoder is None:
@@ -83,6 +88,7 @@ class LatentDiffusionPipeline(HfDdmPipeline):
             )
         self.check_common(batch_size, num_inference_steps, output_type, generator)
         guidance_scale = self.guidance_scale_or_default(guidance_scale)
+        guidance_interval = self.guidance_interval_or_default(guidance_interval)
 
         def unet(x, t, **kwargs):
             return call_model(self.unet, x, t, **kwargs)
@@ -99,7 +105,7 @@ class LatentDiffusionPipeline(HfDdmPipeline):
             hidden, mask = self.encode_prompt(negatives + prompts)
             cond = {"encoder_hidden_states": hidden[batch_size:], "encoder_attention_mask": mask[batch_size:]}
             uncond = {"encoder_hidden_states": hidden[:batch_size], "encoder_attention_mask": mask[:batch_size]}
-            model_fn = self.guided_model_fn(unet, cond, uncond, guidance_scale)
+            model_fn = self.guided_model_fn(unet, cond, uncond, guidance_scale, guidance_interval, self.scheduler)
         else:
             labels = self.check_class_labels(class_labels, batch_size)
             if labels is None:
@@ -109,7 +115,8 @@ class LatentDiffusionPipeline(HfDdmPipeline):
                     model_fn = self._unconditional_fn(unet, batch_size)
             else:
                 null = torch.full_like(labels, self.unet.config.num_class_embeds)
-                model_fn = self.guided_model_fn(unet, {"class_labels": labels}, {"class_labels": null}, guidance_scale)
+                model_fn = self.guided_model_fn(unet, {"class_labels": labels}, {"class_labels": null}, guidance_scale,
+                                                guidance_interval, self.scheduler)
 
         latents = self.prepare_latents(self.input_shape(batch_size), self.unet.dtype, generator, latents)
         latents = self.denoise(

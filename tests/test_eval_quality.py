@@ -213,6 +213,31 @@ def test_eval_quality_end_to_end(tmp_path):
 
     grid = Image.open(tmp_path / "grid.png")  # 16 samples, 10 per row: 2 rows of 32 px + 1 px borders
     assert grid.size == (10 * 33 + 1, 2 * 33 + 1)
+    assert saved["guidance_interval"] is None
+
+
+def test_eval_quality_records_the_guidance_interval_it_ran(tmp_path):
+    """The folder's default_guidance_interval unless --guidance_interval names one; the samples differ (20 train steps:
+    sigma <= 0.47, so 0.2 splits the steps)."""
+    import eval_quality
+    from hf_ddm.models import UNet
+    from hf_ddm.pipelines import PixelDiffusionPipeline
+    from hf_ddm.schedulers.vp import VPScheduler
+
+    torch.manual_seed(0)
+    unet = UNet(sample_size=32, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+                attention_levels=(), mid_block_attention=False, norm_num_groups=4, attention_head_dim=8,
+                num_class_embeds=10)
+    PixelDiffusionPipeline(unet=unet, scheduler=VPScheduler(num_train_timesteps=20), default_guidance_scale=3.0,
+                           default_guidance_interval=(0, 0.2)).save_pretrained(tmp_path / "pipe")
+    base = [str(tmp_path / "pipe"), "--scheduler", "vp-ddim", "--num_samples", "10", "--steps", "4", "--batch_size", "10",
+            "--test_samples", "300", "--guidance_scale", "3"]
+    default = eval_quality.main(base + ["--features", str(tmp_path / "a.npz")])
+    every = eval_quality.main(base + ["--guidance_interval", "0", "inf", "--features", str(tmp_path / "b.npz")])
+    assert default["guidance_interval"] == [0.0, 0.2] and every["guidance_interval"] == [0.0, None]
+    assert not np.allclose(np.load(tmp_path / "a.npz")["features"], np.load(tmp_path / "b.npz")["features"])
+    with pytest.raises(ValueError, match="guidance_interval"):
+        eval_quality.main(base + ["--guidance_interval", "5", "1"])
 
 
 def test_ode_bits_per_dim_dequantises_inside_the_bin(monkeypatch):
@@ -253,13 +278,14 @@ def test_quality_table_ratios_use_the_right_floors(tmp_path):
     row = {"command": "row", "pipeline": "space/models/ddpm", "scheduler": "vp-ddpm", "steps": 250, "nfe": 250,
            "conditioning": "none", "guidance_scale": 1.0, "num_samples": 500, "fd": 4.0, "fd_inf": 2.5,
            "precision": 0.8, "recall": 0.7, "class_accuracy": None, "bits_per_dim": None}
+    interval = dict(row, conditioning="class", guidance_scale=3.0, guidance_interval=[0, 5], command="interval row")
     old = dict(row, num_samples=1000, fd=3.0, command="old row")
     del old["fd_inf"]  # results written before FD∞ existed
     paths = []
     speckled = dict(floor(10000, 0.1, 0.05), command="floor 10000")
     speckled["floor"]["speckled_fraction"] = 0.016
     row["speckled_fraction"] = 0.25
-    for i, res in enumerate([floor(500, 2.0, 0.3), speckled, row, old]):
+    for i, res in enumerate([floor(500, 2.0, 0.3), speckled, row, old, interval]):
         paths.append(tmp_path / f"{i}.json")
         paths[-1].write_text(json.dumps(res))
     lines = quality_table.table([str(p) for p in paths]).splitlines()
@@ -271,6 +297,8 @@ def test_quality_table_ratios_use_the_right_floors(tmp_path):
     assert [c.strip() for c in lines[2].split("|")[1:-1]][13] == "25.0%" and cells[13] == "—"
     assert "real training images: 1.6%" in "\n".join(lines)
     assert "- `3.json`: `old row`" in lines
+    assert [c.strip() for c in lines[4].split("|")[1:-1]][3] == "3 (σ ≤ 5)"
+    assert quality_table.interval_phrase([0.3, None]) == " (σ ≥ 0.3)" and quality_table.interval_phrase([0, None]) == ""
 
 
 # --- speckle -----------------------------------------------------------------------------------------

@@ -245,6 +245,19 @@ def test_default_guidance_scale_is_set_when_shipped_and_on_refresh(runs):
         _ship()(["--refresh", str(dest), "--default_guidance_scale", "nan"])
     assert scale() == 4
 
+    def interval():
+        return json.loads((dest / "model_index.json").read_text())["default_guidance_interval"]
+
+    assert interval() is None
+    _ship()(["--refresh", str(dest), "--default_guidance_interval", "0", "5"])
+    assert interval() == [0, 5] and "noise levels σ ≤ 5 (σ: noise over signal), this folder's `default_guidance_interval`" in (dest / "README.md").read_text()
+    _ship()(["--refresh", str(dest)])  # kept when not given
+    assert interval() == [0, 5] and scale() == 4
+    with pytest.raises(ValueError, match="default_guidance_interval"):
+        _ship()(["--refresh", str(dest), "--default_guidance_interval", "5", "1"])
+    _ship()(["--refresh", str(dest), "--default_guidance_interval", "0.5", "inf"])
+    assert interval() == [0.5, None] and "noise levels σ ≥ 0.5 (σ" in (dest / "README.md").read_text()
+
 
 def _recipe_runs(runs, **env):
     """The recipe's run folders on the vae8 first stage (vae8, ldm_class_vae8, classifier_vae8), `guided_vae8`
@@ -361,13 +374,13 @@ def test_card_sections_are_written_from_the_quality_jsons(tmp_path):
     results = tmp_path / "quality"
     results.mkdir()
 
-    def row(name, scale, n, fd_inf, acc, steps=25):
+    def row(name, scale, n, fd_inf, acc, steps=25, interval=None):
         (results / name).write_text(json.dumps({"guidance_scale": scale, "num_samples": n, "fd_inf": fd_inf,
-                                                "class_accuracy": acc, "steps": steps}))
+                                                "class_accuracy": acc, "steps": steps, "guidance_interval": interval}))
 
     def folder(name, scale, optimized=None, **components):
         f = tmp_path / "models" / name
-        (f / "scheduler").mkdir(parents=True)
+        (f / "scheduler").mkdir(parents=True, exist_ok=True)
         (f / "model_index.json").write_text(json.dumps({"default_guidance_scale": scale, **components}))
         (f / "scheduler" / "scheduler_config.json").write_text(json.dumps(
             {"_class_name": "SDEScheduler", "solver": "multistep", "time_grid": "uniform", "denoise_final": False,
@@ -408,3 +421,19 @@ def test_card_sections_are_written_from_the_quality_jsons(tmp_path):
     row("ldm_text_sdeuniform25_w5_n10k.json", 5.0, 10000, 3.1, 0.97)
     mod.main([str(text), "--results", str(results)])
     assert "FD∞ 3.10 and prompt accuracy 0.970" in (text / "README.md").read_text()  # a text model: its prompts
+
+    # A folder guiding in an interval: its headline is the row at its scale *and* interval, every level beside it.
+    ldm = folder("ldm_class", 4.0, default_guidance_interval=[0, 5])
+    with pytest.raises(SystemExit, match="default_guidance_scale 4 guiding only at σ ≤ 5"):
+        mod.main([str(ldm), "--results", str(results)])
+    row("ldm_class_sdeuniform25_w4_gi0-5_n10k.json", 4.0, 10000, 1.35, 0.983, interval=[0, 5])
+    row("ldm_class_sdeuniform25_w4_n10k.json", 4.0, 10000, 2.4, 0.988, interval=[0, None])
+    row("ldm_class_sdeuniform25_w3_gi0-5.json", 3.0, 2000, 1.0, 0.972, interval=[0, 5])
+    row("ldm_class_sdeuniform25_w4_gi0-5.json", 4.0, 2000, 1.3, 0.981, interval=[0, 5])
+    mod.main([str(ldm), "--results", str(results)])
+    card = (ldm / "README.md").read_text()
+    assert ("with `default_guidance_scale` 4 applied only at noise levels σ ≤ 5 (`default_guidance_interval`; "
+            "scale 1, the plain conditional model, elsewhere): FD∞ 1.35 and class accuracy 0.983 at 25 steps, N = "
+            "10,000 (`ldm_class_sdeuniform25_w4_gi0-5_n10k.json`). Guided at every level instead: FD∞ 2.40") in card
+    assert "At N = 2,000, w = 3 / 4 guiding only at σ ≤ 5 give FD∞ 1.00 / 1.30" in card
+    assert "At N = 2,000, w = 2 / 3 / 4 at every level give FD∞ 1.90 / 1.50 / 2.00" in card

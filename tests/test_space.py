@@ -656,6 +656,22 @@ def test_compare_gives_one_captioned_grid_per_sampler(app, samplers):
     assert any(d and d.startswith(f"sampler {len(samplers)}/{len(samplers)} ") for _, d in progress.calls)
 
 
+def test_a_folders_guidance_interval_is_kept_and_shown(app):
+    """A folder that guides in an interval: every sampler's pipeline keeps it, the request line says it, and the
+    images are not those of guidance at every level."""
+    model = app.registry.get("ldm_class")
+    plain, _, _ = run(app, "ldm_class", class_name="trouser")
+    model.pipe.register_default_guidance_interval((0, 5))
+    try:
+        assert model.pipeline_with(model.pipe.scheduler).config.default_guidance_interval == [0, 5]
+        _, info = compare(app, "ldm_class", samplers=(DDIM0, ANCESTRAL), class_name="trouser", n=1)
+        limited, _, _ = run(app, "ldm_class", class_name="trouser")
+    finally:
+        model.pipe.register_default_guidance_interval(None)
+    assert "guidance scale 2 at σ ≤ 5" in info and "(those at σ ≤ 5 a batched call" in info
+    assert not torch.equal(images_of(plain)[0], images_of(limited)[0])
+
+
 def tile(grid, k, cols=2, size=128, pad=2):
     x, y = pad + (k % cols) * (size + pad), pad + (k // cols) * (size + pad)
     return torch.from_numpy(np.asarray(grid.crop((x, y, x + size, y + size))).copy())

@@ -3,7 +3,8 @@
 ``benchmarks/quality_matrix.sh`` leaves (run after its lanes and ``ship_checkpoint.py --refresh FOLDER --eval``):
 
 - "Recommended sampler": the saved scheduler as its config says, the headline row (the largest N at the folder's
-  ``default_guidance_scale``), the scale sweep at the next N and DDIM at the default scale beside it;
+  ``default_guidance_scale`` and ``default_guidance_interval``), guidance at every level beside it when the folder
+  guides in an interval, the scale sweeps at the next N and DDIM at the default scale;
 - "Few-step schedules" (when the scheduler saves ``optimized_timesteps``): the steps and their measured FD∞.
 
     python train/card_sections.py space/models/ldm_class space/models/guided [--results DIR] [--note TEXT]
@@ -22,6 +23,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from ship_checkpoint import replace_section  # noqa: E402
+
+from hf_ddm.guidance import describe_interval  # noqa: E402
 
 SOLVERS = {"multistep": "DPM-Solver++(2M)", "multistep3": "DPM-Solver++(3M)", "ode_heun": "probability-flow Heun",
            "euler_maruyama": "Euler–Maruyama"}
@@ -48,11 +51,17 @@ def sampler_phrase(config: dict) -> str:
     return f"`{config['_class_name']}` {solver} on this model's own schedule, {grid}, {final}"
 
 
+def every_level(interval):
+    """A recorded interval, None for guidance at every level (nothing recorded, or [0, None])."""
+    return list(interval) if describe_interval(interval) else None
+
+
 def recommended(folder: str, results: str) -> str:
     name = os.path.basename(folder.rstrip("/"))
     with open(os.path.join(folder, "model_index.json")) as f:
         index = json.load(f)
     scale = index.get("default_guidance_scale")
+    interval = every_level(index.get("default_guidance_interval"))
     with open(os.path.join(folder, "scheduler", "scheduler_config.json")) as f:
         config = json.load(f)
     # a classifier's scale is s, classifier-free guidance's w; a text model is scored on its prompts
@@ -61,24 +70,47 @@ def recommended(folder: str, results: str) -> str:
     saved = rows(results, f"{name}_sdeuniform25_*.json")
     if scale is None or not saved:
         raise SystemExit(f"{name}: no default_guidance_scale or no {name}_sdeuniform25_*.json in {results}")
-    at_scale = [r for r in saved if r["guidance_scale"] == scale]
+    ours = [r for r in saved if every_level(r.get("guidance_interval")) == interval]
+    plain = [r for r in saved if every_level(r.get("guidance_interval")) is None]
+    at_scale = [r for r in ours if r["guidance_scale"] == scale]
+    where = "" if interval is None else f" guiding only at {describe_interval(interval)}"
     if not at_scale:
-        raise SystemExit(f"{name}: no {name}_sdeuniform25_* row at its default_guidance_scale {scale:g}")
+        raise SystemExit(f"{name}: no {name}_sdeuniform25_* row at its default_guidance_scale {scale:g}{where}")
     head = max(at_scale, key=lambda r: r["num_samples"])
-    text = (f"The saved scheduler is {sampler_phrase(config)}, with `default_guidance_scale` {scale:g}: FD∞ "
-            f"{head['fd_inf']:.2f} and {accuracy} {head['class_accuracy']:.3f} at {head['steps']} steps, N = "
-            f"{head['num_samples']:,} (`{head['file']}`).")
-    smaller = [r for r in saved if r["num_samples"] < head["num_samples"]]
+    text = (f"The saved scheduler is {sampler_phrase(config)}, with `default_guidance_scale` {scale:g}")
+    if interval is not None:
+        text += (f" applied only at noise levels {describe_interval(interval)} (`default_guidance_interval`; scale 1, the "
+                 "plain conditional model, elsewhere)")
+    text += (f": FD∞ {head['fd_inf']:.2f} and {accuracy} {head['class_accuracy']:.3f} at {head['steps']} steps, N = "
+             f"{head['num_samples']:,} (`{head['file']}`).")
+    if interval is not None:
+        same = [r for r in plain if r["guidance_scale"] == scale and r["num_samples"] == head["num_samples"]]
+        if same:
+            text += (f" Guided at every level instead: FD∞ {same[0]['fd_inf']:.2f}, {accuracy} "
+                     f"{same[0]['class_accuracy']:.3f} (`{same[0]['file']}`).")
+    smaller = [r for r in ours if r["num_samples"] < head["num_samples"]]
     if smaller:
         n = max(r["num_samples"] for r in smaller)
-        sweep = sorted((r for r in smaller if r["num_samples"] == n), key=lambda r: r["guidance_scale"])
-        text += (f" At N = {n:,}, {letter} = {joined(sweep, 'guidance_scale', 'g')} give FD∞ "
-                 f"{joined(sweep, 'fd_inf', '.2f')} and {accuracy} {joined(sweep, 'class_accuracy', '.3f')}.")
-        ddim = [r for r in rows(results, f"{name}_ddim25_*.json") if r["num_samples"] == n and r["guidance_scale"] == scale]
-        if ddim:
-            text += (f" DDIM (`VPScheduler`, 25 steps) at {letter} = {scale:g}: FD∞ {ddim[0]['fd_inf']:.2f}, "
-                     f"{accuracy} {ddim[0]['class_accuracy']:.3f}.")
+        text += sweep_sentence([r for r in smaller if r["num_samples"] == n], n, letter, accuracy, where)
+    if interval is not None:
+        below = [r for r in plain if r["num_samples"] < head["num_samples"]]
+        if below:
+            n = max(r["num_samples"] for r in below)
+            text += sweep_sentence([r for r in below if r["num_samples"] == n], n, letter, accuracy, " at every level")
+    n = max((r["num_samples"] for r in saved if r["num_samples"] < head["num_samples"]), default=None)
+    ddim = [r for r in rows(results, f"{name}_ddim25_*.json") if r["num_samples"] == n and r["guidance_scale"] == scale
+            and every_level(r.get("guidance_interval")) is None]
+    if ddim:
+        level = "" if interval is None else ", every level"
+        text += (f" DDIM (`VPScheduler`, 25 steps) at {letter} = {scale:g}{level}: FD∞ {ddim[0]['fd_inf']:.2f}, "
+                 f"{accuracy} {ddim[0]['class_accuracy']:.3f}.")
     return text
+
+
+def sweep_sentence(sweep: list, n: int, letter: str, accuracy: str, where: str) -> str:
+    sweep = sorted(sweep, key=lambda r: r["guidance_scale"])
+    return (f" At N = {n:,}, {letter} = {joined(sweep, 'guidance_scale', 'g')}{where} give FD∞ "
+            f"{joined(sweep, 'fd_inf', '.2f')} and {accuracy} {joined(sweep, 'class_accuracy', '.3f')}.")
 
 
 def few_step(folder: str, results: str) -> str | None:

@@ -48,6 +48,7 @@ from diffusers import DiffusionPipeline
 
 import hf_ddm.pipelines as pipelines
 from hf_ddm.catalogue import schedule_config
+from hf_ddm.guidance import describe_interval
 from hf_ddm.models.unet import UNet
 from hf_ddm.models.vae import VAE
 from hf_ddm.schedulers.sde import SDEScheduler
@@ -60,8 +61,8 @@ FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 TRAINED_IN = {"/work/ckpt": "runs/fmnist"}
 
 
-METRIC_KEYS = ("scheduler", "steps", "guidance_scale", "num_samples", "fd", "fd_inf", "precision", "recall", "density",
-               "coverage", "class_accuracy", "bits_per_dim", "reference_version", "mse_per_pixel", "psnr_db",
+METRIC_KEYS = ("scheduler", "steps", "guidance_scale", "guidance_interval", "num_samples", "fd", "fd_inf", "precision",
+               "recall", "density", "coverage", "class_accuracy", "bits_per_dim", "reference_version", "mse_per_pixel", "psnr_db",
                "kl_nats_per_image", "fd_reconstructions_vs_test")
 
 
@@ -80,6 +81,10 @@ def main(argv=None):
     p.add_argument("--default_guidance_scale", type=float, metavar="SCALE",
                    help="the guidance scale a call without one uses (model_index.json), the one the folder's "
                         "evaluations recommend; also with --refresh")
+    p.add_argument("--default_guidance_interval", nargs=2, metavar=("LOW", "HIGH"),
+                   help="the noise levels sigma a call without guidance_interval guides in (model_index.json; HIGH "
+                        "inf: no upper end; 0 inf: every level), the interval its evaluations recommend; also with "
+                        "--refresh")
     p.add_argument("--note", nargs="*", default=[], metavar="TEXT",
                    help="more lines for the card's \"How this checkpoint was made\" (e.g. which folders share a part)")
     p.add_argument("--extra_runs", nargs="*", default=[], help="runs of other stages (their train_summary.json)")
@@ -98,12 +103,13 @@ def main(argv=None):
             p.error(f"{flag} goes with --refresh SHIPPED_DIR and the --command that trained it")
     if args.refresh:
         return refresh(args.refresh, args.dataset, args.vae, args.command, _pairs(args.component_eval, "--component_eval"),
-                       args.eval, unet_dir=args.unet, guidance_scale=args.default_guidance_scale)
+                       args.eval, unet_dir=args.unet, guidance_scale=args.default_guidance_scale,
+                       guidance_interval=args.default_guidance_interval)
     if not (args.run_dir and args.dest and args.command):
         p.error("give RUN_DIR DEST --command ..., or --refresh SHIPPED_DIR")
 
     save_shipped(args.run_dir, args.dest, json.loads(args.scheduler) if args.scheduler else None,
-                 guidance_scale=args.default_guidance_scale)
+                 guidance_scale=args.default_guidance_scale, guidance_interval=args.default_guidance_interval)
     card_path = os.path.join(args.run_dir, "README.md")
     card = open(card_path).read() if os.path.exists(card_path) else f"# {os.path.basename(args.dest)}\n"
     name = os.path.basename(args.dest.rstrip("/"))
@@ -163,13 +169,15 @@ def _unet_folder(path: str) -> str:
 
 
 def save_shipped(src: str, dest: str, scheduler_kwargs: Optional[dict] = None, vae_dir: Optional[str] = None,
-                 unet_dir: Optional[str] = None, guidance_scale: Optional[float] = None) -> None:
+                 unet_dir: Optional[str] = None, guidance_scale: Optional[float] = None,
+                 guidance_interval=None) -> None:
     """``src`` loaded with the installed hf_ddm class and saved to ``dest`` as float16, ``portable=False``
     without even the one-import pipeline file that save writes (weights, configs, cards: no code;
     ``python -m hf_ddm.portable`` writes the copy that is published), with no local ``_name_or_path``. ``scheduler_kwargs``: save
     ``SDEScheduler(**scheduler_kwargs)`` on the model's own discrete schedule (its recommended sampler).
     ``vae_dir``: a decoder fine-tune of the folder's VAE to ship instead of it; ``unet_dir``: a U-Net of the
-    same architecture to ship instead of the folder's; ``guidance_scale``: its ``default_guidance_scale``."""
+    same architecture to ship instead of the folder's; ``guidance_scale``: its ``default_guidance_scale``;
+    ``guidance_interval``: its ``default_guidance_interval``."""
     index = DiffusionPipeline.load_config(src)
     cls = getattr(pipelines, index["_class_name"][1])
     pipe = cls.from_pretrained(src)
@@ -194,6 +202,10 @@ def save_shipped(src: str, dest: str, scheduler_kwargs: Optional[dict] = None, v
         if "default_guidance_scale" not in pipe.config:
             raise ValueError(f"--default_guidance_scale: {type(pipe).__name__} has no guidance (an unconditional model)")
         pipe.register_default_guidance_scale(guidance_scale)
+    if guidance_interval is not None:
+        if "default_guidance_interval" not in pipe.config:
+            raise ValueError(f"--default_guidance_interval: {type(pipe).__name__} has no guidance (an unconditional model)")
+        pipe.register_default_guidance_interval(guidance_interval)
     if os.path.isdir(dest):
         shutil.rmtree(dest)
     pipe.to(torch.float16).save_pretrained(dest, portable=False)
@@ -205,7 +217,7 @@ def save_shipped(src: str, dest: str, scheduler_kwargs: Optional[dict] = None, v
 
 def refresh(folder: str, dataset: str, vae_dir: Optional[str] = None, command: Optional[str] = None,
             component_evals: Optional[dict] = None, evals=(), unet_dir: Optional[str] = None,
-            guidance_scale: Optional[float] = None) -> int:
+            guidance_scale: Optional[float] = None, guidance_interval=None) -> int:
     """Re-save a shipped folder in place (weights unchanged: float16 -> float32 -> float16 is exact) and
     rebuild its cards; samples and cards are kept (the VAE's replaced when ``vae_dir`` swaps it in, the U-Net
     when ``unet_dir`` does; the card's Evaluation section by ``evals`` when given)."""
@@ -220,7 +232,8 @@ def refresh(folder: str, dataset: str, vae_dir: Optional[str] = None, command: O
                 keep[rel] = open(os.path.join(root, name), "rb").read()
     tmp = tempfile.mkdtemp(prefix=".refresh-", dir=os.path.dirname(os.path.abspath(folder)))
     try:
-        save_shipped(folder, os.path.join(tmp, "out"), vae_dir=vae_dir, unet_dir=unet_dir, guidance_scale=guidance_scale)
+        save_shipped(folder, os.path.join(tmp, "out"), vae_dir=vae_dir, unet_dir=unet_dir, guidance_scale=guidance_scale,
+                     guidance_interval=guidance_interval)
         for rel, data in keep.items():
             os.makedirs(os.path.dirname(os.path.join(tmp, "out", rel)), exist_ok=True)
             with open(os.path.join(tmp, "out", rel), "wb") as f:
@@ -354,6 +367,11 @@ def finish_cards(folder: str, dataset: str) -> None:
     if index.get("default_guidance_scale") is not None:
         usage += (f"\n\nWithout `guidance_scale` the pipeline uses {index['default_guidance_scale']:g}, this folder's "
                   "`default_guidance_scale` (model_index.json): the scale its evaluations recommend.\n")
+    interval = describe_interval(index.get("default_guidance_interval"))
+    if interval:
+        usage += (f"\nIt guides only at noise levels {interval} (σ: noise over signal), this "
+                  "folder's `default_guidance_interval`, and at scale 1 elsewhere, the plain conditional model (guidance at "
+                  "the highest noise levels costs diversity); `guidance_interval=(0, None)` guides at every level.\n")
     cards = {"": (tag, ["fashion-mnist", kind, f"scheduler-{scheduler}"], usage)}
     for component in ("vae", "classifier"):
         if os.path.isfile(os.path.join(folder, component, "README.md")):

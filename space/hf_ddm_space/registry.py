@@ -116,8 +116,8 @@ class LoadedModel:
         params = _init_params(type(self.pipe))
         comps = {k: v for k, v in self.pipe.components.items() if k in params}
         comps["scheduler"] = scheduler
-        if "class_names" in params:
-            comps["class_names"] = getattr(self.pipe.config, "class_names", None)
+        # and the folder's settings: class names, default guidance scale and interval
+        comps.update({k: self.pipe.config[k] for k in params - set(comps) if k in self.pipe.config})
         pipe = type(self.pipe)(**comps)
         pipe.set_progress_bar_config(disable=True)
         return pipe

@@ -28,6 +28,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from hf_ddm.guidance import describe_interval
 from hf_ddm.pipeline_utils import class_name_index
 from hf_ddm.schedulers.sde import STOCHASTIC_SOLVERS
 
@@ -573,8 +574,10 @@ class SpaceApp:
 
     @staticmethod
     def _per_call(model, guidance_scale) -> str:
+        interval = describe_interval(getattr(model.pipe.config, "default_guidance_interval", None))
+        which = f"those at {interval}" if interval else "each"
         if model.kind in ("class", "text") and guidance_scale not in (0.0, 1.0):
-            return " (each a batched call over the conditional and unconditional branch)"
+            return f" ({which} a batched call over the conditional and unconditional branch)"
         if model.kind == "guided" and guidance_scale != 0.0:
             return " (each plus one classifier gradient)"
         return ""
@@ -584,6 +587,9 @@ class SpaceApp:
         line = f"seed {seed}" + (f"…{seed + n - 1}" if n > 1 else "")
         if model.kind != "unconditional":
             line += f" · guidance scale {guidance_scale:g}"
+            interval = describe_interval(getattr(model.pipe.config, "default_guidance_interval", None))
+            if interval and guidance_scale != 1.0:  # the folder's interval: scale 1 outside it
+                line += f" at {interval}"
         return line
 
     def _sample(self, model, sampler_label, steps, guidance_scale, labels, prompt, seed, n, animation, frame_every,
