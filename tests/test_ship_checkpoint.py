@@ -308,6 +308,7 @@ def test_the_ship_script_ships_the_three_latent_folders_on_one_first_stage(runs)
         folder = models / name
         index = json.loads((folder / "model_index.json").read_text())
         scales[name] = index["default_guidance_scale"]
+        assert index["default_guidance_interval"] is None, name  # no *_INTERVAL: guidance at every level
         scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
         assert scheduler["_class_name"] == "SDEScheduler" and scheduler["time_grid"] == "uniform", name
         card = (folder / "README.md").read_text()
@@ -343,14 +344,16 @@ def test_the_ship_script_ships_continued_runs_and_guided_steers_the_continued_cl
         tiny_text_pipe().save_pretrained(tmp / "work" / name)
         (tmp / "work" / name / "train_summary.json").write_text(json.dumps({"task": "ldm", "global_step": 4,
                                                                             "train_seconds_this_run": 6.0}))
-    work, env = _recipe_runs(runs, CLASS_RUN="ldm_class_vae8_more", TEXT_RUN="ldm_text_vae8_more", CLASS_SCALE="3.25")
+    work, env = _recipe_runs(runs, CLASS_RUN="ldm_class_vae8_more", TEXT_RUN="ldm_text_vae8_more", CLASS_SCALE="3.25",
+                              CLASS_INTERVAL="0 4")
     subprocess.run(["bash", "train/ship_fashion_mnist.sh", "ldm_class", "guided", "ldm_text"], cwd=REPO, env=env,
                    check=True, capture_output=True, text=True)
     want = {k: v.half() for k, v in more.unet.state_dict().items()}
     for name in ("ldm_class", "guided"):
         shipped = UNet.from_pretrained(tmp / "models" / name / "unet", torch_dtype=torch.float16).state_dict()
         assert all(torch.equal(shipped[k], want[k]) for k in want), name
-    assert json.loads((tmp / "models" / "ldm_class" / "model_index.json").read_text())["default_guidance_scale"] == 3.25
+    index = json.loads((tmp / "models" / "ldm_class" / "model_index.json").read_text())
+    assert index["default_guidance_scale"] == 3.25 and index["default_guidance_interval"] == [0, 4]
     ldm_card, guided_card, text_card = ((tmp / "models" / n / "README.md").read_text()
                                         for n in ("ldm_class", "guided", "ldm_text"))
     assert "fashion_mnist_recipe.sh vae8 ldm_class ldm_class_more (" in ldm_card

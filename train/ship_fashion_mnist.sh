@@ -13,7 +13,9 @@
 # train/card_sections.py FOLDER ...`). Environment: WORK (the recipe's run folders), CLASS_RUN and TEXT_RUN
 # (below), MODELS (where the folders go, default space/models), VAE_EVAL (the first stage's eval_vae JSON),
 # CLASS_SCALE, GUIDED_SCALE, TEXT_SCALE (the default_guidance_scale the evaluations pick for ldm_class, guided
-# and ldm_text; without CLASS_SCALE ldm_class keeps its training scale).
+# and ldm_text; without CLASS_SCALE ldm_class keeps its training scale), CLASS_INTERVAL, GUIDED_INTERVAL,
+# TEXT_INTERVAL ("LOW HIGH": the default_guidance_interval they pick, HIGH inf for no upper end; unset: guidance at
+# every noise level).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${WORK:-runs/fmnist}
@@ -26,6 +28,7 @@ HOW="one thread of a shared 2-core CPU per stage"
 SHARED="first stage: \`vae/\` is the recipe's \`vae8\` VAE (32x32x1 -> 8x8x8), the same weights in ldm_class, ldm_text and guided; its card and measurement: \`vae/README.md\`"
 FIRST=(--component_card vae="$VAE" --component_eval vae="$VAE_EVAL" --note "$SHARED")
 ship() { python train/ship_checkpoint.py "$@" --scheduler "$SAMPLER"; }
+interval() { [ -z "${1:-}" ] || { read -r low high <<< "$1"; echo "--default_guidance_interval $low $high"; }; }
 # CLASS_RUN / TEXT_RUN: the class and text U-Net runs shipped -- the recipe's first runs (ldm_class_vae8,
 # ldm_text_vae8; the default) or their continuations (ldm_class_vae8_more, ldm_text_vae8_more), which the cards
 # then record with the runs they started from. guided steers the class run the recipe's guided stage was built
@@ -47,15 +50,17 @@ for stage in "$@"; do
   case "$stage" in
     ldm_class)
       ship "$WORK/$CLASS_RUN" "$MODELS/ldm_class" --command "$RECIPE vae8 $CLASS_STAGES ($HOW)" \
-        ${CLASS_SCALE:+--default_guidance_scale "$CLASS_SCALE"} --extra_runs "${CLASS_BEFORE[@]}" "$VAE" "${FIRST[@]}" ;;
+        ${CLASS_SCALE:+--default_guidance_scale "$CLASS_SCALE"} $(interval "${CLASS_INTERVAL:-}") --extra_runs "${CLASS_BEFORE[@]}" "$VAE" "${FIRST[@]}" ;;
     guided)  # the class model's null branch steered by the noise-aware latent classifier
       ship "$WORK/guided_vae8" "$MODELS/guided" --default_guidance_scale "${GUIDED_SCALE:-8}" \
+        $(interval "${GUIDED_INTERVAL:-}") \
         --command "$CLASS_ENV$RECIPE vae8 $CLASS_STAGES classifier guided ($HOW; the unet is the class LDM's null-class branch)" \
         --extra_runs "$WORK/classifier_vae8" "$WORK/$CLASS_RUN" "${CLASS_BEFORE[@]}" "$VAE" \
         --component_card vae="$VAE" classifier="$WORK/classifier_vae8" --component_eval vae="$VAE_EVAL" \
         --note "$SHARED" ;;
     ldm_text)
       ship "$WORK/$TEXT_RUN" "$MODELS/ldm_text" --default_guidance_scale "${TEXT_SCALE:-4}" \
+        $(interval "${TEXT_INTERVAL:-}") \
         --command "$RECIPE vae8 $TEXT_STAGES ($HOW)" --extra_runs "${TEXT_BEFORE[@]}" "$VAE" "${FIRST[@]}" ;;
     *) echo "unknown folder $stage (ldm_class guided ldm_text)" >&2; exit 2 ;;
   esac
