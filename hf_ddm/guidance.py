@@ -82,12 +82,13 @@ def describe_interval(interval) -> str:
     return f"σ ≤ {high:g}" if low == 0 else f"{low:g} ≤ σ ≤ {high:g}"
 
 
-def guidance_active(scheduler, timestep, like: torch.Tensor, interval: Optional[Tuple[float, float]]) -> bool:
+def guidance_active(scheduler, timestep, interval: Optional[Tuple[float, float]]) -> bool:
     """Whether guidance applies at model timestep ``timestep`` (one level for the whole batch)."""
     if interval is None:
         return True
     t = torch.as_tensor(timestep).reshape(-1)[:1]
-    a, s = noise_level(scheduler, t, like.new_zeros(()).double())
+    # float64 on the CPU whatever ``like`` is: an end placed at a step's own level stays on its side
+    a, s = noise_level(scheduler, t, torch.zeros((), dtype=torch.float64))
     sigma = float(s / a) if float(a) > 0 else math.inf
     return interval[0] <= sigma <= interval[1]
 

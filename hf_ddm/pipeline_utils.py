@@ -351,7 +351,7 @@ class HfDdmPipeline(DiffusionPipeline):
         both = {k: torch.cat([uncond[k], cond[k]]) for k in cond}
 
         def fn(x, t):
-            if not guidance_active(scheduler, t, x, guidance_interval):
+            if not guidance_active(scheduler, t, guidance_interval):
                 return model(x, t, **cond)
             out = model(torch.cat([x, x]), t, **both)
             out_uncond, out_cond = out.chunk(2)

@@ -71,7 +71,7 @@ class ClassifierGuidedPipeline(HfDdmPipeline):
 
         def model_fn(x, t):
             out = call_model(self.unet, x, t)
-            scale = guidance_scale if guidance_active(self.scheduler, t, x, guidance_interval) else 1.0
+            scale = guidance_scale if guidance_active(self.scheduler, t, guidance_interval) else 1.0
             return classifier_guidance(out, x, t, self.classifier, labels, scale, self.scheduler)
 
         latents = self.denoise(
