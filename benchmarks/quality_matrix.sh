@@ -74,7 +74,8 @@ lane_interval() {  # guidance in an interval of noise levels: the sweeps that ch
     E $M/ldm_class "${SAVED[@]}" --guidance_scale $1 --guidance_interval $2 $3 --num_samples 2000 \
       --json $R/ldm_class_sdeuniform25_w$1_gi$2-$3.json
   done
-  for c in "8 0 5" "14 0 5" "8 0 10" "20 0 3"; do
+  for c in "8 0 5" "14 0 5" "8 0 10" "20 0 3" "8 0.5 inf" "8 2 inf" "14 0 20" "20 0 10" "10 0 20" "20 0 20" \
+           "14 0 12"; do
     set -- $c
     E $M/guided "${SAVED[@]}" --guidance_scale $1 --guidance_interval $2 $3 --num_samples 1000 \
       --json $R/guided_sdeuniform25_s$1_gi$2-$3.json
