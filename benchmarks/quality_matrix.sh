@@ -80,6 +80,11 @@ lane_interval() {  # guidance in an interval of noise levels: the sweeps that ch
     E $M/guided "${SAVED[@]}" --guidance_scale $1 --guidance_interval $2 $3 --num_samples 1000 \
       --json $R/guided_sdeuniform25_s$1_gi$2-$3.json
   done
+  for c in "4 0 4" "5 0 4" "4 0 6" "6 0 3"; do
+    set -- $c
+    E $M/ldm_text "${SAVED[@]}" --guidance_scale $1 --guidance_interval $2 $3 --num_samples 1000 \
+      --json $R/ldm_text_sdeuniform25_w$1_gi$2-$3_n1000.json
+  done
 }
 lane_guided() {  # classifier scale s = 0 ignores the classifier
   for s in 0 1 3 10; do
