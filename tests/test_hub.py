@@ -314,12 +314,15 @@ def test_non_portable_folder_without_hf_ddm_says_how_to_install(tmp_path):
     assert "portable=False" in error and "not on PyPI" in error and "pip install -e" in error, proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("name, scale", [("ldm_class", 3.0), ("ldm_text", 4.0), ("guided", 8.0)])
-def test_shipped_conditional_folders_default_to_their_recommended_guidance(name, scale):
+@pytest.mark.parametrize("name, scale, interval", [("ldm_class", 4.0, [0, 4]), ("ldm_text", 4.0, [0, 4]),
+                                                    ("guided", 14.0, [0, 20])])
+def test_shipped_conditional_folders_default_to_their_recommended_guidance(name, scale, interval):
     folder = REPO / "space" / "models" / name
-    assert json.loads((folder / "model_index.json").read_text())["default_guidance_scale"] == scale
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["default_guidance_scale"] == scale and index["default_guidance_interval"] == interval
     text = (folder / "README.md").read_text()
     assert f"Without `guidance_scale` the pipeline uses {scale:g}" in text
+    assert f"It guides only at noise levels σ ≤ {interval[1]:g}" in text
     assert "guidance_scale=" not in _usage_code(text)  # the snippet relies on the default
 
 
