@@ -3,7 +3,7 @@ grid vs diffusers' best multistep scheduler, at NFE 4, 5, 6, 8, 10 -- error of t
 200-step solution from the same starting noise. The exact-oracle half is ``bench_few_step.py``.
 
     python benchmarks/bench_few_step_models.py                      # space/models/{ldm_class,ddpm,sde}
-    python benchmarks/bench_few_step_models.py --root /root/fewstep # folders elsewhere (same sub-folder names)
+    python benchmarks/bench_few_step_models.py --root DIR           # folders elsewhere (same sub-folder names)
     python benchmarks/bench_few_step_models.py --quick              # ldm_class, NFE 5 and 10, batch 8
     python benchmarks/bench_few_step_models.py --out benchmarks/results/few_step_models.md --json out.json
     python benchmarks/bench_few_step_models.py --models ddpm --json ddpm.json   # one model per run, then
