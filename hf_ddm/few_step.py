@@ -468,7 +468,8 @@ def optimize_steps(
 def pipeline_model(pipe, batch_size: int, guidance_scale: Optional[float] = None):
     """(model_fn(x, t), sample shape) of an hf_ddm pipeline as its own loop calls it: an unconditional model
     as it is; a class-conditional one on classes 0, 1, ... (cycled over the batch) with classifier-free
-    guidance at ``guidance_scale`` (None: the folder's ``default_guidance_scale``)."""
+    guidance at ``guidance_scale`` (None: the folder's ``default_guidance_scale``), in the folder's
+    ``default_guidance_interval`` as its calls without arguments guide."""
     if getattr(pipe, "text_encoder", None) is not None:
         raise ValueError("text-conditional folders: call optimize_steps with a model that applies your prompts")
     shape = pipe.input_shape(batch_size)
@@ -482,7 +483,8 @@ def pipeline_model(pipe, batch_size: int, guidance_scale: Optional[float] = None
     scale = pipe.guidance_scale_or_default(guidance_scale)
     labels = torch.arange(batch_size) % num_classes
     null = torch.full_like(labels, num_classes)  # the null class id the pipelines use
-    guided = pipe.guided_model_fn(unet, {"class_labels": labels}, {"class_labels": null}, scale)
+    guided = pipe.guided_model_fn(unet, {"class_labels": labels}, {"class_labels": null}, scale,
+                                  pipe.guidance_interval_or_default(None), pipe.scheduler)
     # call_model hands over one timestep per sample; the guided batch is twice as long: pass the one value.
     return (lambda x, t: guided(x, torch.as_tensor(t).reshape(-1)[0])), shape, scale
 

@@ -294,3 +294,28 @@ def test_command_on_a_latent_folder_with_another_solver(tmp_path, capsys):
     with pytest.raises(ValueError, match="measure_on"):
         from hf_ddm.few_step import write_folder
         write_folder(str(tmp_path / "a"), [3], measure_on="pixels")
+
+
+def test_a_folders_model_guides_in_its_saved_interval():
+    """pipeline_model (what write_folder calibrates) is the model the folder's own calls run: with a
+    default_guidance_interval, steps outside it are the conditional branch alone, steps inside are guided."""
+    from hf_ddm.few_step import pipeline_model
+    from hf_ddm.models import UNet
+    from hf_ddm.pipelines import PixelDiffusionPipeline
+
+    torch.manual_seed(0)
+    unet = UNet(sample_size=4, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+                attention_levels=(), norm_num_groups=4, attention_head_dim=8, mid_block_attention=False,
+                num_class_embeds=3)
+    pipe = PixelDiffusionPipeline(unet, SDEScheduler.from_config(LINEAR, solver="multistep"), default_guidance_scale=3.0,
+                                  default_guidance_interval=(0, 1.0))
+    model, shape, scale = pipeline_model(pipe, 4)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    labels = torch.arange(4) % 3
+    with torch.no_grad():
+        for t, inside in ((torch.tensor(900.0), False), (torch.tensor(50.0), True)):  # sigma ~ 50 and ~ 0.18
+            cond = unet(x, t.expand(4), class_labels=labels).sample
+            null = unet(x, t.expand(4), class_labels=torch.full_like(labels, 3)).sample
+            want = null + 3.0 * (cond - null) if inside else cond
+            torch.testing.assert_close(model(x, t.expand(4)), want, atol=1e-5, rtol=1e-5)
+    assert scale == 3.0
