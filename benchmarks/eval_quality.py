@@ -285,8 +285,8 @@ def markdown(res: dict) -> str:
 
 
 def guidance_interval_used(pipe, interval):
-    """The interval a run guides in, as model_index.json stores it (None: every level): ``interval``
-    (``--guidance_interval``), else the folder's default; a pipeline without intervals takes none."""
+    """The interval a conditional run guides in, as model_index.json stores it (None: every level):
+    ``interval`` (``--guidance_interval``), else the folder's default; a pipeline without intervals takes none."""
     if not hasattr(pipe, "guidance_interval_or_default"):
         if interval is not None:
             raise SystemExit(f"--guidance_interval: {type(pipe).__name__} has no guidance interval")
@@ -383,7 +383,8 @@ def main(argv=None):
                    scheduler=args.scheduler, scheduler_class=type(pipe.scheduler).__name__,
                    scheduler_config={k: v for k, v in dict(pipe.scheduler.config).items() if not k.startswith("_")},
                    steps=args.steps, guidance_scale=args.guidance_scale, eta=args.eta,
-                   guidance_interval=guidance_interval_used(pipe, args.guidance_interval))
+                   guidance_interval=(None if cond[0] == "none"
+                                      else guidance_interval_used(pipe, args.guidance_interval)))
         samples, labels, nfe = generate(pipe, args.num_samples, args.batch_size, args.steps, args.guidance_scale,
                                         args.seed, cond, args.eta, args.guidance_interval)
         if args.grid:

@@ -573,8 +573,13 @@ class SpaceApp:
         return gallery, gif, "  \n".join(lines)
 
     @staticmethod
+    def _interval(model) -> str:
+        """The folder's saved guidance interval as the page writes it ("σ ≤ 4"); "" for every level."""
+        return describe_interval(getattr(model.pipe.config, "default_guidance_interval", None))
+
+    @staticmethod
     def _per_call(model, guidance_scale) -> str:
-        interval = describe_interval(getattr(model.pipe.config, "default_guidance_interval", None))
+        interval = SpaceApp._interval(model)
         which = f"those at {interval}" if interval else "each"
         if model.kind in ("class", "text") and guidance_scale not in (0.0, 1.0):
             return f" ({which} a batched call over the conditional and unconditional branch)"
@@ -587,7 +592,7 @@ class SpaceApp:
         line = f"seed {seed}" + (f"…{seed + n - 1}" if n > 1 else "")
         if model.kind != "unconditional":
             line += f" · guidance scale {guidance_scale:g}"
-            interval = describe_interval(getattr(model.pipe.config, "default_guidance_interval", None))
+            interval = SpaceApp._interval(model)
             if interval and guidance_scale != 1.0:  # the folder's interval: scale 1 outside it
                 line += f" at {interval}"
         return line
