@@ -10,7 +10,7 @@ import subprocess
 from test_train_common import REPO, load_script
 
 STAGES = {"vae": "train_vae", "ldm_class": "train_ldm", "ldm_class_more": "train_ldm", "classifier": "train_classifier",
-          "ldm_text": "train_ldm", "ldm_text_more": "train_ldm",
+          "guided_unet": "train_ldm", "ldm_text": "train_ldm", "ldm_text_more": "train_ldm",
           "vae_decoder": "train_vae", "ddpm": "train_ddpm", "sde": "train_ddpm"}
 
 
@@ -47,6 +47,9 @@ def test_recipe_stages_parse_and_scale(tmp_path):
     assert more.pretrained_model_path == base["ldm_class"].output_dir != more.output_dir
     assert more.vae_path == base["ldm_class"].vae_path and more.conditioning == "class"
     assert more.learning_rate < base["ldm_class"].learning_rate
+    uncond = base["guided_unet"]  # guided's U-Net: the class U-Net continued on the null class alone
+    assert uncond.pretrained_model_path == base["ldm_class"].output_dir != uncond.output_dir
+    assert uncond.cond_drop_prob == 1 and uncond.guidance_scale == 0 and uncond.conditioning == "class"
     text = base["ldm_text"]
     text_more = base["ldm_text_more"]  # the text U-Net (and its encoder, read from the same folder) continued
     assert text_more.pretrained_model_path == text.output_dir != text_more.output_dir

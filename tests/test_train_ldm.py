@@ -129,3 +129,23 @@ def test_bad_vae_folder_fails_before_training(idx_data, vae_dir, tmp_path, capsy
     run_script("train_ldm", ldm_args(idx_data, vae_dir, out, "--max_train_steps", "1", "--resolution", "12",
                                      "--block_out_channels", "8,16,16"), expect_rc=2)
     assert "latent size" in capsys.readouterr().err and not out.exists()
+
+
+def test_cond_drop_prob_one_trains_the_null_class_alone(idx_data, vae_dir, tmp_path, capsys):
+    """--cond_drop_prob 1 (the guided stage's unconditional U-Net, continued from a class model): every batch
+    is the null class, so no real class's embedding row moves (no weight decay by default) and the null row does."""
+    from hf_ddm.models.unet import UNet
+
+    require_scheduler("vp")
+    first, second = tmp_path / "class", tmp_path / "uncond"
+    common = ("--conditioning", "class", "--latent_cache_dir", tmp_path / "cache")
+    run_script("train_ldm", ldm_args(idx_data, vae_dir, first, "--max_train_steps", "1", *common))
+    run_script("train_ldm", ldm_args(idx_data, vae_dir, second, "--max_train_steps", "3", "--cond_drop_prob", "1",
+                                     "--pretrained_model_path", first, "--learning_rate", "1e-2", *common))
+    before = UNet.from_pretrained(first / "unet").class_embedding.weight.detach()
+    after = UNet.from_pretrained(second / "unet").class_embedding.weight.detach()
+    torch.testing.assert_close(after[:-1], before[:-1], rtol=0, atol=0)
+    assert (after[-1] - before[-1]).abs().max() > 1e-4
+    run_script("train_ldm", ldm_args(idx_data, vae_dir, tmp_path / "bad", "--cond_drop_prob", "1.5", *common),
+               expect_rc=2)
+    assert "--cond_drop_prob must be in [0, 1], got 1.5" in capsys.readouterr().err

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The shipped Fashion-MNIST checkpoints (issue 6), trained with the project's own scripts.
 #
-#   bash train/fashion_mnist_recipe.sh [stage ...]   stages: vae vae8 ldm_class ldm_class_more classifier guided
-#                                                    ldm_text ldm_text_more vae_decoder ddpm sde
+#   bash train/fashion_mnist_recipe.sh [stage ...]   stages: vae vae8 ldm_class ldm_class_more classifier guided_unet
+#                                                    guided ldm_text ldm_text_more vae_decoder ddpm sde
 #
 # Environment: DATA (IDX folder, default /usr/share/datasets/fashion-mnist), WORK (run folders, default
 # ./runs/fmnist), FIRST_STAGE (the VAE run the latent stages use: vae, the default, or vae8), CLASS_RUN (the
-# class LDM run whose U-Net `guided` steers: default ldm_class, or ldm_class_vae8 with FIRST_STAGE=vae8; the
-# shipped guided steers ldm_class_vae8_more), STEPS_SCALE (multiplies every step count, warm-up, discriminator
+# class LDM run `guided_unet` continues: default ldm_class, or ldm_class_vae8 with FIRST_STAGE=vae8; the shipped
+# one continued ldm_class_vae8_more), UNET_RUN (the run whose U-Net `guided` steers: default CLASS_RUN, whose
+# null-class branch is unconditional; the shipped guided steers guided_unet_vae8), STEPS_SCALE (multiplies every step count, warm-up, discriminator
 # start and validation interval; 1 = the shipped run), BATCH_SCALE (multiplies every batch size; default 1),
 # LR_SCALE (multiplies every learning rate; default 1 -- e.g. sqrt(BATCH_SCALE) with large batches), LAUNCH
 # (default "python"; e.g. "accelerate launch --mixed_precision bf16" on a GPU), WORKERS (data loader workers,
@@ -107,14 +108,25 @@ for stage in "${stages[@]}"; do
         --num_inference_steps 25 --guidance_scale 3 --validation_prompts "a photo of a sneaker" "an ankle boot" \
         "a picture of a handbag" "a pair of trousers" "an image of a dress" "a coat" "a photo of a T-shirt/top" \
         "a sandal" --output_dir "$WORK/ldm_text${ON}_more" ;;
+    guided_unet)  # guided's own unconditional U-Net (issue 26): the class U-Net (CLASS_RUN) continued on the null
+                  # class alone (--cond_drop_prob 1). Its null branch had seen a tenth of the class runs' batches
+                  # (FD-inf 7.6 unguided where the class branch at w = 1 is far better); validation grids at w = 0
+                  # show that branch
+      $LAUNCH train/train_ldm.py "${COMMON[@]}" "${LATENT[@]}" --conditioning class \
+        --pretrained_model_path "$WORK/${CLASS_RUN:-ldm_class$ON}" --scheduler vp --prediction_type epsilon \
+        --cond_drop_prob 1 --train_batch_size "$(batch 128)" --max_train_steps "$(steps 3000)" \
+        --learning_rate "$(lr 1e-4)" --lr_warmup_steps "$(start 100)" --lr_scheduler cosine --use_ema \
+        --validation_steps "$(steps 1000)" --num_inference_steps 25 --guidance_scale 0 \
+        --output_dir "$WORK/guided_unet$ON" ;;
     classifier)  # noise-aware classifier on the same VP process, in the same latent space
       $LAUNCH train/train_classifier.py "${COMMON[@]}" "${LATENT[@]}" --scheduler vp \
         --block_out_channels 64,128 --layers_per_block 1 --attention_levels 1 --attention_head_dim 32 \
         --train_batch_size "$(batch 128)" --max_train_steps "$(steps 3000)" --learning_rate "$(lr 3e-4)" \
         --lr_warmup_steps "$(start 100)" --lr_scheduler cosine --validation_steps "$(steps 1000)" \
         --output_dir "$WORK/classifier$ON" ;;
-    guided)  # the class model's unconditional branch (null class) steered by the noise-aware classifier
-      python - "$WORK" "$ON" "${CLASS_RUN:-ldm_class$ON}" <<'EOF'
+    guided)  # an unconditional U-Net (UNET_RUN: default CLASS_RUN's null-class branch; the shipped guided steers
+             # guided_unet_vae8) steered by the noise-aware classifier
+      python - "$WORK" "$ON" "${UNET_RUN:-${CLASS_RUN:-ldm_class$ON}}" <<'EOF'
 import sys
 from hf_ddm.models import NoisyClassifier
 from hf_ddm.pipelines import ClassifierGuidedPipeline, LatentDiffusionPipeline
@@ -142,6 +154,6 @@ EOF
         --loss_weighting edm --timestep_sampling lognormal \
         --train_batch_size "$(batch 64)" --max_train_steps "$(steps 20000)" --learning_rate "$(lr 2e-4)" \
         --lr_warmup_steps "$(start 500)" --use_ema --validation_steps "$(steps 5000)" --output_dir "$WORK/sde" ;;
-    *) echo "unknown stage $stage (vae vae8 ldm_class ldm_class_more classifier guided ldm_text ldm_text_more vae_decoder ddpm sde)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (vae vae8 ldm_class ldm_class_more classifier guided_unet guided ldm_text ldm_text_more vae_decoder ddpm sde)" >&2; exit 2 ;;
   esac
 done

@@ -137,7 +137,9 @@ def build_parser():
     g.add_argument("--conditioning", type=str, default=None, choices=["none", "class", "text"],
                    help="Default: class when --num_classes is given, else none.")
     g.add_argument("--num_classes", type=int, default=None, help="Default: the dataset's number of classes.")
-    g.add_argument("--cond_drop_prob", type=float, default=0.1, help="P(condition -> null) for classifier-free guidance.")
+    g.add_argument("--cond_drop_prob", type=float, default=0.1,
+                   help="P(condition -> null) for classifier-free guidance; 1 trains the null branch alone (an "
+                        "unconditional model continued from a conditional one, for classifier guidance).")
     g.add_argument("--guidance_scale", type=float, default=3.0, help="CFG scale of the validation samples.")
     g.add_argument("--prompt_template", type=str, default="a photo of a {}",
                    help="The canonical prompt of a class (validation, model card; first of its captions).")
@@ -181,8 +183,8 @@ def main(argv=None):
         args.conditioning = "text" if args.caption_column else "class" if args.num_classes else "none"
     if args.conditioning != "text" and (args.caption_column or args.validation_prompts):
         raise ConfigError("--caption_column and --validation_prompts need --conditioning text")
-    if not 0.0 <= args.cond_drop_prob < 1.0:
-        raise ConfigError("--cond_drop_prob must be in [0, 1)")
+    if not 0.0 <= args.cond_drop_prob <= 1.0:
+        raise ConfigError(f"--cond_drop_prob must be in [0, 1], got {args.cond_drop_prob}")
     vae = load_frozen_vae(args.vae_path)
     kwargs = unet_kwargs_from_args(args)
     channels, latent_size = latent_geometry(args, vae, kwargs.get("block_out_channels", (64, 128, 256)))
