@@ -379,6 +379,8 @@ def main(argv=None):
         log(f"pipeline {type(pipe).__name__} from {args.pipeline}; scheduler {type(pipe.scheduler).__name__} "
             f"({args.scheduler}); conditioning {cond[0]}{f' ({cond[1]} classes, cycled)' if cond[1] else ''}")
         pipeline = recorded_arg(args.pipeline)
+        if cond[0] == "none" and args.guidance_interval is not None:
+            raise SystemExit(f"--guidance_interval: {args.pipeline} samples unconditionally, nothing is guided")
         res.update(pipeline=pipeline, pipeline_class=type(pipe).__name__, conditioning=cond[0],
                    scheduler=args.scheduler, scheduler_class=type(pipe.scheduler).__name__,
                    scheduler_config={k: v for k, v in dict(pipe.scheduler.config).items() if not k.startswith("_")},

@@ -214,6 +214,8 @@ def test_eval_quality_end_to_end(tmp_path):
     grid = Image.open(tmp_path / "grid.png")  # 16 samples, 10 per row: 2 rows of 32 px + 1 px borders
     assert grid.size == (10 * 33 + 1, 2 * 33 + 1)
     assert saved["guidance_interval"] is None
+    with pytest.raises(SystemExit, match="--guidance_interval: .* samples unconditionally"):  # not silently ignored
+        eval_quality.main([str(tmp_path / "pipe"), "--num_samples", "8", "--guidance_interval", "0", "1"])
 
 
 def test_eval_quality_records_the_guidance_interval_it_ran(tmp_path):
