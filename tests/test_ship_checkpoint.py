@@ -367,6 +367,42 @@ def test_the_ship_script_ships_continued_runs_and_guided_steers_the_continued_cl
     assert bad.returncode == 2 and "unknown run ldm_class_vae8_longer" in bad.stderr and not (tmp / "none").exists()
 
 
+def test_guided_steers_its_own_unconditional_unet_with_guided_unet(runs):
+    """GUIDED_UNET=guided_unet_vae8: the recipe's guided stage (UNET_RUN) builds guided on the guided_unet run's
+    U-Net, the ship script ships it and its card gives that stage, the run's steps and what the U-Net is; any
+    other value is refused before anything ships."""
+    import subprocess
+
+    tmp, _vae_run, ldm_run, _ev = runs
+    (tmp / "work").mkdir()
+    uncond = LatentDiffusionPipeline.from_pretrained(ldm_run)
+    with torch.no_grad():
+        for p in uncond.unet.parameters():
+            p.sub_(0.5)
+    uncond.save_pretrained(tmp / "work" / "guided_unet_vae8")
+    (tmp / "work" / "guided_unet_vae8" / "README.md").write_text("# null class alone\n")
+    (tmp / "work" / "guided_unet_vae8" / "train_summary.json").write_text(
+        json.dumps({"task": "ldm", "global_step": 11, "train_seconds_this_run": 33.0}))
+    work, env = _recipe_runs(runs, UNET_RUN="guided_unet_vae8", GUIDED_UNET="guided_unet_vae8", GUIDED_SCALE="5",
+                             GUIDED_INTERVAL="0 20")
+    subprocess.run(["bash", "train/ship_fashion_mnist.sh", "guided"], cwd=REPO, env=env, check=True,
+                   capture_output=True, text=True)
+    shipped = UNet.from_pretrained(tmp / "models" / "guided" / "unet", torch_dtype=torch.float16).state_dict()
+    want = {k: v.half() for k, v in uncond.unet.state_dict().items()}
+    assert all(torch.equal(shipped[k], want[k]) for k in want)
+    index = json.loads((tmp / "models" / "guided" / "model_index.json").read_text())
+    assert index["default_guidance_scale"] == 5 and index["default_guidance_interval"] == [0, 20]
+    card = (tmp / "models" / "guided" / "README.md").read_text()
+    assert "`UNET_RUN=guided_unet_vae8 WORK=runs/fmnist FIRST_STAGE=vae8 bash train/fashion_mnist_recipe.sh vae8 " \
+           "ldm_class guided_unet classifier guided (" in card
+    assert "the unet is the class U-Net continued on the null class alone" in card
+    assert "- ldm (guided_unet_vae8): 11 steps" in card and "- ldm (ldm_class_vae8): 5 steps" in card
+    bad = subprocess.run(["bash", "train/ship_fashion_mnist.sh", "guided"], cwd=REPO, capture_output=True, text=True,
+                         env=dict(env, GUIDED_UNET="guided_unet_longer", MODELS=str(tmp / "none")))
+    assert bad.returncode == 2 and "unknown GUIDED_UNET guided_unet_longer" in bad.stderr
+    assert not (tmp / "none").exists()
+
+
 def test_card_sections_are_written_from_the_quality_jsons(tmp_path):
     """train/card_sections.py: the headline row is the largest N at the folder's default scale (read from the
     JSON, not its name), the sweep the next N; a few-step section only where the scheduler saves steps; a folder

@@ -6,13 +6,13 @@
 #   WORK=runs/fmnist bash train/ship_fashion_mnist.sh [ldm_class] [guided] [ldm_text]
 #
 # Run after `FIRST_STAGE=vae8 bash train/fashion_mnist_recipe.sh vae8 ldm_class ldm_class_more classifier guided
-# ldm_text` (with CLASS_RUN=ldm_class_vae8_more for guided) and `python benchmarks/eval_vae.py WORK/vae8 --json
-# benchmarks/results/vae8.json`. Then the few-step steps (`python -m hf_ddm.few_step space/models/ldm_class --nfe
+# ldm_text` (the shipped guided: CLASS_RUN=ldm_class_vae8_more, stage guided_unet, UNET_RUN=guided_unet_vae8)
+# and `python benchmarks/eval_vae.py WORK/vae8 --json benchmarks/results/vae8.json`. Then the few-step steps (`python -m hf_ddm.few_step space/models/ldm_class --nfe
 # 4 5 6 8 10`), the quality lanes (`bash benchmarks/quality_matrix.sh ...`), their results into the cards
 # (`ship_checkpoint.py --refresh FOLDER --eval ...`) and the cards' measured sections (`python
 # train/card_sections.py FOLDER ...`). Environment: WORK (the recipe's run folders), CLASS_RUN and TEXT_RUN
 # (below), MODELS (where the folders go, default space/models), VAE_EVAL (the first stage's eval_vae JSON),
-# CLASS_SCALE, GUIDED_SCALE, TEXT_SCALE (the default_guidance_scale the evaluations pick for ldm_class, guided
+# GUIDED_UNET (below), CLASS_SCALE, GUIDED_SCALE, TEXT_SCALE (the default_guidance_scale the evaluations pick for ldm_class, guided
 # and ldm_text; without CLASS_SCALE ldm_class keeps its training scale), CLASS_INTERVAL, GUIDED_INTERVAL,
 # TEXT_INTERVAL ("LOW HIGH": the default_guidance_interval they pick, HIGH inf for no upper end; unset: guidance at
 # every noise level).
@@ -45,17 +45,28 @@ continued() {  # RUN BASE STAGE -> STAGES (the recipe stages that made RUN) and 
 continued "$CLASS_RUN" ldm_class_vae8 ldm_class; CLASS_STAGES=$STAGES; CLASS_BEFORE=("${BEFORE[@]}")
 continued "$TEXT_RUN" ldm_text_vae8 ldm_text; TEXT_STAGES=$STAGES; TEXT_BEFORE=("${BEFORE[@]}")
 CLASS_ENV=$([ "$CLASS_RUN" = ldm_class_vae8 ] && echo "" || echo "CLASS_RUN=$CLASS_RUN ")
+# GUIDED_UNET: the U-Net guided steers -- unset, the class run's null-class branch; guided_unet_vae8, the recipe's
+# guided_unet stage (that class U-Net continued on the null class alone), with the guided stage run with
+# UNET_RUN=guided_unet_vae8
+case "${GUIDED_UNET:-}" in
+  "") GUIDED_ENV=$CLASS_ENV; GUIDED_STAGES="$CLASS_STAGES classifier guided"; GUIDED_RUNS=()
+      GUIDED_UNET_IS="the unet is the class LDM's null-class branch" ;;
+  guided_unet_vae8) GUIDED_ENV="${CLASS_ENV}UNET_RUN=$GUIDED_UNET "
+      GUIDED_STAGES="$CLASS_STAGES guided_unet classifier guided"; GUIDED_RUNS=("$WORK/$GUIDED_UNET")
+      GUIDED_UNET_IS="the unet is the class U-Net continued on the null class alone" ;;
+  *) echo "unknown GUIDED_UNET $GUIDED_UNET (unset or guided_unet_vae8)" >&2; exit 2 ;;
+esac
 
 for stage in "$@"; do
   case "$stage" in
     ldm_class)
       ship "$WORK/$CLASS_RUN" "$MODELS/ldm_class" --command "$RECIPE vae8 $CLASS_STAGES ($HOW)" \
         ${CLASS_SCALE:+--default_guidance_scale "$CLASS_SCALE"} $(interval "${CLASS_INTERVAL:-}") --extra_runs "${CLASS_BEFORE[@]}" "$VAE" "${FIRST[@]}" ;;
-    guided)  # the class model's null branch steered by the noise-aware latent classifier
+    guided)  # an unconditional U-Net (GUIDED_UNET) steered by the noise-aware latent classifier
       ship "$WORK/guided_vae8" "$MODELS/guided" --default_guidance_scale "${GUIDED_SCALE:-8}" \
         $(interval "${GUIDED_INTERVAL:-}") \
-        --command "$CLASS_ENV$RECIPE vae8 $CLASS_STAGES classifier guided ($HOW; the unet is the class LDM's null-class branch)" \
-        --extra_runs "$WORK/classifier_vae8" "$WORK/$CLASS_RUN" "${CLASS_BEFORE[@]}" "$VAE" \
+        --command "$GUIDED_ENV$RECIPE vae8 $GUIDED_STAGES ($HOW; $GUIDED_UNET_IS)" \
+        --extra_runs "${GUIDED_RUNS[@]}" "$WORK/classifier_vae8" "$WORK/$CLASS_RUN" "${CLASS_BEFORE[@]}" "$VAE" \
         --component_card vae="$VAE" classifier="$WORK/classifier_vae8" --component_eval vae="$VAE_EVAL" \
         --note "$SHARED" ;;
     ldm_text)
