@@ -80,7 +80,7 @@ lane_interval_class() {
   done
 }
 lane_interval_guided() {
-  for c in "3 0 20" "5 0 20" "8 0 20" "14 0 20" "5 0 10" "8 0 10" "14 0 10" "5 0 5" "8 0 5"; do
+  for c in "3 0 20" "5 0 20" "8 0 20" "10 0 20" "12 0 20" "14 0 20" "5 0 10" "8 0 10" "14 0 10" "5 0 5" "8 0 5"; do
     set -- $c
     E $M/guided "${SAVED[@]}" --guidance_scale $1 --guidance_interval $2 $3 --num_samples 1000 \
       --json $R/guided_sdeuniform25_s$1_gi$2-$3.json
@@ -92,13 +92,18 @@ lane_interval_text() {
     E $M/ldm_text "${SAVED[@]}" --guidance_scale $1 --guidance_interval $2 $3 --num_samples 1000 \
       --json $R/ldm_text_sdeuniform25_w$1_gi$2-$3_n1000.json
   done
+  for c in "4 0 4" "3 0 4" "4 0 3" "3.5 0 5" "5 0 2.5" "3 0 6" "4 0 3.5" "3.5 0 4" "4.5 0 3" "4.5 0 3.5"; do
+    set -- $c  # N = 2,000 where the trade sits on the targets
+    E $M/ldm_text "${SAVED[@]}" --guidance_scale $1 --guidance_interval $2 $3 --num_samples 2000 \
+      --json $R/ldm_text_sdeuniform25_w$1_gi$2-$3_n2000.json
+  done
 }
 lane_guided() {  # classifier scale s = 0 ignores the classifier
   for s in 0 1 3 10; do
     E $M/guided --scheduler vp-ddim --steps 25 --guidance_scale $s "${EVERY[@]}" --num_samples 1000 \
       --json $R/guided_ddim25_s$s.json
   done
-  for s in 6 8 10 14; do  # the saved scheduler; the folder's default_guidance_scale is the best of these
+  for s in 6 8 10 14; do  # the saved scheduler at every level (the default scale and interval: lane interval_guided)
     E $M/guided --scheduler sde-multistep --scheduler_kwargs '{"time_grid": "uniform", "denoise_final": false}' \
       --steps 25 --guidance_scale $s "${EVERY[@]}" --num_samples 1000 --json $R/guided_sdeuniform25_s$s.json
   done
@@ -114,7 +119,7 @@ lane_ldm_text() {
     --json $R/ldm_text_ddim25_w3.json
   E $M/ldm_text --scheduler vp-ddim --steps 25 --guidance_scale 3 "${EVERY[@]}" --num_samples 1000 \
     --json $R/ldm_text_ddim25_w3_n1000.json
-  for w in 2 3 4; do  # the saved scheduler; the folder's default_guidance_scale is the best of these
+  for w in 2 3 4; do  # the saved scheduler at every level (the default scale and interval: lane interval_text)
     E $M/ldm_text --scheduler sde-multistep --scheduler_kwargs '{"time_grid": "uniform", "denoise_final": false}' \
       --steps 25 --guidance_scale $w "${EVERY[@]}" --num_samples 1000 --json $R/ldm_text_sdeuniform25_w${w}_n1000.json
   done

@@ -314,8 +314,8 @@ def test_non_portable_folder_without_hf_ddm_says_how_to_install(tmp_path):
     assert "portable=False" in error and "not on PyPI" in error and "pip install -e" in error, proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("name, scale, interval", [("ldm_class", 4.0, [0, 4]), ("ldm_text", 4.0, [0, 4]),
-                                                    ("guided", 14.0, [0, 20])])
+@pytest.mark.parametrize("name, scale, interval", [("ldm_class", 4.0, [0, 4]), ("ldm_text", 4.0, [0, 3.5]),
+                                                    ("guided", 14.0, [0, 10])])
 def test_shipped_conditional_folders_default_to_their_recommended_guidance(name, scale, interval):
     folder = REPO / "space" / "models" / name
     index = json.loads((folder / "model_index.json").read_text())
