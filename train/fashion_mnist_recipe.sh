@@ -8,8 +8,8 @@
 # ./runs/fmnist), FIRST_STAGE (the VAE run the latent stages use: vae, the default, or vae8), CLASS_RUN (the
 # class LDM run `guided_unet` continues: default ldm_class, or ldm_class_vae8 with FIRST_STAGE=vae8; the shipped
 # one continued ldm_class_vae8_more), UNET_RUN (the run whose U-Net `guided` steers: default CLASS_RUN, whose
-# null-class branch is unconditional; the shipped guided steers guided_unet_vae8), STEPS_SCALE (multiplies every step count, warm-up, discriminator
-# start and validation interval; 1 = the shipped run), BATCH_SCALE (multiplies every batch size; default 1),
+# null-class branch is unconditional; the shipped guided steers guided_unet_vae8), STEPS_SCALE (multiplies every
+# step count, warm-up, discriminator start and validation interval; 1 = the shipped run), BATCH_SCALE (multiplies every batch size; default 1),
 # LR_SCALE (multiplies every learning rate; default 1 -- e.g. sqrt(BATCH_SCALE) with large batches), LAUNCH
 # (default "python"; e.g. "accelerate launch --mixed_precision bf16" on a GPU), WORKERS (data loader workers,
 # default 0), CKPT_STEPS (checkpoint interval, default 500), EXTRA_ARGS (flags added to every training run, e.g.
@@ -110,7 +110,7 @@ for stage in "${stages[@]}"; do
         "a sandal" --output_dir "$WORK/ldm_text${ON}_more" ;;
     guided_unet)  # guided's own unconditional U-Net (issue 26): the class U-Net (CLASS_RUN) continued on the null
                   # class alone (--cond_drop_prob 1). Its null branch had seen a tenth of the class runs' batches
-                  # (FD-inf 7.6 unguided where the class branch at w = 1 is far better); validation grids at w = 0
+                  # (FD-inf 7.6 unguided with DDIM, the class branch 4.0 at w = 1); validation grids at w = 0
                   # show that branch
       $LAUNCH train/train_ldm.py "${COMMON[@]}" "${LATENT[@]}" --conditioning class \
         --pretrained_model_path "$WORK/${CLASS_RUN:-ldm_class$ON}" --scheduler vp --prediction_type epsilon \

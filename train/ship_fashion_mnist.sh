@@ -7,15 +7,15 @@
 #
 # Run after `FIRST_STAGE=vae8 bash train/fashion_mnist_recipe.sh vae8 ldm_class ldm_class_more classifier guided
 # ldm_text` (the shipped guided: CLASS_RUN=ldm_class_vae8_more, stage guided_unet, UNET_RUN=guided_unet_vae8)
-# and `python benchmarks/eval_vae.py WORK/vae8 --json benchmarks/results/vae8.json`. Then the few-step steps (`python -m hf_ddm.few_step space/models/ldm_class --nfe
-# 4 5 6 8 10`), the quality lanes (`bash benchmarks/quality_matrix.sh ...`), their results into the cards
-# (`ship_checkpoint.py --refresh FOLDER --eval ...`) and the cards' measured sections (`python
-# train/card_sections.py FOLDER ...`). Environment: WORK (the recipe's run folders), CLASS_RUN and TEXT_RUN
-# (below), MODELS (where the folders go, default space/models), VAE_EVAL (the first stage's eval_vae JSON),
-# GUIDED_UNET (below), CLASS_SCALE, GUIDED_SCALE, TEXT_SCALE (the default_guidance_scale the evaluations pick for ldm_class, guided
-# and ldm_text; without CLASS_SCALE ldm_class keeps its training scale), CLASS_INTERVAL, GUIDED_INTERVAL,
-# TEXT_INTERVAL ("LOW HIGH": the default_guidance_interval they pick, HIGH inf for no upper end; unset: guidance at
-# every noise level).
+# and `python benchmarks/eval_vae.py WORK/vae8 --json benchmarks/results/vae8.json`. Then the few-step steps
+# (`python -m hf_ddm.few_step space/models/ldm_class --nfe 4 5 6 8 10`), the quality lanes (`bash
+# benchmarks/quality_matrix.sh ...`), their results into the cards (`ship_checkpoint.py --refresh FOLDER --eval
+# ...`) and the cards' measured sections (`python train/card_sections.py FOLDER ...`). Environment: WORK (the
+# recipe's run folders), CLASS_RUN and TEXT_RUN (below), MODELS (where the folders go, default space/models),
+# VAE_EVAL (the first stage's eval_vae JSON), GUIDED_UNET (below), CLASS_SCALE, GUIDED_SCALE, TEXT_SCALE (the
+# default_guidance_scale the evaluations pick for ldm_class, guided and ldm_text; without CLASS_SCALE ldm_class
+# keeps its training scale), CLASS_INTERVAL, GUIDED_INTERVAL, TEXT_INTERVAL ("LOW HIGH": the
+# default_guidance_interval they pick, HIGH inf for no upper end; unset: guidance at every noise level).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${WORK:-runs/fmnist}
