@@ -38,12 +38,14 @@ lane_ldm() {
       --steps 25 --guidance_scale $w "${EVERY[@]}" --num_samples 2000 --json $R/ldm_class_sdeuniform25_w$w.json
   done
 }
-lane_few_step() {  # the folder's optimized steps (set_timesteps(N) runs them) and diffusers' best at NFE 5
+lane_few_step() {  # the folder's optimized steps (set_timesteps(N) runs them; calibrated at its scale and interval)
+                  # and diffusers' best at NFE 5, at the folder's scale and interval
+  local w g; w=$(default_scale ldm_class); g=$(interval_tag ldm_class)
   for n in 5 10; do
-    E $M/ldm_class --steps $n --guidance_scale 3 "${EVERY[@]}" --num_samples 2000 --json $R/ldm_class_opt${n}_w3.json
+    E $M/ldm_class --steps $n --guidance_scale "$w" --num_samples 2000 --json $R/ldm_class_opt${n}_w$w$g.json
   done
   E $M/ldm_class --scheduler DEISMultistepScheduler --scheduler_kwargs '{"solver_order": 2, "timestep_spacing": "leading"}' \
-    --steps 5 --guidance_scale 3 "${EVERY[@]}" --num_samples 2000 --json $R/ldm_class_deis2leading5_w3.json
+    --steps 5 --guidance_scale "$w" --num_samples 2000 --json $R/ldm_class_deis2leading5_w$w$g.json
 }
 lane_ldm_n10k() {  # the headline row: the saved sampler at the folder's scale and interval, N = 10,000; beside it
                   # every level at w = 3 (the lowest scale that meets the accuracy target so) and 2.5

@@ -449,6 +449,9 @@ def test_card_sections_are_written_from_the_quality_jsons(tmp_path):
     assert "DDIM (`VPScheduler`, 25 steps) at w = 3: FD∞ 1.70" in card
     assert "- 5 steps: 999, 700, 500, 300, 100" in card and "FD∞ 1.80 at 5 steps (N = 2,000, w = 3)" in card
     assert "python -m hf_ddm.few_step space/models/ldm_class --nfe 5" in card and str(tmp_path) not in card
+    row("ldm_class_opt5_w3.json", 3.0, 2000, 1.8, 0.97, steps=5, interval=[0, 4])  # calibrated and run in an interval
+    mod.main([str(ldm), "--results", str(results)])
+    assert "FD∞ 1.80 at 5 steps (N = 2,000, w = 3 at σ ≤ 4)" in (ldm / "README.md").read_text()
     gcard = (guided / "README.md").read_text()
     assert "`default_guidance_scale` 8: FD∞ 4.50" in gcard and "Few-step" not in gcard
     assert "At N = 500, s = 6 give FD∞ 4.20 and class accuracy 0.900." in gcard  # a classifier's scale is s

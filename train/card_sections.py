@@ -129,7 +129,9 @@ def few_step(folder: str, results: str) -> str | None:
             + "\n".join(lines))
     if measured:
         text += ("\n\n" + "; ".join(f"FD∞ {r['fd_inf']:.2f} at {r['steps']} steps" for r in measured)
-                 + f" (N = {measured[0]['num_samples']:,}, w = {measured[0]['guidance_scale']:g}). "
+                 + f" (N = {measured[0]['num_samples']:,}, w = {measured[0]['guidance_scale']:g}"
+                 + ("" if every_level(measured[0].get("guidance_interval")) is None
+                    else f" at {describe_interval(measured[0]['guidance_interval'])}") + "). "
                  "`benchmarks/results/few_step_models.md` measures them against diffusers' schedulers.")
     return text
 
