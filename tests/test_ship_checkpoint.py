@@ -288,6 +288,20 @@ def _recipe_runs(runs, **env):
     return work, full
 
 
+def _continued_ldm_run(ldm_run, dest, shift, steps, seconds):
+    """A run folder continued from ``ldm_run`` as the recipe writes one: its U-Net moved by ``shift`` (so the
+    shipped weights tell the runs apart), a card and a train summary of ``steps`` / ``seconds``."""
+    pipe = LatentDiffusionPipeline.from_pretrained(ldm_run)
+    with torch.no_grad():
+        for p in pipe.unet.parameters():
+            p.add_(shift)
+    pipe.save_pretrained(dest)
+    (dest / "README.md").write_text("# continued\n")
+    (dest / "train_summary.json").write_text(json.dumps({"task": "ldm", "global_step": steps,
+                                                         "train_seconds_this_run": seconds}))
+    return pipe
+
+
 def test_the_ship_script_ships_the_three_latent_folders_on_one_first_stage(runs):
     """train/ship_fashion_mnist.sh on runs laid out as the recipe writes them (FIRST_STAGE=vae8): each folder gets
     the saved sampler, its guidance default, a card with the recipe command and every stage's steps, and the
@@ -332,14 +346,7 @@ def test_the_ship_script_ships_continued_runs_and_guided_steers_the_continued_cl
 
     tmp, _vae_run, ldm_run, _ev = runs
     (tmp / "work").mkdir()
-    more = LatentDiffusionPipeline.from_pretrained(ldm_run)
-    with torch.no_grad():
-        for p in more.unet.parameters():
-            p.add_(0.25)
-    more.save_pretrained(tmp / "work" / "ldm_class_vae8_more")
-    (tmp / "work" / "ldm_class_vae8_more" / "README.md").write_text("# ldm continued\n")
-    (tmp / "work" / "ldm_class_vae8_more" / "train_summary.json").write_text(
-        json.dumps({"task": "ldm", "global_step": 9, "train_seconds_this_run": 90.0}))
+    more = _continued_ldm_run(ldm_run, tmp / "work" / "ldm_class_vae8_more", 0.25, 9, 90.0)
     for name in ("ldm_text_vae8", "ldm_text_vae8_more"):
         tiny_text_pipe().save_pretrained(tmp / "work" / name)
         (tmp / "work" / name / "train_summary.json").write_text(json.dumps({"task": "ldm", "global_step": 4,
@@ -375,14 +382,7 @@ def test_guided_steers_its_own_unconditional_unet_with_guided_unet(runs):
 
     tmp, _vae_run, ldm_run, _ev = runs
     (tmp / "work").mkdir()
-    uncond = LatentDiffusionPipeline.from_pretrained(ldm_run)
-    with torch.no_grad():
-        for p in uncond.unet.parameters():
-            p.sub_(0.5)
-    uncond.save_pretrained(tmp / "work" / "guided_unet_vae8")
-    (tmp / "work" / "guided_unet_vae8" / "README.md").write_text("# null class alone\n")
-    (tmp / "work" / "guided_unet_vae8" / "train_summary.json").write_text(
-        json.dumps({"task": "ldm", "global_step": 11, "train_seconds_this_run": 33.0}))
+    uncond = _continued_ldm_run(ldm_run, tmp / "work" / "guided_unet_vae8", -0.5, 11, 33.0)
     work, env = _recipe_runs(runs, UNET_RUN="guided_unet_vae8", GUIDED_UNET="guided_unet_vae8", GUIDED_SCALE="5",
                              GUIDED_INTERVAL="0 20")
     subprocess.run(["bash", "train/ship_fashion_mnist.sh", "guided"], cwd=REPO, env=env, check=True,
