@@ -11,7 +11,7 @@ from test_train_common import REPO, load_script
 
 STAGES = {"vae": "train_vae", "ldm_class": "train_ldm", "ldm_class_more": "train_ldm", "classifier": "train_classifier",
           "guided_unet": "train_ldm", "ldm_text": "train_ldm", "ldm_text_more": "train_ldm",
-          "vae_decoder": "train_vae", "ddpm": "train_ddpm", "sde": "train_ddpm"}
+          "ldm_text_more2": "train_ldm", "vae_decoder": "train_vae", "ddpm": "train_ddpm", "sde": "train_ddpm"}
 
 
 def _commands(tmp_path, **env):
@@ -55,6 +55,10 @@ def test_recipe_stages_parse_and_scale(tmp_path):
     assert text_more.pretrained_model_path == text.output_dir != text_more.output_dir
     assert text_more.conditioning == "text" and text_more.caption_style == text.caption_style
     assert text_more.validation_prompts == text.validation_prompts and text_more.learning_rate < text.learning_rate
+    text_more2 = base["ldm_text_more2"]  # and continued once more from the second run, at a lower rate
+    assert text_more2.pretrained_model_path == text_more.output_dir != text_more2.output_dir
+    assert text_more2.conditioning == "text" and text_more2.caption_style == text.caption_style
+    assert text_more2.learning_rate < text_more.learning_rate and text_more2.use_ema
     assert text.conditioning == "text" and text.caption_style == "varied" and text.validation_prompts
     assert text.vae_path == base["ldm_class"].vae_path == base["classifier"].vae_path
     assert text.latent_cache_dir == base["ldm_class"].latent_cache_dir  # one cache (keyed by VAE + data)
