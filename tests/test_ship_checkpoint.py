@@ -337,7 +337,7 @@ def test_the_ship_script_ships_the_three_latent_folders_on_one_first_stage(runs)
 
 
 def test_the_ship_script_ships_continued_runs_and_guided_steers_the_continued_class_unet(runs):
-    """CLASS_RUN / TEXT_RUN name the continued runs (ldm_class_vae8_more, ldm_text_vae8_more): ldm_class ships
+    """CLASS_RUN / TEXT_RUN name the continued runs (ldm_class_vae8_more, ldm_text_vae8_more2): ldm_class ships
     its U-Net (at CLASS_SCALE), the recipe's guided stage built with the same CLASS_RUN steers it, and the cards give the recipe
     stages and both runs' steps (the shared task named by run); an unknown run is refused before anything ships."""
     import subprocess
@@ -347,11 +347,11 @@ def test_the_ship_script_ships_continued_runs_and_guided_steers_the_continued_cl
     tmp, _vae_run, ldm_run, _ev = runs
     (tmp / "work").mkdir()
     more = _continued_ldm_run(ldm_run, tmp / "work" / "ldm_class_vae8_more", 0.25, 9, 90.0)
-    for name in ("ldm_text_vae8", "ldm_text_vae8_more"):
+    for steps, name in enumerate(("ldm_text_vae8", "ldm_text_vae8_more", "ldm_text_vae8_more2"), start=4):
         tiny_text_pipe().save_pretrained(tmp / "work" / name)
-        (tmp / "work" / name / "train_summary.json").write_text(json.dumps({"task": "ldm", "global_step": 4,
+        (tmp / "work" / name / "train_summary.json").write_text(json.dumps({"task": "ldm", "global_step": steps,
                                                                             "train_seconds_this_run": 6.0}))
-    work, env = _recipe_runs(runs, CLASS_RUN="ldm_class_vae8_more", TEXT_RUN="ldm_text_vae8_more", CLASS_SCALE="3.25",
+    work, env = _recipe_runs(runs, CLASS_RUN="ldm_class_vae8_more", TEXT_RUN="ldm_text_vae8_more2", CLASS_SCALE="3.25",
                               CLASS_INTERVAL="0 4")
     subprocess.run(["bash", "train/ship_fashion_mnist.sh", "ldm_class", "guided", "ldm_text"], cwd=REPO, env=env,
                    check=True, capture_output=True, text=True)
@@ -368,7 +368,10 @@ def test_the_ship_script_ships_continued_runs_and_guided_steers_the_continued_cl
     assert "`CLASS_RUN=ldm_class_vae8_more WORK=runs/fmnist FIRST_STAGE=vae8 bash train/fashion_mnist_recipe.sh " \
            "vae8 ldm_class ldm_class_more classifier guided" in guided_card
     assert "- ldm (ldm_class_vae8_more): 9 steps" in guided_card
-    assert "fashion_mnist_recipe.sh vae8 ldm_text ldm_text_more (" in text_card and str(tmp) not in text_card
+    assert "fashion_mnist_recipe.sh vae8 ldm_text ldm_text_more ldm_text_more2 (" in text_card
+    assert str(tmp) not in text_card
+    for steps, run in enumerate(("ldm_text_vae8", "ldm_text_vae8_more", "ldm_text_vae8_more2"), start=4):
+        assert f"- ldm ({run}): {steps} steps" in text_card, run
     bad = subprocess.run(["bash", "train/ship_fashion_mnist.sh", "ldm_class"], cwd=REPO, capture_output=True,
                          text=True, env=dict(env, CLASS_RUN="ldm_class_vae8_longer", MODELS=str(tmp / "none")))
     assert bad.returncode == 2 and "unknown run ldm_class_vae8_longer" in bad.stderr and not (tmp / "none").exists()
@@ -395,7 +398,8 @@ def test_guided_steers_its_own_unconditional_unet_with_guided_unet(runs):
     card = (tmp / "models" / "guided" / "README.md").read_text()
     assert "`UNET_RUN=guided_unet_vae8 WORK=runs/fmnist FIRST_STAGE=vae8 bash train/fashion_mnist_recipe.sh vae8 " \
            "ldm_class guided_unet classifier guided (" in card
-    assert "the unet is the class U-Net continued on the null class alone" in card
+    assert "(a shared 2-core CPU, one thread per stage; both threads for guided_unet; the unet is the class U-Net " \
+           "continued on the null class alone)" in card
     assert "- ldm (guided_unet_vae8): 11 steps" in card and "- ldm (ldm_class_vae8): 5 steps" in card
     bad = subprocess.run(["bash", "train/ship_fashion_mnist.sh", "guided"], cwd=REPO, capture_output=True, text=True,
                          env=dict(env, GUIDED_UNET="guided_unet_longer", MODELS=str(tmp / "none")))

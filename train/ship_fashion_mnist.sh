@@ -24,14 +24,14 @@ VAE="$WORK/vae8"
 VAE_EVAL=${VAE_EVAL:-benchmarks/results/vae8.json}
 SAMPLER='{"solver": "multistep", "time_grid": "uniform", "denoise_final": false}'
 RECIPE="WORK=runs/fmnist FIRST_STAGE=vae8 bash train/fashion_mnist_recipe.sh"
-HOW="one thread of a shared 2-core CPU per stage"
+HOW="a shared 2-core CPU, one thread per stage"
 SHARED="first stage: \`vae/\` is the recipe's \`vae8\` VAE (32x32x1 -> 8x8x8), the same weights in ldm_class, ldm_text and guided; its card and measurement: \`vae/README.md\`"
 FIRST=(--component_card vae="$VAE" --component_eval vae="$VAE_EVAL" --note "$SHARED")
 ship() { python train/ship_checkpoint.py "$@" --scheduler "$SAMPLER"; }
 interval() { [ -z "${1:-}" ] || { read -r low high <<< "$1"; echo "--default_guidance_interval $low $high"; }; }
 # CLASS_RUN / TEXT_RUN: the class and text U-Net runs shipped -- the recipe's first runs (ldm_class_vae8,
-# ldm_text_vae8; the default) or their continuations (ldm_class_vae8_more, ldm_text_vae8_more), which the cards
-# then record with the runs they started from. guided steers the class run the recipe's guided stage was built
+# ldm_text_vae8; the default) or their continuations (ldm_class_vae8_more, ldm_text_vae8_more, and the text run's
+# second continuation ldm_text_vae8_more2), which the cards then record with the runs they started from. guided steers the class run the recipe's guided stage was built
 # from: run that stage with the same CLASS_RUN.
 CLASS_RUN=${CLASS_RUN:-ldm_class_vae8}
 TEXT_RUN=${TEXT_RUN:-ldm_text_vae8}
@@ -39,7 +39,8 @@ continued() {  # RUN BASE STAGE -> STAGES (the recipe stages that made RUN) and 
   case "$1" in
     "$2") STAGES="$3"; BEFORE=() ;;
     "$2_more") STAGES="$3 ${3}_more"; BEFORE=("$WORK/$2") ;;
-    *) echo "unknown run $1 ($2 or $2_more)" >&2; exit 2 ;;
+    "$2_more2") STAGES="$3 ${3}_more ${3}_more2"; BEFORE=("$WORK/$2_more" "$WORK/$2") ;;
+    *) echo "unknown run $1 ($2, $2_more or $2_more2)" >&2; exit 2 ;;
   esac
 }
 continued "$CLASS_RUN" ldm_class_vae8 ldm_class; CLASS_STAGES=$STAGES; CLASS_BEFORE=("${BEFORE[@]}")
@@ -53,7 +54,7 @@ case "${GUIDED_UNET:-}" in
       GUIDED_UNET_IS="the unet is the class LDM's null-class branch" ;;
   guided_unet_vae8) GUIDED_ENV="${CLASS_ENV}UNET_RUN=$GUIDED_UNET "
       GUIDED_STAGES="$CLASS_STAGES guided_unet classifier guided"; GUIDED_RUNS=("$WORK/$GUIDED_UNET")
-      GUIDED_UNET_IS="the unet is the class U-Net continued on the null class alone" ;;
+      GUIDED_UNET_IS="both threads for guided_unet; the unet is the class U-Net continued on the null class alone" ;;
   *) echo "unknown GUIDED_UNET $GUIDED_UNET (unset or guided_unet_vae8)" >&2; exit 2 ;;
 esac
 
