@@ -296,7 +296,7 @@ def guidance_interval_used(pipe, interval):
     return interval_config(pipe.guidance_interval_or_default(interval))
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("pipeline", nargs="?", help="saved pipeline folder (DiffusionPipeline.from_pretrained)")
     p.add_argument("--scheduler", default="default",
@@ -331,6 +331,11 @@ def main(argv=None):
     p.add_argument("--features", default=None, help="also save the samples' reference features and logits "
                    "here (.npz), to recompute metrics without sampling again")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    return p
+
+
+def main(argv=None):
+    p = build_parser()
     args = p.parse_args(argv)
     if args.pipeline is None and not args.floor:
         p.error("give a pipeline folder, or --floor for the floor alone")

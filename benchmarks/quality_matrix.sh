@@ -9,13 +9,21 @@
 #                                                # guided_n10k interval grids ddpm sde sde_em; table: none; the
 #                                                # interval lane is interval_class interval_guided interval_text); the
 #                                                # table is rebuilt from every JSON present
+#
+# Environment: MODELS (the folders measured, default space/models), RESULTS (where quality/, grids/ and quality.md
+# go, default benchmarks/results), DRY_RUN (1: each lane's log gets its eval_quality.py arguments, shell-quoted,
+# instead of running them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-R=benchmarks/results/quality
-G=benchmarks/results/grids
+OUT=${RESULTS:-benchmarks/results}
+R=$OUT/quality
+G=$OUT/grids
 M=${MODELS:-space/models}
 mkdir -p "$R" "$G"
-E() { OMP_NUM_THREADS=1 python benchmarks/eval_quality.py --threads 1 "$@"; }
+E() {
+  if [ "${DRY_RUN:-0}" = 1 ]; then printf '%q ' --threads 1 "$@"; echo; return; fi
+  OMP_NUM_THREADS=1 python benchmarks/eval_quality.py --threads 1 "$@"
+}
 # Guidance at every noise level, whatever interval a folder saves (rows written before --guidance_interval
 # existed record commands without it: they guided at every level too).
 EVERY=(--guidance_interval 0 inf)
@@ -150,5 +158,5 @@ for p in "${pids[@]}"; do wait "$p"; done
 shopt -s nullglob
 files=()
 for g in floor_n ldm_class_ ldm_text_ guided_ ddpm_ sde_; do m=("$R/$g"*.json); [ ${#m[@]} -gt 0 ] && files+=($(ls -v "${m[@]}")); done
-python benchmarks/quality_table.py "${files[@]}" > benchmarks/results/quality.md
-cat benchmarks/results/quality.md
+python benchmarks/quality_table.py "${files[@]}" > "$OUT/quality.md"
+cat "$OUT/quality.md"
