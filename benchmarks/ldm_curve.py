@@ -79,6 +79,8 @@ def main(argv=None):
                    help="BASE is the run's start at this step: measured as a row, checkpoint steps counted from it")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance_scale", type=float, default=3.0)
+    p.add_argument("--guidance_interval", nargs=2, metavar=("LOW", "HIGH"), default=None,
+                   help="guide only at sigma in [LOW, HIGH] (0 inf: every level); default: BASE's saved interval")
     p.add_argument("--num_samples", type=int, default=1000)
     p.add_argument("--batch_size", type=int, default=250)
     p.add_argument("--test_samples", type=int, default=10000, help="test images the samples are compared with")
@@ -88,14 +90,14 @@ def main(argv=None):
     args = p.parse_args(argv)
     sampling = ["--steps", str(args.steps), "--guidance_scale", f"{args.guidance_scale:g}", "--num_samples",
                 str(args.num_samples), "--batch_size", str(args.batch_size), "--test_samples", str(args.test_samples),
-                "--threads", "1"]
+                "--threads", "1", *(["--guidance_interval", *args.guidance_interval] if args.guidance_interval else [])]
     previous = checkpoint_curve.saved(args.out)
     rows, note = previous.get("rows", []), args.note or previous.get("note")
 
     def save():
         with open(args.out + ".json", "w") as f:
             json.dump({"num_samples": args.num_samples, "steps": args.steps, "guidance_scale": args.guidance_scale,
-                       "rows": sorted(rows, key=lambda r: r["step"]), "note": note}, f, indent=2)
+                       "guidance_interval": args.guidance_interval, "rows": sorted(rows, key=lambda r: r["step"]), "note": note}, f, indent=2)
 
     if args.base_step is not None and args.base_step not in {r["step"] for r in rows}:
         rows.append({"step": args.base_step, "train_hours": 0.0, **measure(args.base, {}, sampling)})
@@ -108,10 +110,13 @@ def main(argv=None):
     if "--note" in given:  # the note is printed under the table, not in the command
         del given[given.index("--note"):given.index("--note") + 2]
     command = recorded_command("python benchmarks/ldm_curve.py", given)
+    where = ("the base folder's saved guidance interval" if args.guidance_interval is None else
+             "every noise level" if args.guidance_interval == ["0", "inf"] else
+             f"σ in [{args.guidance_interval[0]}, {args.guidance_interval[1]}]")
     with open(args.out + ".md", "w") as f:
         f.write(f"# Latent U-Net `{name}`: sample quality against training time\n\n`{command}` while the run "
                 f"goes on. {args.num_samples:,} samples from each checkpoint's EMA U-Net in the base pipeline "
-                f"(its saved scheduler, {args.steps} steps, guidance {args.guidance_scale:g}; classes cycled, named "
+                f"(its saved scheduler, {args.steps} steps, guidance {args.guidance_scale:g} at {where}; classes cycled, named "
                 f"by the prompts of a text pipeline), FD "
                 f"and FD∞ against {args.test_samples:,} test images in the reference network's features. Wall "
                 "time is the run's own training time on the shared 2-core CPU (one thread).\n\n" + table(rows) + "\n"

@@ -461,15 +461,20 @@ def test_ldm_curve_puts_a_text_runs_checkpoint_encoder_beside_its_ema_unet(tmp_p
 
     def fake_eval(argv):
         folder = argv[0]
+        seen["argv"] = argv
         seen["unet"] = UNet.from_pretrained(os.path.join(folder, "unet")).state_dict()
         seen["enc"] = CLIPTextModel.from_pretrained(os.path.join(folder, "text_encoder")).state_dict()
         return {"fd": 1.0, "fd_inf": 0.9, "precision": 0.5, "recall": 0.5, "class_accuracy": 0.9}
 
     ldm_curve.eval_quality.main, real = fake_eval, ldm_curve.eval_quality.main
     try:
-        ldm_curve.main([str(tmp_path / "run"), str(tmp_path / "base"), str(tmp_path / "curve")])
+        ldm_curve.main([str(tmp_path / "run"), str(tmp_path / "base"), str(tmp_path / "curve"), "--guidance_interval",
+                        "0", "inf"])
     finally:
         ldm_curve.eval_quality.main = real
+    interval = seen["argv"].index("--guidance_interval")  # measured where asked, not at the base's saved interval
+    assert seen["argv"][interval + 1:interval + 3] == ["0", "inf"]
+    assert "guidance 3 at every noise level" in (tmp_path / "curve.md").read_text()
     assert all(torch.equal(seen["unet"][k], ema[k]) for k in ema)
     assert all(torch.equal(seen["enc"][k], v) for k, v in trained_enc.items())
     assert [r["step"] for r in json.loads((tmp_path / "curve.json").read_text())["rows"]] == [4]
