@@ -96,14 +96,9 @@ lane_interval_guided() {
       --json $R/guided_sdeuniform25_s$1_gi$2-$3.json
   done
 }
-lane_interval_text() {
-  for c in "4 0 4" "5 0 4" "4 0 6" "6 0 3"; do
+lane_interval_text() {  # N = 2,000 where the trade sits on the targets
+  for c in "4 0 3.5" "4 0 3.75" "4 0 4" "4.25 0 3.5" "4.5 0 3.5"; do
     set -- $c
-    E $M/ldm_text "${SAVED[@]}" --guidance_scale $1 --guidance_interval $2 $3 --num_samples 1000 \
-      --json $R/ldm_text_sdeuniform25_w$1_gi$2-$3_n1000.json
-  done
-  for c in "4 0 4" "3 0 4" "4 0 3" "3.5 0 5" "5 0 2.5" "3 0 6" "4 0 3.5" "3.5 0 4" "4.5 0 3" "4.5 0 3.5"; do
-    set -- $c  # N = 2,000 where the trade sits on the targets
     E $M/ldm_text "${SAVED[@]}" --guidance_scale $1 --guidance_interval $2 $3 --num_samples 2000 \
       --json $R/ldm_text_sdeuniform25_w$1_gi$2-$3_n2000.json
   done

@@ -6,7 +6,8 @@
 #   WORK=runs/fmnist bash train/ship_fashion_mnist.sh [ldm_class] [guided] [ldm_text]
 #
 # Run after `FIRST_STAGE=vae8 bash train/fashion_mnist_recipe.sh vae8 ldm_class ldm_class_more classifier guided
-# ldm_text` (the shipped guided: CLASS_RUN=ldm_class_vae8_more, stage guided_unet, UNET_RUN=guided_unet_vae8)
+# ldm_text` (the shipped guided: CLASS_RUN=ldm_class_vae8_more, stage guided_unet, UNET_RUN=guided_unet_vae8; the
+# shipped ldm_text: stages ldm_text_more ldm_text_more2 after ldm_text)
 # and `python benchmarks/eval_vae.py WORK/vae8 --json benchmarks/results/vae8.json`. Then the few-step steps
 # (`python -m hf_ddm.few_step space/models/ldm_class --nfe 4 5 6 8 10`), the quality lanes (`bash
 # benchmarks/quality_matrix.sh ...`), their results into the cards (`ship_checkpoint.py --refresh FOLDER --eval
