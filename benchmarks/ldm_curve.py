@@ -97,7 +97,8 @@ def main(argv=None):
     def save():
         with open(args.out + ".json", "w") as f:
             json.dump({"num_samples": args.num_samples, "steps": args.steps, "guidance_scale": args.guidance_scale,
-                       "guidance_interval": args.guidance_interval, "rows": sorted(rows, key=lambda r: r["step"]), "note": note}, f, indent=2)
+                       "guidance_interval": args.guidance_interval, "rows": sorted(rows, key=lambda r: r["step"]),
+                       "note": note}, f, indent=2)
 
     if args.base_step is not None and args.base_step not in {r["step"] for r in rows}:
         rows.append({"step": args.base_step, "train_hours": 0.0, **measure(args.base, {}, sampling)})
@@ -116,8 +117,8 @@ def main(argv=None):
     with open(args.out + ".md", "w") as f:
         f.write(f"# Latent U-Net `{name}`: sample quality against training time\n\n`{command}` while the run "
                 f"goes on. {args.num_samples:,} samples from each checkpoint's EMA U-Net in the base pipeline "
-                f"(its saved scheduler, {args.steps} steps, guidance {args.guidance_scale:g} at {where}; classes cycled, named "
-                f"by the prompts of a text pipeline), FD "
+                f"(its saved scheduler, {args.steps} steps, guidance {args.guidance_scale:g} at {where}; classes "
+                f"cycled, named by the prompts of a text pipeline), FD "
                 f"and FD∞ against {args.test_samples:,} test images in the reference network's features. Wall "
                 "time is the run's own training time on the shared 2-core CPU (one thread).\n\n" + table(rows) + "\n"
                 + (f"\n{note}\n" if note else ""))

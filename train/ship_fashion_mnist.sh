@@ -32,8 +32,8 @@ ship() { python train/ship_checkpoint.py "$@" --scheduler "$SAMPLER"; }
 interval() { [ -z "${1:-}" ] || { read -r low high <<< "$1"; echo "--default_guidance_interval $low $high"; }; }
 # CLASS_RUN / TEXT_RUN: the class and text U-Net runs shipped -- the recipe's first runs (ldm_class_vae8,
 # ldm_text_vae8; the default) or their continuations (ldm_class_vae8_more, ldm_text_vae8_more, and the text run's
-# second continuation ldm_text_vae8_more2), which the cards then record with the runs they started from. guided steers the class run the recipe's guided stage was built
-# from: run that stage with the same CLASS_RUN.
+# second continuation ldm_text_vae8_more2), which the cards then record with the runs they started from. guided
+# steers the class run the recipe's guided stage was built from: run that stage with the same CLASS_RUN.
 CLASS_RUN=${CLASS_RUN:-ldm_class_vae8}
 TEXT_RUN=${TEXT_RUN:-ldm_text_vae8}
 continued() {  # RUN BASE STAGE -> STAGES (the recipe stages that made RUN) and BEFORE (the run it continued)
