@@ -126,6 +126,20 @@ def test_cards_carry_hub_metadata_and_refresh_keeps_weights(runs):
     assert ModelCard.load(dest / "vae" / "README.md").data.tags[:2] == ["hf_ddm", "diffusers"]
 
 
+def test_refresh_with_a_missing_eval_file_is_refused_and_the_card_kept(runs, capsys):
+    """A mistyped --eval path is refused by name before the folder is touched: the card is kept whole (it was
+    emptied: the card was opened for writing before the missing JSON was read)."""
+    tmp, _vae_run, ldm_run, _ev = runs
+    dest = tmp / "space" / "ldm_class"
+    _ship()([str(ldm_run), str(dest), "--command", "bash recipe.sh ldm"])
+    card = (dest / "README.md").read_text()
+    with pytest.raises(SystemExit):
+        _ship()(["--refresh", str(dest), "--eval", str(tmp / "gone.json")])
+    err = capsys.readouterr().err
+    assert "--eval: no such file:" in err and "gone.json" in err
+    assert (dest / "README.md").read_text() == card and "bash recipe.sh ldm" in card
+
+
 def test_refresh_swaps_in_a_decoder_fine_tune_and_refuses_a_new_encoder(runs):
     """--refresh --vae: the shipped folder takes a VAE whose encoder and scale equal its own (the U-Net's
     latents are unchanged) with that run's card, and says so in its own card; a VAE with another encoder is

@@ -101,6 +101,9 @@ def main(argv=None):
     for flag, value in (("--vae", args.vae), ("--unet", args.unet)):
         if value and not (args.refresh and args.command):
             p.error(f"{flag} goes with --refresh SHIPPED_DIR and the --command that trained it")
+    missing = [path for path in args.eval or [] if not os.path.isfile(path)]
+    if missing:
+        p.error(f"--eval: no such file: {', '.join(missing)}")
     if args.refresh:
         return refresh(args.refresh, args.dataset, args.vae, args.command, _pairs(args.component_eval, "--component_eval"),
                        args.eval, unet_dir=args.unet, guidance_scale=args.default_guidance_scale,
@@ -288,9 +291,9 @@ def _call_example(index: dict, unet_config: dict) -> tuple:
 
 def _edit_card(path: str, edit) -> None:
     with open(path) as f:
-        text = f.read()
+        text = edit(f.read())  # before the card is opened for writing: an edit that fails leaves it whole
     with open(path, "w") as f:
-        f.write(edit(text))
+        f.write(text)
 
 
 def _trained_for(run: str) -> str:
