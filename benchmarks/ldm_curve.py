@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import checkpoint_curve  # noqa: E402
 import eval_quality  # noqa: E402
 
+from hf_ddm.guidance import check_guidance_interval, describe_interval, interval_config  # noqa: E402
 from hf_ddm.models import UNet  # noqa: E402
 from hf_ddm.training.checkpoint import load_model  # noqa: E402
 from hf_ddm.training.hub import recorded_command  # noqa: E402
@@ -91,13 +92,15 @@ def main(argv=None):
     sampling = ["--steps", str(args.steps), "--guidance_scale", f"{args.guidance_scale:g}", "--num_samples",
                 str(args.num_samples), "--batch_size", str(args.batch_size), "--test_samples", str(args.test_samples),
                 "--threads", "1", *(["--guidance_interval", *args.guidance_interval] if args.guidance_interval else [])]
+    interval = (None if args.guidance_interval is None
+                else check_guidance_interval([float(v) for v in args.guidance_interval], "--guidance_interval"))
     previous = checkpoint_curve.saved(args.out)
     rows, note = previous.get("rows", []), args.note or previous.get("note")
 
     def save():
         with open(args.out + ".json", "w") as f:
             json.dump({"num_samples": args.num_samples, "steps": args.steps, "guidance_scale": args.guidance_scale,
-                       "guidance_interval": args.guidance_interval, "rows": sorted(rows, key=lambda r: r["step"]),
+                       "guidance_interval": interval_config(interval), "rows": sorted(rows, key=lambda r: r["step"]),
                        "note": note}, f, indent=2)
 
     if args.base_step is not None and args.base_step not in {r["step"] for r in rows}:
@@ -111,9 +114,8 @@ def main(argv=None):
     if "--note" in given:  # the note is printed under the table, not in the command
         del given[given.index("--note"):given.index("--note") + 2]
     command = recorded_command("python benchmarks/ldm_curve.py", given)
-    where = ("the base folder's saved guidance interval" if args.guidance_interval is None else
-             "every noise level" if args.guidance_interval == ["0", "inf"] else
-             f"σ in [{args.guidance_interval[0]}, {args.guidance_interval[1]}]")
+    where = ("the base folder's saved guidance interval" if interval is None else
+             describe_interval(interval) or "every noise level")
     with open(args.out + ".md", "w") as f:
         f.write(f"# Latent U-Net `{name}`: sample quality against training time\n\n`{command}` while the run "
                 f"goes on. {args.num_samples:,} samples from each checkpoint's EMA U-Net in the base pipeline "
